@@ -1,0 +1,207 @@
+//! Identity endpoints: the Entra-style token endpoint and the App Service managed-identity endpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Serialize;
+
+use crate::config::Clients;
+use crate::server::AppState;
+use crate::tokens::normalize_resource;
+use crate::vault::json;
+
+const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Client id reported for the (system-assigned) managed identity.
+pub const MANAGED_IDENTITY_CLIENT_ID: &str = "00000000-0000-0000-0000-0000000000e1";
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    token_type: &'static str,
+    expires_in: i64,
+    ext_expires_in: i64,
+    access_token: &'a str,
+}
+
+#[derive(Serialize)]
+struct EntraError<'a> {
+    error: &'a str,
+    error_description: String,
+    error_codes: [u32; 1],
+    timestamp: String,
+    trace_id: String,
+    correlation_id: String,
+}
+
+fn random_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
+    let timestamp = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let trace_id = random_id();
+    let correlation_id = random_id();
+    let body = EntraError {
+        error,
+        error_description: format!(
+            "AADSTS{code}: {description} Trace ID: {trace_id} Correlation ID: {correlation_id} Timestamp: {timestamp}"
+        ),
+        error_codes: [code],
+        timestamp,
+        trace_id,
+        correlation_id,
+    };
+    json(status, &body)
+}
+
+/// `POST /{tenant}/oauth2/v2.0/token` with `grant_type=client_credentials`.
+pub(crate) async fn token(State(app): State<Arc<AppState>>, Path(tenant): Path<String>, body: Bytes) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
+    let missing = |name: &str| {
+        entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            900_144,
+            &format!("The request body must contain the following parameter: '{name}'."),
+        )
+    };
+
+    match field("grant_type") {
+        None => return missing("grant_type"),
+        Some("client_credentials") => {}
+        Some(_) => {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                70_003,
+                "The app requested an unsupported grant type; only client_credentials is supported.",
+            );
+        }
+    }
+    let Some(client_id) = field("client_id") else { return missing("client_id") };
+    let Some(scope) = field("scope") else { return missing("scope") };
+    let Some(audience) = scope.split_whitespace().next().map(|s| s.strip_suffix("/.default").unwrap_or(s)) else {
+        return missing("scope");
+    };
+    let audience = normalize_resource(audience);
+    if audience.is_empty() {
+        return entra_error(StatusCode::BAD_REQUEST, "invalid_scope", 70_011, "The provided scope is not valid.");
+    }
+
+    let secret = field("client_secret");
+    let assertion = field("client_assertion");
+    if assertion.is_some() && field("client_assertion_type") != Some(ASSERTION_TYPE) {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            50_027,
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+        );
+    }
+    if secret.is_none() && assertion.is_none() {
+        return entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            7_000_218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        );
+    }
+    if let Clients::Allowed(list) = &app.clients {
+        let Some(entry) = list.iter().find(|c| c.client_id.eq_ignore_ascii_case(client_id)) else {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                700_016,
+                &format!("Application with identifier '{client_id}' was not found in the directory."),
+            );
+        };
+        let accepted = match (secret, assertion) {
+            (Some(given), _) => entry.client_secret.as_deref().is_some_and(|s| constant_time_eq(s, given)),
+            (None, Some(_)) => entry.federated,
+            (None, None) => false,
+        };
+        if !accepted {
+            let (code, text) = if secret.is_some() {
+                (7_000_215, "Invalid client secret provided.")
+            } else {
+                (700_213, "No matching federated identity record found for presented assertion.")
+            };
+            return entra_error(StatusCode::UNAUTHORIZED, "invalid_client", code, text);
+        }
+    }
+
+    let lifetime = app.token_lifetime_secs;
+    let (access_token, _) = app.tokens.mint(audience, client_id, &tenant, lifetime);
+    tracing::debug!(client_id, tenant, audience, "issued token");
+    json(
+        StatusCode::OK,
+        &TokenResponse { token_type: "Bearer", expires_in: lifetime, ext_expires_in: lifetime, access_token: &access_token },
+    )
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Serialize)]
+struct MsiTokenResponse<'a> {
+    access_token: &'a str,
+    /// Unix seconds as a string, as App Service sends it.
+    expires_on: String,
+    resource: &'a str,
+    token_type: &'static str,
+    client_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct MsiError<'a> {
+    error: &'a str,
+    error_description: &'a str,
+}
+
+fn msi_error(status: StatusCode, error: &str, description: &str) -> Response {
+    json(status, &MsiError { error, error_description: description })
+}
+
+/// `GET /msi/token?api-version=2019-08-01&resource=…` with `x-identity-header`.
+pub(crate) async fn managed_identity(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let header_ok = headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| constant_time_eq(v, &app.identity_header));
+    if !header_ok {
+        return msi_error(StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid X-IDENTITY-HEADER.");
+    }
+    let params: HashMap<String, String> =
+        query.map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    if params.get("api-version").map(String::as_str) != Some("2019-08-01") {
+        return msi_error(StatusCode::BAD_REQUEST, "invalid_request", "api-version must be 2019-08-01.");
+    }
+    let Some(resource) = params.get("resource").map(|r| normalize_resource(r)).filter(|r| !r.is_empty()) else {
+        return msi_error(StatusCode::BAD_REQUEST, "invalid_request", "The resource parameter is required.");
+    };
+    let client_id = params.get("client_id").map_or(MANAGED_IDENTITY_CLIENT_ID, String::as_str);
+    let (access_token, claims) = app.tokens.mint(resource, client_id, &app.tenant_id, app.token_lifetime_secs);
+    json(
+        StatusCode::OK,
+        &MsiTokenResponse {
+            access_token: &access_token,
+            expires_on: claims.exp.to_string(),
+            resource,
+            token_type: "Bearer",
+            client_id,
+        },
+    )
+}

@@ -1,0 +1,52 @@
+//! `keyferry-emulator`: a local Azure Key Vault (secrets data plane) that the real, unmodified
+//! official Azure SDK talks to.
+//!
+//! It serves, on one HTTPS port:
+//! - the vault at `https://<vault_name>.vault.localhost:<port>` (bearer challenge
+//!   `resource="https://vault.localhost"`, so the SDK's challenge-resource check passes),
+//! - an Entra-style token endpoint at `https://localhost:<port>/{tenant}/oauth2/v2.0/token`
+//!   (client secret and client assertion / workload identity),
+//! - the App Service managed-identity endpoint at `https://localhost:<port>/msi/token`,
+//! - an unauthenticated admin API under `/_admin/` (counters, fault injection, tokens, seeding).
+//!
+//! It shares no code with keyferry's own crates, so it cannot "agree with itself".
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keyferry_emulator::EmulatorError> {
+//! use keyferry_emulator::{Emulator, EmulatorConfig};
+//! let emulator = Emulator::start(EmulatorConfig::default()).await?;
+//! emulator.set_secret("db-password", "s3cret")?;
+//! println!("{} trusts {}", emulator.vault_url(), emulator.ca_file().display());
+//! emulator.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod cli;
+mod config;
+mod counters;
+mod error;
+mod faults;
+mod identity;
+mod model;
+mod route;
+mod seed;
+mod server;
+mod store;
+mod tls;
+mod tokens;
+mod vault;
+
+pub use cli::{EmulatorArgs, env_lines, run_cli};
+pub use config::{ClientEntry, Clients, DEFAULT_TENANT_ID, EmulatorConfig, TlsMode};
+pub use counters::{CounterSnapshot, OperationCounts};
+pub use error::{ApiError, EmulatorError};
+pub use faults::{ActiveFault, FaultKind, FaultSpec};
+pub use identity::MANAGED_IDENTITY_CLIENT_ID;
+pub use route::Operation;
+pub use seed::{ScalarString, Seed, SeedSecret};
+pub use server::Emulator;
+pub use store::{MAX_TAGS, MAX_VALUE_BYTES, NewVersion};
+pub use tls::install_crypto_provider;
+pub use tokens::{TokenError, VAULT_RESOURCE};
+pub use vault::{MAX_PAGE, SUPPORTED_API_VERSIONS};

@@ -1,0 +1,188 @@
+//! Secret-store providers.
+//!
+//! Every backend implements [`SecretsClient`]; callers hold a [`Provider`], a closed enum that
+//! dispatches to the backend without a string registry. Providers return whole remote values:
+//! `property` paths, decoding and templates are applied by the sync pipeline, identically for all
+//! providers. The [`conformance`] suite states what every provider must do.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use keyferry_api::external_secret::{FindRef, RemoteRef};
+
+pub mod conformance;
+pub mod error;
+pub mod fake;
+pub mod seed;
+pub mod value;
+
+pub use error::ProviderError;
+pub use fake::FakeStore;
+pub use value::SecretValue;
+
+/// A value read from a store, with the version it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteValue {
+    /// The value (or, with `metadataPolicy: Fetch`, the metadata as JSON).
+    pub value: SecretValue,
+    /// The version id the store returned, if it has versions.
+    pub version: Option<String>,
+}
+
+/// What a store knows about a secret without reading its value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretProperties {
+    /// The secret's name.
+    pub name: String,
+    /// The current version id.
+    pub version: Option<String>,
+    /// Whether reads are allowed.
+    pub enabled: bool,
+    /// Creation time of the current version (Unix seconds).
+    pub created: Option<i64>,
+    /// Last update of the current version (Unix seconds); changes when a new version is set.
+    pub updated: Option<i64>,
+    /// Not valid before (Unix seconds); informational in Key Vault.
+    pub not_before: Option<i64>,
+    /// Expiry (Unix seconds); informational in Key Vault.
+    pub expires: Option<i64>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Content type.
+    pub content_type: Option<String>,
+}
+
+/// Whether a remote secret exists, answered from properties only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Existence {
+    /// It exists; here is what the store says about it.
+    Present(SecretProperties),
+    /// It was deleted but can still be recovered.
+    SoftDeleted,
+    /// It does not exist.
+    Missing,
+}
+
+/// The operations keyferry needs from a secret store.
+#[async_trait]
+pub trait SecretsClient: Send + Sync {
+    /// Reads one value: the latest version, or `remote.version`. With `metadataPolicy: Fetch`, a JSON
+    /// object of the secret's tags plus `attribute.created`, `attribute.updated`, `attribute.notBefore`
+    /// and `attribute.expires` instead of the value.
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<RemoteValue, ProviderError>;
+
+    /// Reads every secret matching `find` (name regexp and/or tags), skipping disabled ones, keyed by
+    /// secret name.
+    async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError>;
+
+    /// Lists the properties of every secret (the current version of each), without values.
+    async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, ProviderError>;
+
+    /// Whether a secret exists, from properties only: never reads the value.
+    async fn secret_exists(&self, remote: &RemoteRef) -> Result<Existence, ProviderError>;
+
+    /// Writes a value as a new version, tagged as managed by keyferry. Skips the write when the value
+    /// and tags are unchanged. Returns whether a write happened.
+    async fn push_secret(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError>;
+
+    /// Deletes a secret, only if keyferry manages it (tag `managed-by=keyferry`).
+    async fn delete_secret(&self, name: &str) -> Result<(), ProviderError>;
+
+    /// Proves the store answers with these credentials (a real call).
+    async fn validate(&self) -> Result<(), ProviderError>;
+}
+
+/// The tag keyferry puts on secrets it writes, and requires before deleting.
+pub const MANAGED_BY_TAG: (&str, &str) = ("managed-by", "keyferry");
+
+/// Every provider keyferry has. A closed set: adding one is a code change, not a registration.
+#[derive(Clone, Debug)]
+pub enum Provider {
+    /// The in-memory store.
+    Fake(FakeStore),
+}
+
+impl Provider {
+    fn client(&self) -> &dyn SecretsClient {
+        match self {
+            Provider::Fake(f) => f,
+        }
+    }
+}
+
+#[async_trait]
+impl SecretsClient for Provider {
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<RemoteValue, ProviderError> {
+        self.client().get_secret(remote).await
+    }
+    async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+        self.client().get_all_secrets(find).await
+    }
+    async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, ProviderError> {
+        self.client().list_secret_properties().await
+    }
+    async fn secret_exists(&self, remote: &RemoteRef) -> Result<Existence, ProviderError> {
+        self.client().secret_exists(remote).await
+    }
+    async fn push_secret(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        self.client().push_secret(name, value, tags).await
+    }
+    async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
+        self.client().delete_secret(name).await
+    }
+    async fn validate(&self) -> Result<(), ProviderError> {
+        self.client().validate().await
+    }
+}
+
+/// Builds the `metadataPolicy: Fetch` JSON from properties: tags, plus `attribute.*` entries.
+pub fn metadata_json(props: &SecretProperties) -> SecretValue {
+    let mut map = serde_json::Map::new();
+    for (k, v) in &props.tags {
+        map.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    let attrs = [
+        ("attribute.created", props.created),
+        ("attribute.updated", props.updated),
+        ("attribute.notBefore", props.not_before),
+        ("attribute.expires", props.expires),
+    ];
+    for (k, v) in attrs {
+        if let Some(v) = v {
+            map.insert(k.to_owned(), serde_json::Value::from(v));
+        }
+    }
+    SecretValue::new(serde_json::Value::Object(map).to_string().into_bytes())
+}
+
+/// Whether a secret's name and tags satisfy a `find` (the regexp must already be compiled).
+pub fn find_matches(
+    name_regexp: Option<&regex::Regex>,
+    tags: &BTreeMap<String, String>,
+    props: &SecretProperties,
+) -> bool {
+    name_regexp.is_none_or(|re| re.is_match(&props.name))
+        && tags.iter().all(|(k, v)| props.tags.get(k) == Some(v))
+}
+
+/// Compiles `find.name.regexp`, naming the field in the error.
+pub fn compile_find_regexp(find: &FindRef) -> Result<Option<regex::Regex>, ProviderError> {
+    find.name
+        .as_ref()
+        .map(|n| {
+            regex::Regex::new(&n.regexp).map_err(|e| ProviderError::Invalid {
+                detail: format!("find.name.regexp {:?} is not a valid regular expression: {e}", n.regexp),
+            })
+        })
+        .transpose()
+}
