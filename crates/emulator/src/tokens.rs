@@ -146,6 +146,6 @@ mod tests {
         let foreign = TokenIssuer::new("https://localhost:1".into()).mint(VAULT_RESOURCE, "c", "t", 60).0;
         assert_eq!(issuer.validate(&foreign), Err(TokenError::BadSignature));
         assert_eq!(issuer.validate("garbage"), Err(TokenError::Malformed));
-        assert_eq!(issuer.validate("a.b.c"), Err(TokenError::BadSignature));
+        assert_eq!(issuer.validate("a.b.cccc"), Err(TokenError::BadSignature));
     }
 }
