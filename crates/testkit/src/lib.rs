@@ -1,0 +1,285 @@
+//! The e2e harness: one real Kubernetes API server per test process, the keyferry CRDs installed, and a
+//! fresh namespace per test.
+//!
+//! Where the cluster comes from, in order:
+//! 1. `KUBECONFIG` is set: that cluster (testenv started by `scripts/testenv up`, k3d, RKE2...).
+//!    `KUBECONFIG_USER` optionally names a kubeconfig for a user with no rights.
+//! 2. Otherwise the harness builds and starts testenv (`scripts/testenv build`, then the binary) and
+//!    stops it when the test process exits — a watchdog kills it even if the process is killed.
+//!
+//! Tests never skip silently: if no cluster can be had, [`cluster`] returns an error that says why.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, ResourceExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::OnceCell;
+
+/// Why the harness could not provide a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// testenv could not be built or started; carries its last log lines.
+    #[error("testenv did not start: {reason}\n--- last testenv output ---\n{log_tail}")]
+    TestenvStart {
+        /// What failed.
+        reason: String,
+        /// The last lines testenv printed.
+        log_tail: String,
+    },
+    /// A kubeconfig could not be loaded.
+    #[error("cannot load kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        source: kube::config::KubeconfigError,
+    },
+    /// The API server refused a setup call.
+    #[error("cluster setup failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// A cluster ready for tests.
+pub struct TestCluster {
+    /// A client with full rights.
+    pub admin: Client,
+    /// A client for a user with no rights, when the cluster provides one (testenv does).
+    pub user: Option<Client>,
+    /// Name of that user (for RoleBindings).
+    pub user_name: Option<String>,
+    /// Path of the admin kubeconfig (to hand to a controller process under test).
+    pub kubeconfig: PathBuf,
+    /// Path of the plain user's kubeconfig.
+    pub user_kubeconfig: Option<PathBuf>,
+}
+
+static CLUSTER: OnceCell<TestCluster> = OnceCell::const_new();
+
+/// The shared cluster of this test process, started on first use, with the CRDs installed.
+pub async fn cluster() -> Result<&'static TestCluster, HarnessError> {
+    CLUSTER.get_or_try_init(start).await
+}
+
+async fn start() -> Result<TestCluster, HarnessError> {
+    let (kubeconfig, user_kubeconfig) = match std::env::var_os("KUBECONFIG") {
+        Some(k) => (PathBuf::from(k), std::env::var_os("KUBECONFIG_USER").map(PathBuf::from)),
+        None => start_testenv().await?,
+    };
+    let admin = client_from(&kubeconfig).await?;
+    let (user, user_name) = match &user_kubeconfig {
+        Some(path) => (Some(client_from(path).await?), Some(TESTENV_USER.to_owned())),
+        None => (None, None),
+    };
+    install_crds(&admin).await?;
+    Ok(TestCluster { admin, user, user_name, kubeconfig, user_kubeconfig })
+}
+
+/// The plain user testenv defines (no groups, no rights).
+pub const TESTENV_USER: &str = "keyferry-user";
+
+async fn client_from(path: &Path) -> Result<Client, HarnessError> {
+    let err = |source| HarnessError::Kubeconfig { path: path.display().to_string(), source };
+    let kc = Kubeconfig::read_from(path).map_err(err)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(err)?;
+    Ok(Client::try_from(config)?)
+}
+
+fn repo_root() -> PathBuf {
+    // crates/testkit → repository root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn start_testenv() -> Result<(PathBuf, Option<PathBuf>), HarnessError> {
+    let fail = |reason: String, log_tail: String| HarnessError::TestenvStart { reason, log_tail };
+    let script = repo_root().join("scripts/testenv");
+    let built = tokio::process::Command::new(&script)
+        .arg("build")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|e| fail(format!("cannot run {}: {e}", script.display()), String::new()))?;
+    if !built.status.success() {
+        return Err(fail(
+            "scripts/testenv build failed (set KUBECONFIG to use an existing cluster instead)".into(),
+            tail(&String::from_utf8_lossy(&built.stderr), 30),
+        ));
+    }
+    // Same default as scripts/testenv.
+    let binary = std::env::var("KEYFERRY_TESTENV_BIN").unwrap_or_else(|_| {
+        format!("{}/.cache/keyferry/testenv/kube-testenv", std::env::var("HOME").unwrap_or_default())
+    });
+    let mut child = tokio::process::Command::new(&binary)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| fail(format!("cannot start {binary}: {e}"), String::new()))?;
+    let pid = child.id().unwrap_or_default();
+    spawn_watchdog(pid);
+
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    if let Some(stderr) = stderr {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
+                l.push(line);
+                if l.len() > 200 {
+                    l.remove(0);
+                }
+            }
+        });
+    }
+    let log_tail = || {
+        let l = log.lock().unwrap_or_else(|p| p.into_inner());
+        l[l.len().saturating_sub(30)..].join("\n")
+    };
+    let Some(stdout) = stdout else {
+        return Err(fail("testenv has no stdout".into(), String::new()));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(180), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("KUBE_TESTENV_READY") {
+                return Some(rest.to_owned());
+            }
+        }
+        None
+    })
+    .await;
+    let fields = match ready {
+        Ok(Some(fields)) => fields,
+        Ok(None) => return Err(fail("testenv exited before it was ready".into(), log_tail())),
+        Err(_) => return Err(fail("testenv was not ready within 180 s".into(), log_tail())),
+    };
+    // Keep draining stdout so testenv never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // The child handle is leaked on purpose: the watchdog ends the process with the test process.
+    std::mem::forget(child);
+    let field = |name: &str| {
+        fields
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(PathBuf::from)
+    };
+    let kubeconfig = field("kubeconfig").ok_or_else(|| fail(format!("unexpected readiness line: {fields}"), log_tail()))?;
+    Ok((kubeconfig, field("kubeconfig_user")))
+}
+
+/// Kills `pid` when this test process goes away, however it ends (a static's destructor never runs).
+fn spawn_watchdog(pid: u32) {
+    let me = std::process::id();
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -TERM {pid} 2>/dev/null; sleep 5; kill -KILL {pid} 2>/dev/null"
+    );
+    // setsid: the watchdog must outlive us, and not receive our terminal's signals.
+    let _ = std::process::Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Server-side applies keyferry's CRDs and waits until they are established.
+pub async fn install_crds(client: &Client) -> Result<(), HarnessError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let pp = PatchParams::apply("keyferry-testkit").force();
+    for crd in keyferry_api::crds::all() {
+        let name = crd.name_any();
+        api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
+        for _ in 0..100 {
+            let current = api.get(&name).await?;
+            let established = current
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// A namespace of its own for one test, deleted by [`TestNamespace::cleanup`] or on drop.
+pub struct TestNamespace {
+    /// The namespace's name.
+    pub name: String,
+    client: Client,
+    cleaned: bool,
+}
+
+impl TestNamespace {
+    /// Creates `kf-<prefix>-<random>` with the given labels.
+    pub async fn create(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> Result<Self, HarnessError> {
+        let suffix: u32 = rand::random::<u32>() % 0xff_ffff;
+        let name = format!("kf-{prefix}-{suffix:06x}");
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.clone());
+        ns.metadata.labels = Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Ok(TestNamespace { name, client: client.clone(), cleaned: false })
+    }
+
+    /// Deletes the namespace (its contents go with it).
+    pub async fn cleanup(mut self) {
+        self.cleaned = true;
+        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::background()).await;
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        // A failed test skips cleanup(); delete from a thread of its own since Drop cannot await.
+        let client = self.client.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async move {
+                    let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, or gives up after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
