@@ -1,0 +1,2 @@
+//! Benchmarks of `shape` and templates (filled in below).
+fn main() {}

@@ -1,0 +1,46 @@
+//! The keyferry sync pipeline: one library used by the controller, `keyferry render`/`demo` and the
+//! VM agent.
+//!
+//! ```text
+//! ExternalSecret ──plan (pure)──▶ Plan ──fetch (I/O)──▶ Fetched ──shape (pure)──▶ DesiredSecret
+//! ```
+//!
+//! * [`plan()`] validates the spec and lists the remote reads, deduplicated by (store, key, version,
+//!   metadataPolicy): two properties of one secret cost one read.
+//! * [`fetch()`] performs the reads through a caller-provided [`StoreResolver`] with bounded
+//!   concurrency. Only a confirmed `NotFound` is kept as an outcome (for `deletionPolicy`); any other
+//!   provider error fails the fetch.
+//! * [`shape()`] applies property paths, decoding, `dataFrom` extract/find, rewrites and templates,
+//!   and returns the [`DesiredSecret`].
+//! * [`sync()`] runs the three in a row.
+//!
+//! No error message and no `Debug` output of this crate contains a secret value: values live in
+//! [`SecretValue`], which cannot be printed, and errors name fields, keys and positions only.
+
+pub mod decode;
+pub mod desired;
+pub mod error;
+pub mod fetch;
+pub mod plan;
+pub mod property;
+pub mod shape;
+pub mod template;
+
+pub use desired::{DesiredSecret, REDACTED_PREFIX};
+pub use error::{EsRef, ResolveError, SyncError};
+pub use fetch::{DEFAULT_CONCURRENCY, Fetched, ReadOutcome, SingleStore, StoreResolver, fetch, fetch_with};
+pub use keyferry_providers::SecretValue;
+pub use plan::{DataFromPlan, DataFromSource, DataPlan, FindRead, Plan, Read, plan};
+pub use shape::shape;
+
+use keyferry_api::ExternalSecret;
+
+/// Runs the whole pipeline: [`plan()`], [`fetch()`], [`shape()`].
+pub async fn sync(
+    es: &ExternalSecret,
+    stores: &(impl StoreResolver + ?Sized),
+) -> Result<DesiredSecret, SyncError> {
+    let plan = plan(es)?;
+    let fetched = fetch(&plan, stores).await?;
+    shape(es, &plan, &fetched)
+}
