@@ -37,6 +37,9 @@ func runAPIServer(ctx context.Context, ln net.Listener, port int, etcdURL string
 		"--service-account-signing-key-file=" + f.saKey,
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--allow-privileged=true",
+		// The "lease" reconciler refuses a loopback advertise address; there
+		// is nothing to reconcile for a single local apiserver anyway.
+		"--endpoint-reconciler-type=none",
 		// No kubelet/scheduler and no "serviceaccount" controller: Pods
 		// never run, so don't demand a default ServiceAccount (as envtest).
 		"--disable-admission-plugins=ServiceAccount",

@@ -8,8 +8,15 @@ import (
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/logutil"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
+
+// etcdLogLevel is etcd's log level: errors only while running, raised to
+// fatal just before we close it, since embedded etcd logs every listener it
+// closes as an "error".
+var etcdLogLevel = zap.NewAtomicLevelAt(zap.ErrorLevel)
 
 // startEtcd starts a single-member etcd on loopback, storing its data under
 // dir/etcd, and returns its client URL once it is ready to serve.
@@ -49,6 +56,16 @@ func startEtcd(dir string, clientPort, peerPort int) (*embed.Etcd, string, error
 	cfg.WatchProgressNotifyInterval = 5 * time.Second
 	cfg.LogLevel = "error"
 	cfg.LogOutputs = []string{"stderr"} // stdout is reserved for the readiness line
+	zc := logutil.DefaultZapLoggerConfig
+	zc.Level = etcdLogLevel
+	zc.Encoding = "console"
+	zc.DisableStacktrace = true
+	zc.OutputPaths, zc.ErrorOutputPaths = []string{"stderr"}, []string{"stderr"}
+	lg, err := zc.Build()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg.Named("etcd"))
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

@@ -30,6 +30,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // shutdownTimeout bounds the whole graceful stop; past it we exit anyway so
@@ -42,6 +44,7 @@ type cliFlags struct {
 	etcdPort     int
 	etcdPeerPort int
 	verbosity    int
+	withParent   bool
 }
 
 func main() {
@@ -52,6 +55,7 @@ func main() {
 	fs.IntVar(&o.etcdPort, "etcd-port", 0, "etcd client port on 127.0.0.1 (0 = pick a free one)")
 	fs.IntVar(&o.etcdPeerPort, "etcd-peer-port", 0, "etcd peer port on 127.0.0.1 (0 = pick a free one)")
 	fs.IntVar(&o.verbosity, "v", 0, "klog verbosity; 0 logs warnings and errors only, >=1 also info")
+	fs.BoolVar(&o.withParent, "exit-with-parent", false, "shut down (as on SIGTERM) when the parent process dies; for test harnesses that spawn it directly")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
@@ -79,6 +83,9 @@ func run(o cliFlags) int {
 	// both through their options/Run APIs with this context instead.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if o.withParent {
+		ctx = exitWithParent(ctx)
+	}
 
 	// 1. Data dir (checked for writability before anything starts).
 	dir, removeDir, err := prepareDataDir(o.dataDir)
@@ -117,6 +124,7 @@ func run(o cliFlags) int {
 		fatalf("etcd failed to start: %v", err)
 	}
 	stopEtcd := func() {
+		etcdLogLevel.SetLevel(zap.FatalLevel)
 		etcd.Close()
 		<-etcd.Server.StopNotify()
 	}
@@ -150,7 +158,7 @@ func run(o cliFlags) int {
 	} else {
 		select {
 		case <-ctx.Done():
-			logf("signal received, shutting down")
+			logf("shutting down")
 		case err := <-apiDone:
 			fmt.Fprintf(os.Stderr, "kube-testenv: kube-apiserver stopped unexpectedly: %v\n", err)
 			exitCode = 1
@@ -181,6 +189,32 @@ func run(o cliFlags) int {
 	cleanupDir()
 	logf("stopped")
 	return exitCode
+}
+
+// exitWithParent returns a context that is also cancelled when the parent
+// process goes away (we get reparented), so a crashed test harness does not
+// leave a control plane running. Polling getppid is portable and, unlike
+// PR_SET_PDEATHSIG, not tied to the lifetime of the parent's spawning thread.
+func exitWithParent(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	parent := os.Getppid()
+	go func() {
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if os.Getppid() != parent {
+					logf("parent process %d is gone, shutting down", parent)
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return ctx
 }
 
 func logf(format string, args ...any) {
