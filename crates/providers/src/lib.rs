@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use keyferry_api::external_secret::{FindRef, RemoteRef};
 
+pub mod azure;
 pub mod conformance;
 pub mod error;
 pub mod fake;
@@ -105,12 +106,15 @@ pub const MANAGED_BY_TAG: (&str, &str) = ("managed-by", "keyferry");
 pub enum Provider {
     /// The in-memory store.
     Fake(FakeStore),
+    /// Azure Key Vault.
+    Azure(azure::AzureProvider),
 }
 
 impl Provider {
     fn client(&self) -> &dyn SecretsClient {
         match self {
             Provider::Fake(f) => f,
+            Provider::Azure(a) => a,
         }
     }
 }
