@@ -1,0 +1,76 @@
+//! `keyferry render`: manifests in, Kubernetes Secret manifests out, through the same sync pipeline
+//! the controller uses. Values are redacted unless `--reveal`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use keyferry_api::manifest::Manifest;
+use keyferry_sync::DesiredSecret;
+
+use crate::inputs;
+use crate::stores::{StoreArgs, Stores};
+
+/// Arguments of `keyferry render`.
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// Files or directories of YAML manifests: ExternalSecrets and the stores they use.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Print secret values instead of `<redacted: N bytes>`.
+    #[arg(long)]
+    pub reveal: bool,
+    #[command(flatten)]
+    pub stores: StoreArgs,
+}
+
+/// Exit codes: 0 all rendered, 1 some failed, 2 usage or configuration error.
+pub async fn run(args: RenderArgs) -> ExitCode {
+    let inputs = match inputs::read(&args.paths) {
+        Ok(i) => i,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let stores = match Stores::build(&inputs.documents, &args.stores) {
+        Ok(s) => s,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    let mut failures = inputs.errors;
+    let mut rendered: Vec<(String, DesiredSecret)> = Vec::new();
+    for doc in &inputs.documents {
+        match &doc.value {
+            Manifest::ExternalSecret(es) => {
+                let namespace = es.metadata.namespace.clone().unwrap_or_default();
+                match keyferry_sync::sync(es, &stores.resolver(&namespace)).await {
+                    Ok(desired) => rendered.push((doc.origin.file.clone(), desired)),
+                    Err(e) => failures.push(format!("{}: {e}", doc.origin)),
+                }
+            }
+            Manifest::SecretStore(_) | Manifest::ClusterSecretStore(_) => {}
+            Manifest::Secret(_) => failures.push(format!(
+                "{}: a Secret among the inputs; pass store credentials with --credentials instead (and keep them out of Git)",
+                doc.origin
+            )),
+            other => failures.push(format!("{}: kind {} is not one keyferry renders", doc.origin, other.kind())),
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for (file, desired) in &rendered {
+        let _ = writeln!(out, "---\n# from {file}\n{}", desired.to_yaml(args.reveal).trim_end());
+    }
+    let _ = out.flush();
+    for f in &failures {
+        eprintln!("error: {f}");
+    }
+    if failures.is_empty() {
+        eprintln!("rendered {} Secret(s)", rendered.len());
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("rendered {} Secret(s), {} failed", rendered.len(), failures.len());
+        ExitCode::from(1)
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("keyferry render: {message}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,286 @@
+//! Turning store manifests into provider clients for the offline commands (`render`, `check`, `demo`).
+//!
+//! Credentials come from Secret manifests passed with `--credentials` (never committed) or from the
+//! standard `AZURE_*` variables. `--seed` replaces every store by one in-memory vault, so the whole
+//! pipeline runs without a network.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
+use keyferry_api::manifest::{Located, Manifest};
+use keyferry_api::secret_store::{AzureAuthType, AzureKvProvider, ProviderKind, SecretKeySelector, StoreProvider};
+use keyferry_providers::azure::{AzureCredentials, AzureProvider, ConnectOptions};
+use keyferry_providers::seed::VaultSeed;
+use keyferry_providers::{FakeStore, SecretValue, SecretsClient};
+use keyferry_sync::{ResolveError, StoreResolver};
+
+/// Options shared by every vault-facing offline command.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreArgs {
+    /// Serve every store from an in-memory vault seeded from FILE (offline; see examples/vault/seed.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub seed: Option<PathBuf>,
+    /// Secret manifests holding store credentials (referenced by `authSecretRef`). Never commit them.
+    #[arg(long = "credentials", value_name = "FILE")]
+    pub credentials: Vec<PathBuf>,
+    /// Extra CA certificates (PEM) to trust for vault and token endpoints; `SSL_CERT_FILE` also works.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Use another vault URL than a store's `vaultUrl` (FROM=TO), e.g. to point a manifest at the emulator.
+    #[arg(long = "vault-url-map", value_name = "FROM=TO", value_parser = parse_mapping)]
+    pub vault_url_map: Vec<(String, String)>,
+}
+
+fn parse_mapping(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(a, b)| (a.trim_end_matches('/').to_owned(), b.trim_end_matches('/').to_owned()))
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+        .ok_or_else(|| format!("expected FROM=TO, got {s:?}"))
+}
+
+/// A configuration error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreConfigError(pub String);
+
+/// A store manifest by its identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoreKey {
+    /// SecretStore or ClusterSecretStore.
+    pub kind: StoreKind,
+    /// Namespace for a SecretStore; empty for a ClusterSecretStore.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// Clients for every store in the inputs, built once; a store that cannot be built keeps its reason.
+pub struct Stores {
+    clients: BTreeMap<StoreKey, Result<Arc<dyn SecretsClient>, String>>,
+    /// Set with `--seed`: answers every store.
+    seeded: Option<Arc<dyn SecretsClient>>,
+}
+
+impl Stores {
+    /// Builds clients for the stores among `documents`.
+    pub fn build(documents: &[Located<Manifest>], args: &StoreArgs) -> Result<Stores, StoreConfigError> {
+        let seeded = match &args.seed {
+            Some(path) => {
+                let seed = VaultSeed::load(path).map_err(|e| StoreConfigError(e.to_string()))?;
+                Some(Arc::new(FakeStore::from_seed("seeded vault", &seed)) as Arc<dyn SecretsClient>)
+            }
+            None => None,
+        };
+        let credentials = Credentials::load(&args.credentials)?;
+        let mut connect = ConnectOptions::from_env().map_err(|e| StoreConfigError(e.to_string()))?;
+        if let Some(ca) = &args.ca_file {
+            connect = connect.with_ca_file(ca).map_err(|e| StoreConfigError(e.to_string()))?;
+        }
+        let mut clients = BTreeMap::new();
+        for doc in documents {
+            let (key, provider) = match &doc.value {
+                Manifest::SecretStore(s) => (
+                    StoreKey {
+                        kind: StoreKind::SecretStore,
+                        namespace: s.metadata.namespace.clone().unwrap_or_default(),
+                        name: s.metadata.name.clone().unwrap_or_default(),
+                    },
+                    &s.spec.provider,
+                ),
+                Manifest::ClusterSecretStore(s) => (
+                    StoreKey {
+                        kind: StoreKind::ClusterSecretStore,
+                        namespace: String::new(),
+                        name: s.metadata.name.clone().unwrap_or_default(),
+                    },
+                    &s.spec.provider,
+                ),
+                _ => continue,
+            };
+            if seeded.is_some() {
+                clients.insert(key, Err(String::new()));
+                continue;
+            }
+            let client = build_client(&key, provider, &credentials, &connect, &args.vault_url_map)
+                .map_err(|reason| format!("{}: {reason}", doc.origin));
+            clients.insert(key, client);
+        }
+        Ok(Stores { clients, seeded })
+    }
+
+    /// A resolver for ExternalSecrets in `namespace`.
+    pub fn resolver(&self, namespace: &str) -> impl StoreResolver + '_ {
+        let namespace = namespace.to_owned();
+        move |store: &SecretStoreRef| self.resolve(&namespace, store)
+    }
+
+    fn resolve(&self, namespace: &str, store: &SecretStoreRef) -> Result<Arc<dyn SecretsClient>, ResolveError> {
+        let kind = store.kind_or_default();
+        let key = StoreKey {
+            kind,
+            namespace: if kind == StoreKind::SecretStore { namespace.to_owned() } else { String::new() },
+            name: store.name.clone(),
+        };
+        match (&self.seeded, self.clients.get(&key)) {
+            (Some(seeded), Some(_)) => Ok(seeded.clone()),
+            (_, Some(Ok(client))) => Ok(client.clone()),
+            (_, Some(Err(reason))) => Err(ResolveError::permanent(reason.clone())),
+            (_, None) => Err(ResolveError::permanent(match kind {
+                StoreKind::SecretStore => format!(
+                    "no SecretStore {} in namespace {namespace:?} among the given manifests",
+                    store.name
+                ),
+                StoreKind::ClusterSecretStore => {
+                    format!("no ClusterSecretStore {} among the given manifests", store.name)
+                }
+            })),
+        }
+    }
+
+    /// Every store's client or the reason it has none, for `check`.
+    pub fn all(&self) -> impl Iterator<Item = (&StoreKey, Result<Arc<dyn SecretsClient>, String>)> {
+        self.clients.iter().map(|(k, v)| match (&self.seeded, v) {
+            (Some(seeded), _) => (k, Ok(seeded.clone())),
+            (None, v) => (k, v.clone()),
+        })
+    }
+}
+
+fn build_client(
+    key: &StoreKey,
+    provider: &StoreProvider,
+    credentials: &Credentials,
+    connect: &ConnectOptions,
+    url_map: &[(String, String)],
+) -> Result<Arc<dyn SecretsClient>, String> {
+    match provider.kind().map_err(|e| format!("spec.provider: {e}"))? {
+        ProviderKind::Fake(spec) => Ok(Arc::new(FakeStore::from_spec(&key.name, spec))),
+        ProviderKind::AzureKv(spec) => {
+            let mut spec = spec.clone();
+            let trimmed = spec.vault_url.trim_end_matches('/').to_owned();
+            if let Some((_, to)) = url_map.iter().find(|(from, _)| *from == trimmed) {
+                spec.vault_url = to.clone();
+            }
+            let creds = azure_credentials(key, &spec, credentials)?;
+            let provider = AzureProvider::new(&spec, creds, connect).map_err(|e| e.to_string())?;
+            Ok(Arc::new(provider))
+        }
+    }
+}
+
+/// Credentials for an Azure store: `authSecretRef` keys from `--credentials` manifests, else the
+/// standard `AZURE_*` variables.
+fn azure_credentials(
+    key: &StoreKey,
+    spec: &AzureKvProvider,
+    credentials: &Credentials,
+) -> Result<AzureCredentials, String> {
+    let default_ns = if key.kind == StoreKind::SecretStore { key.namespace.as_str() } else { "" };
+    let env_tenant = std::env::var("AZURE_TENANT_ID").ok();
+    match spec.auth_type_or_default() {
+        AzureAuthType::ManagedIdentity => Ok(AzureCredentials::ManagedIdentity { client_id: spec.identity_id.clone() }),
+        AzureAuthType::ServicePrincipal if spec.auth_secret_ref.is_some() && !credentials.is_empty() => {
+            let refs = spec.auth_secret_ref.as_ref().ok_or("spec.provider.azurekv.authSecretRef is missing")?;
+            let get = |field: &str, sel: &Option<SecretKeySelector>| -> Result<Option<SecretValue>, String> {
+                sel.as_ref().map(|s| credentials.get(s, default_ns, field)).transpose()
+            };
+            let client_id = get("clientId", &refs.client_id)?
+                .ok_or("spec.provider.azurekv.authSecretRef.clientId is required")?;
+            let client_id = utf8(&client_id, "authSecretRef.clientId")?;
+            let tenant_id = match get("tenantId", &refs.tenant_id)? {
+                Some(t) => utf8(&t, "authSecretRef.tenantId")?,
+                None => spec.tenant_id.clone().or(env_tenant).ok_or(
+                    "no tenant: set spec.provider.azurekv.tenantId, authSecretRef.tenantId or AZURE_TENANT_ID",
+                )?,
+            };
+            match (get("clientSecret", &refs.client_secret)?, get("clientCertificate", &refs.client_certificate)?) {
+                (Some(secret), None) => Ok(AzureCredentials::ClientSecret { tenant_id, client_id, secret }),
+                (None, Some(pem)) => Ok(AzureCredentials::ClientCertificate { tenant_id, client_id, pem }),
+                (Some(_), Some(_)) => {
+                    Err("authSecretRef sets both clientSecret and clientCertificate; set one".to_owned())
+                }
+                (None, None) => Err("authSecretRef needs clientSecret or clientCertificate".to_owned()),
+            }
+        }
+        auth => {
+            let creds = AzureCredentials::from_env().map_err(|e| {
+                format!("{e} (pass the store's credential Secret with --credentials, or set AZURE_* variables)")
+            })?;
+            if !creds.fits(auth) {
+                return Err(format!(
+                    "spec.provider.azurekv.authType is {auth:?}, but the AZURE_* variables describe {}",
+                    creds.identity()
+                ));
+            }
+            Ok(creds)
+        }
+    }
+}
+
+fn utf8(v: &SecretValue, field: &str) -> Result<String, String> {
+    v.expose_str().map(|s| s.trim().to_owned()).ok_or_else(|| format!("{field} is not UTF-8"))
+}
+
+/// Secret manifests given with `--credentials`, by (namespace, name).
+#[derive(Default)]
+struct Credentials {
+    secrets: BTreeMap<(String, String), BTreeMap<String, SecretValue>>,
+}
+
+impl Credentials {
+    fn load(files: &[PathBuf]) -> Result<Self, StoreConfigError> {
+        let mut creds = Credentials::default();
+        for file in files {
+            let shown = file.display().to_string();
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| StoreConfigError(format!("{shown}: cannot read credentials: {e}")))?;
+            for doc in keyferry_api::manifest::parse_documents(&shown, &text) {
+                let doc = doc.map_err(|e| StoreConfigError(e.to_string()))?;
+                match &doc.value {
+                    Manifest::Secret(secret) => creds.insert(secret),
+                    other => {
+                        return Err(StoreConfigError(format!(
+                            "{}: --credentials files hold only v1 Secrets, found {}",
+                            doc.origin,
+                            other.kind()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(creds)
+    }
+
+    fn insert(&mut self, secret: &Secret) {
+        let mut values = BTreeMap::new();
+        for (k, v) in secret.data.iter().flatten() {
+            values.insert(k.clone(), SecretValue::new(v.0.clone()));
+        }
+        for (k, v) in secret.string_data.iter().flatten() {
+            values.insert(k.clone(), SecretValue::from(v.as_str()));
+        }
+        let key = (
+            secret.metadata.namespace.clone().unwrap_or_default(),
+            secret.metadata.name.clone().unwrap_or_default(),
+        );
+        self.secrets.insert(key, values);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    fn get(&self, sel: &SecretKeySelector, default_ns: &str, field: &str) -> Result<SecretValue, String> {
+        let ns = sel.namespace.clone().unwrap_or_else(|| default_ns.to_owned());
+        let secret = self.secrets.get(&(ns.clone(), sel.name.clone())).ok_or_else(|| {
+            format!("authSecretRef.{field}: Secret {ns}/{} is not among the --credentials manifests", sel.name)
+        })?;
+        secret
+            .get(&sel.key)
+            .cloned()
+            .ok_or_else(|| format!("authSecretRef.{field}: Secret {ns}/{} has no key {:?}", sel.name, sel.key))
+    }
+}
