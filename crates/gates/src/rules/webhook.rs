@@ -1,0 +1,279 @@
+//! The rules ESO's admission webhook enforces on ExternalSecrets and stores, so a manifest that
+//! passes `validate` is not refused at `kubectl apply` time.
+
+use std::collections::BTreeMap;
+
+use keyferry_api::external_secret::{CreationPolicy, DeletionPolicy};
+use keyferry_api::manifest::{Located, Manifest};
+
+use crate::finding::{RawFinding, Rule};
+use crate::model::{EsView, line_of_field};
+
+/// `KF002`: an ExternalSecret needs `data` or `dataFrom`.
+pub fn no_data(es: &EsView<'_>) -> Vec<RawFinding> {
+    if !es.spec.data.is_empty() || !es.spec.data_from.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        RawFinding::new(
+            Rule::NoData,
+            es.file(),
+            line_of_field(&es.doc.located, "spec", "", 0),
+            "spec: either data or dataFrom must be specified",
+        )
+        .with_object(es.object()),
+    ]
+}
+
+/// `KF003`: two `data` entries must not write the same `secretKey`.
+pub fn duplicate_secret_keys(es: &EsView<'_>) -> Vec<RawFinding> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (i, d) in es.spec.data.iter().enumerate() {
+        let key = d.secret_key.as_str();
+        let n = seen.entry(key).or_insert(0);
+        if *n > 0 {
+            out.push(
+                RawFinding::new(
+                    Rule::DuplicateSecretKey,
+                    es.file(),
+                    es.line_of_key("secretKey", key, *n),
+                    format!("spec.data[{i}].secretKey: duplicate secretKey {key:?}"),
+                )
+                .with_object(es.object()),
+            );
+        }
+        *n += 1;
+    }
+    out
+}
+
+/// `KF004`: `find.name.regexp` and `rewrite[].regexp.source` must compile.
+///
+/// ESO compiles them with Go's RE2; Rust's `regex` accepts the same syntax for everything RE2
+/// supports (neither has look-around or back-references), so a compile error here is one there.
+pub fn invalid_regexps(es: &EsView<'_>) -> Vec<RawFinding> {
+    let mut out = Vec::new();
+    let mut check = |path: String, field: &str, pattern: &str| {
+        if let Err(e) = regex::Regex::new(pattern) {
+            let reason = crate::policy::regex_reason(&e);
+            out.push(
+                RawFinding::new(
+                    Rule::InvalidRegexp,
+                    es.file(),
+                    es.line_of_key(field, pattern, 0),
+                    format!("{path}: {pattern:?} is not a valid regular expression: {reason}"),
+                )
+                .with_object(es.object()),
+            );
+        }
+    };
+    for (i, df) in es.spec.data_from.iter().enumerate() {
+        if let Some(name) = df.find.as_ref().and_then(|f| f.name.as_ref()) {
+            check(
+                format!("spec.dataFrom[{i}].find.name.regexp"),
+                "regexp",
+                &name.regexp,
+            );
+        }
+        for (j, rw) in df.rewrite.iter().enumerate() {
+            if let Some(re) = &rw.regexp {
+                check(
+                    format!("spec.dataFrom[{i}].rewrite[{j}].regexp.source"),
+                    "source",
+                    &re.source,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// `KF005`: each `dataFrom` entry sets exactly one of `extract`/`find`; each rewrite exactly one of
+/// `regexp`/`transform`.
+pub fn datafrom_shape(es: &EsView<'_>) -> Vec<RawFinding> {
+    let mut out = Vec::new();
+    let line = line_of_field(&es.doc.located, "dataFrom", "", 0);
+    for (i, df) in es.spec.data_from.iter().enumerate() {
+        let message = match (&df.extract, &df.find) {
+            (None, None) => Some(format!("spec.dataFrom[{i}]: set one of extract or find")),
+            (Some(_), Some(_)) => Some(format!(
+                "spec.dataFrom[{i}]: extract and find cannot be set together"
+            )),
+            _ => None,
+        };
+        out.extend(message.map(|m| RawFinding::new(Rule::DataFromShape, es.file(), line, m)));
+        for (j, rw) in df.rewrite.iter().enumerate() {
+            let message = match (&rw.regexp, &rw.transform) {
+                (None, None) => Some(format!(
+                    "spec.dataFrom[{i}].rewrite[{j}]: set one of regexp or transform"
+                )),
+                (Some(_), Some(_)) => Some(format!(
+                    "spec.dataFrom[{i}].rewrite[{j}]: regexp and transform cannot be set together"
+                )),
+                _ => None,
+            };
+            out.extend(message.map(|m| RawFinding::new(Rule::DataFromShape, es.file(), line, m)));
+        }
+    }
+    out.into_iter().map(|f| f.with_object(es.object())).collect()
+}
+
+/// `KF006`: `deletionPolicy` must fit `creationPolicy` (ESO refuses `Delete` with `Merge`, and
+/// `Merge` with `None`).
+pub fn policy_conflict(es: &EsView<'_>) -> Vec<RawFinding> {
+    let target = es.spec.target_or_default();
+    let message = match (
+        target.creation_policy_or_default(),
+        target.deletion_policy_or_default(),
+    ) {
+        (CreationPolicy::Merge, DeletionPolicy::Delete) => {
+            "spec.target: deletionPolicy Delete needs a Secret keyferry owns; set creationPolicy Owner"
+        }
+        (CreationPolicy::None, DeletionPolicy::Merge) => {
+            "spec.target: deletionPolicy Merge cannot be used with creationPolicy None (there is no Secret to merge into)"
+        }
+        _ => return Vec::new(),
+    };
+    let line = line_of_field(&es.doc.located, "deletionPolicy", "", 0);
+    vec![RawFinding::new(Rule::PolicyConflict, es.file(), line, message).with_object(es.object())]
+}
+
+/// `KF007`: a store selects exactly one provider keyferry supports.
+pub fn unsupported_provider(doc: &Located<Manifest>) -> Vec<RawFinding> {
+    let (kind, meta, provider) = match &doc.value {
+        Manifest::SecretStore(s) => ("SecretStore", &s.metadata, &s.spec.provider),
+        Manifest::ClusterSecretStore(s) => ("ClusterSecretStore", &s.metadata, &s.spec.provider),
+        _ => return Vec::new(),
+    };
+    match provider.kind() {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            let name = meta.name.as_deref().unwrap_or("<unnamed>");
+            vec![
+                RawFinding::new(
+                    Rule::UnsupportedProvider,
+                    &doc.origin.file,
+                    doc.line_of("provider:"),
+                    format!("spec.provider: {e}"),
+                )
+                .with_object(format!("{kind} {name}")),
+            ]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::testutil::{docs, es};
+
+    fn run(f: fn(&EsView<'_>) -> Vec<RawFinding>, spec: &str) -> Vec<(Rule, usize, String)> {
+        let d = docs(&es("a", spec));
+        f(&EsView::of(&d[0]).unwrap())
+            .into_iter()
+            .map(|f| (f.rule, f.line, f.message))
+            .collect()
+    }
+
+    #[test]
+    fn no_data_nor_data_from() {
+        let f = run(no_data, "  target: {name: x}\n");
+        assert_eq!(
+            f,
+            [(
+                Rule::NoData,
+                4,
+                "spec: either data or dataFrom must be specified".into()
+            )]
+        );
+        assert!(run(no_data, "  dataFrom: [{extract: {key: a-b}}]\n").is_empty());
+    }
+
+    #[test]
+    fn duplicate_secret_key_points_at_the_second() {
+        let f = run(
+            duplicate_secret_keys,
+            "  data:\n  - {secretKey: A, remoteRef: {key: a-b}}\n  - {secretKey: B, remoteRef: {key: a-c}}\n  - {secretKey: A, remoteRef: {key: a-d}}\n",
+        );
+        assert_eq!(
+            f,
+            [(
+                Rule::DuplicateSecretKey,
+                8,
+                "spec.data[2].secretKey: duplicate secretKey \"A\"".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_regexps_in_find_and_rewrite() {
+        let f = run(
+            invalid_regexps,
+            "  dataFrom:\n  - find: {name: {regexp: \"netbox-(\"}}\n    rewrite:\n    - regexp: {source: \"[a-\", target: x}\n    - regexp: {source: \"^netbox-\", target: \"\"}\n",
+        );
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!((f[0].0, f[0].1), (Rule::InvalidRegexp, 6));
+        assert!(f[0].2.starts_with(
+            "spec.dataFrom[0].find.name.regexp: \"netbox-(\" is not a valid regular expression"
+        ));
+        assert_eq!(f[1].1, 8);
+        assert!(f[1].2.starts_with("spec.dataFrom[0].rewrite[0].regexp.source"));
+    }
+
+    #[test]
+    fn data_from_needs_exactly_one_source() {
+        let f = run(
+            datafrom_shape,
+            "  dataFrom:\n  - rewrite: [{}]\n  - extract: {key: a-b}\n    find: {name: {regexp: a}}\n",
+        );
+        let msgs: Vec<_> = f.iter().map(|f| f.2.as_str()).collect();
+        assert_eq!(
+            msgs,
+            [
+                "spec.dataFrom[0]: set one of extract or find",
+                "spec.dataFrom[0].rewrite[0]: set one of regexp or transform",
+                "spec.dataFrom[1]: extract and find cannot be set together",
+            ]
+        );
+    }
+
+    #[test]
+    fn deletion_policy_conflicts() {
+        let data = "  data: [{secretKey: A, remoteRef: {key: a-b}}]\n";
+        let f = run(
+            policy_conflict,
+            &format!("  target:\n    creationPolicy: Merge\n    deletionPolicy: Delete\n{data}"),
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].0, f[0].1), (Rule::PolicyConflict, 7));
+        let f = run(
+            policy_conflict,
+            &format!("  target: {{creationPolicy: None, deletionPolicy: Merge}}\n{data}"),
+        );
+        assert_eq!(f.len(), 1);
+        assert!(
+            run(
+                policy_conflict,
+                &format!("  target: {{creationPolicy: Owner, deletionPolicy: Delete}}\n{data}")
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn stores_need_one_supported_provider() {
+        let d = docs(
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: aws}\nspec:\n  provider:\n    aws: {region: x}\n---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: ok}\nspec:\n  provider:\n    azurekv: {vaultUrl: \"https://kv.vault.azure.net/\"}\n",
+        );
+        let f = unsupported_provider(&d[0].located);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].line, 5);
+        assert_eq!(
+            f[0].message,
+            "spec.provider: provider aws is not supported (keyferry supports: azurekv, fake)"
+        );
+        assert_eq!(f[0].object.as_deref(), Some("ClusterSecretStore aws"));
+        assert!(unsupported_provider(&d[1].located).is_empty());
+    }
+}
