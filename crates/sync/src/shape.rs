@@ -1,11 +1,42 @@
 //! `shape`: turns fetched values into the [`DesiredSecret`]. Pure: no I/O.
+//!
+//! Order of work, and how keys combine:
+//!
+//! 1. `spec.dataFrom`, in order. `extract` turns a JSON object into keys (string values raw, others as
+//!    compact JSON; with `metadataPolicy: Fetch`, the secret's tags and `attribute.*`); `find` makes
+//!    one key per matching secret, named after it. Each entry's `rewrite[]` steps then rename its keys.
+//!    Between two `dataFrom` entries the later one wins on a shared key (as in ESO, so a second
+//!    `extract` can override a common one); two keys of *one* entry rewritten to the same name are an
+//!    error.
+//! 2. `spec.data`, in order: property path, decoding, NUL check. A `data` key that a `dataFrom` entry
+//!    also produced is an error naming both entries (ESO silently lets `data` win; a collision is
+//!    nearly always a mistake).
+//! 3. `spec.target.template`, if any: `templateFrom[].literal` outputs first, then `template.data`
+//!    (later writes win). With `mergePolicy: Replace` (default) the Secret holds only templated keys;
+//!    with `Merge`, templated keys are laid over the fetched ones. A template that sets only `type`
+//!    or `metadata` leaves the fetched data as it is (as ESO does).
+//!
+//! Every resulting key must be a valid Secret key (`[-._a-zA-Z0-9]+`). Keys are ordered (BTreeMap).
+//!
+//! Remote secrets confirmed missing: with `deletionPolicy: Retain` (default) that is an error; with
+//! `Delete` or `Merge` the entries are skipped and listed in [`DesiredSecret::missing`], and if no
+//! data is left [`SyncError::RemoteMissing`] tells the caller to apply the policy.
+
+use std::collections::BTreeMap;
 
 use keyferry_api::ExternalSecret;
+use keyferry_api::external_secret::{
+    DecodingStrategy, DeletionPolicy, NullBytePolicy, TemplateMergePolicy, TemplateTarget,
+};
+use keyferry_providers::{RemoteValue, SecretValue};
 
+use crate::decode::decode;
 use crate::desired::DesiredSecret;
-use crate::error::SyncError;
-use crate::fetch::Fetched;
-use crate::plan::Plan;
+use crate::error::{EsRef, SyncError};
+use crate::fetch::{Fetched, ReadOutcome, store_label};
+use crate::plan::{DataFromSource, Plan, Read, RewriteStep, TemplatePlan};
+use crate::property::{self, PropertyError};
+use crate::template::{Template, TemplateError, Value, secrets_value};
 
 /// Whether `key` is a valid Kubernetes Secret data key: 1–253 characters of `[-._a-zA-Z0-9]`, and
 /// not `.` or `..`.
@@ -19,12 +50,440 @@ pub fn is_valid_secret_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Shapes the fetched values into the desired Secret.
+/// Shapes the fetched values into the desired Secret (see the module docs for the rules).
 pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<DesiredSecret, SyncError> {
-    let _ = (es, fetched);
-    Err(SyncError::Unsupported {
-        es: plan.es.clone(),
-        field: "spec".into(),
-        what: "shape".into(),
-    })
+    let esr = &plan.es;
+    if fetched.reads.len() != plan.reads.len() || fetched.finds.len() != plan.finds.len() {
+        return Err(SyncError::InvalidSpec {
+            es: esr.clone(),
+            field: "spec".to_owned(),
+            reason: "internal: fetched data does not match the plan".to_owned(),
+        });
+    }
+    let target = es.spec.target_or_default();
+    let mut st = State {
+        esr,
+        plan,
+        fetched,
+        skip_missing: target.deletion_policy_or_default() != DeletionPolicy::Retain,
+        data: BTreeMap::new(),
+        producer: BTreeMap::new(),
+        missing: Vec::new(),
+    };
+    st.data_from()?;
+    st.data_entries()?;
+    let State { data, missing, .. } = st;
+
+    if data.is_empty() && st.skip_missing && !missing.is_empty() {
+        return Err(SyncError::RemoteMissing {
+            es: esr.clone(),
+            keys: missing,
+        });
+    }
+
+    let template = target.template.as_ref();
+    let (data, labels, annotations) = match &plan.template {
+        None => (data, BTreeMap::new(), BTreeMap::new()),
+        Some(tp) => {
+            let merge =
+                template.and_then(|t| t.merge_policy).unwrap_or_default() == TemplateMergePolicy::Merge;
+            apply_template(esr, tp, data, merge)?
+        }
+    };
+    let type_ = template
+        .and_then(|t| t.type_.clone())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "Opaque".to_owned());
+    let mut desired = DesiredSecret::new(
+        es.target_secret_name(),
+        es.metadata.namespace.clone().unwrap_or_default(),
+        type_,
+        data,
+        labels,
+        annotations,
+        target.immutable.unwrap_or(false),
+    );
+    desired.versions = plan
+        .reads
+        .iter()
+        .zip(&fetched.reads)
+        .filter_map(|(r, o)| match o {
+            ReadOutcome::Found(RemoteValue { version: Some(v), .. }) => {
+                Some((r.remote.key.clone(), v.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    desired.missing = missing;
+    Ok(desired)
+}
+
+struct State<'a> {
+    esr: &'a EsRef,
+    plan: &'a Plan,
+    fetched: &'a Fetched,
+    skip_missing: bool,
+    data: BTreeMap<String, SecretValue>,
+    /// Which entry produced each key (for collision messages).
+    producer: BTreeMap<String, String>,
+    missing: Vec<String>,
+}
+
+impl<'a> State<'a> {
+    /// The value of read `i`, `None` when it is missing and missing reads are skipped.
+    fn read(&mut self, i: usize, field: &str) -> Result<Option<(&'a Read, SecretValue)>, SyncError> {
+        let plan: &'a Plan = self.plan;
+        let read = &plan.reads[i];
+        let fetched: &'a Fetched = self.fetched;
+        match &fetched.reads[i] {
+            ReadOutcome::Found(v) => Ok(Some((read, v.value.clone()))),
+            ReadOutcome::Missing(_) if self.skip_missing => {
+                if !self.missing.contains(&read.remote.key) {
+                    self.missing.push(read.remote.key.clone());
+                }
+                Ok(None)
+            }
+            ReadOutcome::Missing(e) => Err(SyncError::Fetch {
+                es: self.esr.clone(),
+                field: field.to_owned(),
+                key: read.remote.key.clone(),
+                store: store_label(&read.store),
+                source: e.clone(),
+            }),
+        }
+    }
+
+    fn data_from(&mut self) -> Result<(), SyncError> {
+        let plan: &'a Plan = self.plan;
+        for df in &plan.data_from {
+            let field = format!("spec.dataFrom[{}]", df.index);
+            let entries: Vec<(String, SecretValue)> = match &df.source {
+                DataFromSource::Extract {
+                    read,
+                    property,
+                    decoding,
+                    null_bytes,
+                    metadata,
+                } => {
+                    let f = format!("{field}.extract");
+                    let Some((read, value)) = self.read(*read, &f)? else {
+                        continue;
+                    };
+                    let key = &read.remote.key;
+                    let json: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
+                        bad_value(self.esr, &f, key, "is not JSON (extract needs a JSON object)")
+                    })?;
+                    let selected = match property {
+                        Some(p) => property::select_json(&json, p, *metadata)
+                            .map_err(|e| missing_property(self.esr, &format!("{f}.property"), p, key, &e))?,
+                        None => &json,
+                    };
+                    let serde_json::Value::Object(map) = selected else {
+                        let what = format!(
+                            "is {}, not a JSON object (extract needs one)",
+                            property::kind(selected)
+                        );
+                        return Err(bad_value(self.esr, &f, key, &what));
+                    };
+                    let mut out = Vec::with_capacity(map.len());
+                    for (k, v) in map {
+                        let bytes = property::json_bytes(v);
+                        let name = format!("{key}/{k}");
+                        let bytes =
+                            self.decode(*decoding, &bytes, &format!("{f}.decodingStrategy"), &name)?;
+                        self.null_check(*null_bytes, &bytes, &format!("{f}.nullBytePolicy"), &name)?;
+                        out.push((k.clone(), SecretValue::new(bytes)));
+                    }
+                    out
+                }
+                DataFromSource::Find { find, decoding } => {
+                    let f = format!("{field}.find");
+                    let mut out = Vec::new();
+                    let fetched: &'a Fetched = self.fetched;
+                    for (name, v) in &fetched.finds[*find] {
+                        let bytes =
+                            self.decode(*decoding, v.expose(), &format!("{f}.decodingStrategy"), name)?;
+                        out.push((name.clone(), SecretValue::new(bytes)));
+                    }
+                    out
+                }
+            };
+            let source = match df.source {
+                DataFromSource::Extract { .. } => format!("{field}.extract"),
+                DataFromSource::Find { .. } => format!("{field}.find"),
+            };
+            let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+            for (original, value) in entries {
+                let key = self.rewrite(&df.rewrites, &field, &original)?;
+                if !is_valid_secret_key(&key) {
+                    let f = if df.rewrites.is_empty() {
+                        source.clone()
+                    } else {
+                        format!("{field}.rewrite")
+                    };
+                    return Err(SyncError::InvalidKey {
+                        es: self.esr.clone(),
+                        field: f,
+                        key,
+                    });
+                }
+                if let Some(first) = renamed.insert(key.clone(), original.clone()) {
+                    return Err(SyncError::KeyCollision {
+                        es: self.esr.clone(),
+                        key,
+                        first: format!("{source} ({first:?})"),
+                        second: format!("{source} ({original:?})"),
+                    });
+                }
+                // Between dataFrom entries the later wins (ESO's behaviour; see the module docs).
+                self.producer.insert(key.clone(), source.clone());
+                self.data.insert(key, value);
+            }
+        }
+        Ok(())
+    }
+
+    fn rewrite(&self, steps: &[RewriteStep], field: &str, original: &str) -> Result<String, SyncError> {
+        let mut key = original.to_owned();
+        for (j, step) in steps.iter().enumerate() {
+            key = match step {
+                RewriteStep::Regexp { re, target } => re.replace_all(&key, target.as_str()).into_owned(),
+                RewriteStep::Transform(tpl) => {
+                    let f = format!("{field}.rewrite[{j}].transform.template");
+                    let input = Value::Map(BTreeMap::from([("value".to_owned(), Value::Str(key))]));
+                    let out = tpl.execute(&input).map_err(|e| template_error(self.esr, &f, e))?;
+                    String::from_utf8(out).map_err(|_| {
+                        template_error(
+                            self.esr,
+                            &f,
+                            TemplateError {
+                                pos: Default::default(),
+                                message: "output is not UTF-8 text".to_owned(),
+                            },
+                        )
+                    })?
+                }
+            };
+        }
+        Ok(key)
+    }
+
+    fn data_entries(&mut self) -> Result<(), SyncError> {
+        let plan: &'a Plan = self.plan;
+        for d in &plan.data {
+            let field = format!("spec.data[{}]", d.index);
+            let Some((read, value)) = self.read(d.read, &format!("{field}.remoteRef"))? else {
+                continue;
+            };
+            let key = read.remote.key.clone();
+            let bytes = match &d.property {
+                Some(p) => property::select(value.expose(), p, d.metadata).map_err(|e| {
+                    missing_property(self.esr, &format!("{field}.remoteRef.property"), p, &key, &e)
+                })?,
+                None => value.expose().to_vec(),
+            };
+            let bytes = self.decode(
+                d.decoding,
+                &bytes,
+                &format!("{field}.remoteRef.decodingStrategy"),
+                &key,
+            )?;
+            self.null_check(
+                d.null_bytes,
+                &bytes,
+                &format!("{field}.remoteRef.nullBytePolicy"),
+                &key,
+            )?;
+            if let Some(first) = self.producer.get(&d.secret_key) {
+                return Err(SyncError::KeyCollision {
+                    es: self.esr.clone(),
+                    key: d.secret_key.clone(),
+                    first: first.clone(),
+                    second: field,
+                });
+            }
+            self.producer.insert(d.secret_key.clone(), field);
+            self.data.insert(d.secret_key.clone(), SecretValue::new(bytes));
+        }
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        strategy: DecodingStrategy,
+        bytes: &[u8],
+        field: &str,
+        key: &str,
+    ) -> Result<Vec<u8>, SyncError> {
+        decode(strategy, bytes).map_err(|e| SyncError::Decode {
+            es: self.esr.clone(),
+            field: field.to_owned(),
+            key: key.to_owned(),
+            strategy: e.strategy,
+            reason: e.reason,
+        })
+    }
+
+    fn null_check(
+        &self,
+        policy: NullBytePolicy,
+        bytes: &[u8],
+        field: &str,
+        key: &str,
+    ) -> Result<(), SyncError> {
+        if policy == NullBytePolicy::Fail && bytes.contains(&0) {
+            return Err(SyncError::NullByte {
+                es: self.esr.clone(),
+                field: field.to_owned(),
+                key: key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn bad_value(esr: &EsRef, field: &str, key: &str, reason: &str) -> SyncError {
+    SyncError::BadValue {
+        es: esr.clone(),
+        field: field.to_owned(),
+        key: key.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn missing_property(esr: &EsRef, field: &str, p: &str, key: &str, e: &PropertyError) -> SyncError {
+    SyncError::MissingProperty {
+        es: esr.clone(),
+        field: field.to_owned(),
+        property: p.to_owned(),
+        key: key.to_owned(),
+        detail: Some(e.to_string()),
+    }
+}
+
+fn template_error(esr: &EsRef, field: &str, source: TemplateError) -> SyncError {
+    SyncError::Template {
+        es: esr.clone(),
+        field: field.to_owned(),
+        source,
+    }
+}
+
+type Shaped = (
+    BTreeMap<String, SecretValue>,
+    BTreeMap<String, String>,
+    BTreeMap<String, String>,
+);
+
+fn apply_template(
+    esr: &EsRef,
+    tp: &TemplatePlan,
+    fetched: BTreeMap<String, SecretValue>,
+    merge: bool,
+) -> Result<Shaped, SyncError> {
+    let input = secrets_value(&fetched);
+    let run = |field: &str, tpl: &Template| tpl.execute(&input).map_err(|e| template_error(esr, field, e));
+    let text = |field: &str, out: Vec<u8>| {
+        String::from_utf8(out).map_err(|_| {
+            template_error(
+                esr,
+                field,
+                TemplateError {
+                    pos: Default::default(),
+                    message: "output is not UTF-8 text".to_owned(),
+                },
+            )
+        })
+    };
+    let mut labels = BTreeMap::new();
+    let mut annotations = BTreeMap::new();
+    for (k, tpl) in &tp.labels {
+        let f = format!("spec.target.template.metadata.labels.{k}");
+        labels.insert(k.clone(), text(&f, run(&f, tpl)?)?);
+    }
+    for (k, tpl) in &tp.annotations {
+        let f = format!("spec.target.template.metadata.annotations.{k}");
+        annotations.insert(k.clone(), text(&f, run(&f, tpl)?)?);
+    }
+    let mut data = if merge || !tp.produces_data() {
+        fetched.clone()
+    } else {
+        BTreeMap::new()
+    };
+    for (i, target, tpl) in &tp.literals {
+        let f = format!("spec.target.template.templateFrom[{i}].literal");
+        let out = run(&f, tpl)?;
+        for (k, v) in yaml_map(esr, &f, &out)? {
+            match target {
+                TemplateTarget::Data => {
+                    if !is_valid_secret_key(&k) {
+                        return Err(SyncError::InvalidKey {
+                            es: esr.clone(),
+                            field: f,
+                            key: k,
+                        });
+                    }
+                    data.insert(k, SecretValue::from(v));
+                }
+                TemplateTarget::Labels => {
+                    labels.insert(k, v);
+                }
+                TemplateTarget::Annotations => {
+                    annotations.insert(k, v);
+                }
+            }
+        }
+    }
+    for (k, tpl) in &tp.data {
+        let f = format!("spec.target.template.data.{k}");
+        data.insert(k.clone(), SecretValue::new(run(&f, tpl)?));
+    }
+    Ok((data, labels, annotations))
+}
+
+/// Parses a `templateFrom` literal's output as a YAML map of scalars. Errors give the position only:
+/// the output holds values.
+fn yaml_map(esr: &EsRef, field: &str, out: &[u8]) -> Result<Vec<(String, String)>, SyncError> {
+    let fail = |message: String| {
+        template_error(
+            esr,
+            field,
+            TemplateError {
+                pos: Default::default(),
+                message,
+            },
+        )
+    };
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_slice(out).map_err(|e| {
+        fail(match e.location() {
+            Some(l) => format!(
+                "output is not valid YAML (line {}, column {})",
+                l.line(),
+                l.column()
+            ),
+            None => "output is not valid YAML".to_owned(),
+        })
+    })?;
+    let map = match doc {
+        serde_yaml_ng::Value::Mapping(m) => m,
+        serde_yaml_ng::Value::Null => return Ok(Vec::new()),
+        _ => return Err(fail("output is not a YAML map of key: value".to_owned())),
+    };
+    let mut pairs = Vec::with_capacity(map.len());
+    for (k, v) in map {
+        let key = scalar(&k).ok_or_else(|| fail("output has a key that is not a string".to_owned()))?;
+        let value = scalar(&v).ok_or_else(|| fail(format!("output key {key:?} does not hold a string")))?;
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+fn scalar(v: &serde_yaml_ng::Value) -> Option<String> {
+    match v {
+        serde_yaml_ng::Value::String(s) => Some(s.clone()),
+        serde_yaml_ng::Value::Number(n) => Some(n.to_string()),
+        serde_yaml_ng::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml_ng::Value::Null => Some(String::new()),
+        _ => None,
+    }
 }
