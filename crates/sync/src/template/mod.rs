@@ -97,3 +97,6 @@ pub fn secrets_value(data: &BTreeMap<String, SecretValue>) -> Value {
 pub fn function_names() -> &'static [&'static str] {
     funcs::Func::NAMES
 }
+
+#[cfg(test)]
+mod tests;
