@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crds;
+mod demo;
 mod inputs;
 mod render;
 mod stores;
@@ -21,6 +22,10 @@ struct Cli {
 enum Command {
     /// Print the external-secrets.io CustomResourceDefinitions as YAML.
     Crds,
+    /// The whole flow on the built-in Key Vault emulator, in seconds: no cluster, no Azure account.
+    Demo(demo::DemoArgs),
+    /// Run a local Azure Key Vault (secrets data plane) that the official SDKs talk to unchanged.
+    Emulator(keyferry_emulator::EmulatorArgs),
     /// Render the Secrets that ExternalSecret manifests produce (values redacted unless --reveal).
     Render(render::RenderArgs),
 }
@@ -39,6 +44,14 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Crds => crds::run(),
             Command::Render(args) => render::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Emulator(args) => match keyferry_emulator::run_cli(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keyferry emulator: {e}");
+                    ExitCode::from(2)
+                }
+            },
         }
     })
 }

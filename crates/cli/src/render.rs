@@ -30,10 +30,11 @@ pub async fn run(args: RenderArgs) -> ExitCode {
         Ok(i) => i,
         Err(e) => return usage_error(&e.to_string()),
     };
-    let stores = match Stores::build(&inputs.documents, &args.stores) {
+    let settings = match args.stores.settings() {
         Ok(s) => s,
         Err(e) => return usage_error(&e.to_string()),
     };
+    let stores = Stores::build(&inputs.documents, &settings);
     let mut failures = inputs.errors;
     let mut rendered: Vec<(String, DesiredSecret)> = Vec::new();
     for doc in &inputs.documents {

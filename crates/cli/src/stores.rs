@@ -64,21 +64,48 @@ pub struct Stores {
     seeded: Option<Arc<dyn SecretsClient>>,
 }
 
-impl Stores {
-    /// Builds clients for the stores among `documents`.
-    pub fn build(documents: &[Located<Manifest>], args: &StoreArgs) -> Result<Stores, StoreConfigError> {
-        let seeded = match &args.seed {
-            Some(path) => {
-                let seed = VaultSeed::load(path).map_err(|e| StoreConfigError(e.to_string()))?;
-                Some(Arc::new(FakeStore::from_seed("seeded vault", &seed)) as Arc<dyn SecretsClient>)
-            }
+/// Everything needed to build clients, whether from flags ([`StoreArgs::settings`]) or in code (`demo`).
+#[derive(Default)]
+pub struct StoreSettings {
+    /// Serve every store from this in-memory vault.
+    pub seed: Option<VaultSeed>,
+    /// Credential Secrets.
+    pub credentials: Credentials,
+    /// TLS trust, authority host, API version, budget.
+    pub connect: ConnectOptions,
+    /// Vault URL replacements (FROM, TO), without trailing slashes.
+    pub vault_url_map: Vec<(String, String)>,
+}
+
+impl StoreArgs {
+    /// Reads the files the flags name; errors are configuration errors (exit code 2).
+    pub fn settings(&self) -> Result<StoreSettings, StoreConfigError> {
+        let seed = match &self.seed {
+            Some(path) => Some(VaultSeed::load(path).map_err(|e| StoreConfigError(e.to_string()))?),
             None => None,
         };
-        let credentials = Credentials::load(&args.credentials)?;
+        let mut credentials = Credentials::default();
+        for file in &self.credentials {
+            let shown = file.display().to_string();
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| StoreConfigError(format!("{shown}: cannot read credentials: {e}")))?;
+            credentials.add_manifests(&shown, &text)?;
+        }
         let mut connect = ConnectOptions::from_env().map_err(|e| StoreConfigError(e.to_string()))?;
-        if let Some(ca) = &args.ca_file {
+        if let Some(ca) = &self.ca_file {
             connect = connect.with_ca_file(ca).map_err(|e| StoreConfigError(e.to_string()))?;
         }
+        Ok(StoreSettings { seed, credentials, connect, vault_url_map: self.vault_url_map.clone() })
+    }
+}
+
+impl Stores {
+    /// Builds clients for the stores among `documents`.
+    pub fn build(documents: &[Located<Manifest>], settings: &StoreSettings) -> Stores {
+        let seeded = settings
+            .seed
+            .as_ref()
+            .map(|seed| Arc::new(FakeStore::from_seed("seeded vault", seed)) as Arc<dyn SecretsClient>);
         let mut clients = BTreeMap::new();
         for doc in documents {
             let (key, provider) = match &doc.value {
@@ -104,11 +131,10 @@ impl Stores {
                 clients.insert(key, Err(String::new()));
                 continue;
             }
-            let client = build_client(&key, provider, &credentials, &connect, &args.vault_url_map)
-                .map_err(|reason| format!("{}: {reason}", doc.origin));
+            let client = build_client(&key, provider, settings).map_err(|reason| format!("{}: {reason}", doc.origin));
             clients.insert(key, client);
         }
-        Ok(Stores { clients, seeded })
+        Stores { clients, seeded }
     }
 
     /// A resolver for ExternalSecrets in `namespace`.
@@ -149,23 +175,17 @@ impl Stores {
     }
 }
 
-fn build_client(
-    key: &StoreKey,
-    provider: &StoreProvider,
-    credentials: &Credentials,
-    connect: &ConnectOptions,
-    url_map: &[(String, String)],
-) -> Result<Arc<dyn SecretsClient>, String> {
+fn build_client(key: &StoreKey, provider: &StoreProvider, settings: &StoreSettings) -> Result<Arc<dyn SecretsClient>, String> {
     match provider.kind().map_err(|e| format!("spec.provider: {e}"))? {
         ProviderKind::Fake(spec) => Ok(Arc::new(FakeStore::from_spec(&key.name, spec))),
         ProviderKind::AzureKv(spec) => {
             let mut spec = spec.clone();
             let trimmed = spec.vault_url.trim_end_matches('/').to_owned();
-            if let Some((_, to)) = url_map.iter().find(|(from, _)| *from == trimmed) {
+            if let Some((_, to)) = settings.vault_url_map.iter().find(|(from, _)| *from == trimmed) {
                 spec.vault_url = to.clone();
             }
-            let creds = azure_credentials(key, &spec, credentials)?;
-            let provider = AzureProvider::new(&spec, creds, connect).map_err(|e| e.to_string())?;
+            let creds = azure_credentials(key, &spec, &settings.credentials)?;
+            let provider = AzureProvider::new(&spec, creds, &settings.connect).map_err(|e| e.to_string())?;
             Ok(Arc::new(provider))
         }
     }
@@ -226,32 +246,27 @@ fn utf8(v: &SecretValue, field: &str) -> Result<String, String> {
 
 /// Secret manifests given with `--credentials`, by (namespace, name).
 #[derive(Default)]
-struct Credentials {
+pub struct Credentials {
     secrets: BTreeMap<(String, String), BTreeMap<String, SecretValue>>,
 }
 
 impl Credentials {
-    fn load(files: &[PathBuf]) -> Result<Self, StoreConfigError> {
-        let mut creds = Credentials::default();
-        for file in files {
-            let shown = file.display().to_string();
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| StoreConfigError(format!("{shown}: cannot read credentials: {e}")))?;
-            for doc in keyferry_api::manifest::parse_documents(&shown, &text) {
-                let doc = doc.map_err(|e| StoreConfigError(e.to_string()))?;
-                match &doc.value {
-                    Manifest::Secret(secret) => creds.insert(secret),
-                    other => {
-                        return Err(StoreConfigError(format!(
-                            "{}: --credentials files hold only v1 Secrets, found {}",
-                            doc.origin,
-                            other.kind()
-                        )));
-                    }
+    /// Adds the Secrets of a YAML stream; `origin` names it in errors.
+    pub fn add_manifests(&mut self, origin: &str, text: &str) -> Result<(), StoreConfigError> {
+        for doc in keyferry_api::manifest::parse_documents(origin, text) {
+            let doc = doc.map_err(|e| StoreConfigError(e.to_string()))?;
+            match &doc.value {
+                Manifest::Secret(secret) => self.insert(secret),
+                other => {
+                    return Err(StoreConfigError(format!(
+                        "{}: --credentials files hold only v1 Secrets, found {}",
+                        doc.origin,
+                        other.kind()
+                    )));
                 }
             }
         }
-        Ok(creds)
+        Ok(())
     }
 
     fn insert(&mut self, secret: &Secret) {

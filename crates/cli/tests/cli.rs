@@ -1,0 +1,164 @@
+//! The `keyferry` binary as a user runs it: exit codes, output, and no value where none may appear.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn keyferry(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyferry"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("AZURE_CLIENT_SECRET")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("AZURE_AUTHORITY_HOST")
+        .output()
+        .expect("run keyferry")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+/// Every value of the examples' vault seed, and every leaf of its JSON values: none may appear in
+/// redacted output.
+fn seed_values() -> Vec<String> {
+    let seed = std::fs::read_to_string(repo().join("examples/vault/seed.yaml")).unwrap();
+    let mut values = Vec::new();
+    for v in seed.lines().filter_map(|l| l.trim().strip_prefix("value: ")) {
+        let v = v.trim_matches(|c| c == '"' || c == '\'');
+        match serde_json::from_str::<serde_json::Value>(v) {
+            Ok(serde_json::Value::Object(map)) => collect_leaves(&serde_json::Value::Object(map), &mut values),
+            _ => values.push(v.to_owned()),
+        }
+    }
+    assert!(values.len() >= 8, "seed parsing found too few values: {values:?}");
+    values
+}
+
+fn collect_leaves(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => m.values().for_each(|c| collect_leaves(c, out)),
+        serde_json::Value::String(s) => out.push(s.clone()),
+        _ => {}
+    }
+}
+
+#[test]
+fn render_examples_redacted_by_default() {
+    let o = keyferry(&["render", "examples/platform", "examples/deploy", "--seed", "examples/vault/seed.yaml"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stderr: {err}");
+    for name in ["netbox-db-credentials", "netbox-config", "netbox-db-dsn", "jenkins-admin-credentials"] {
+        assert!(out.contains(&format!("name: {name}")), "missing Secret {name} in:\n{out}");
+    }
+    assert!(out.contains("DB_PASSWORD: '<redacted: 26 bytes>'"), "{out}");
+    assert!(out.contains("NETBOX_superuser"), "extract + rewrite keys: {out}");
+    for v in seed_values() {
+        assert!(!out.contains(&v) && !err.contains(&v), "value leaked: {v}");
+    }
+    assert!(err.contains("rendered 4 Secret(s)"), "{err}");
+}
+
+#[test]
+fn render_reveal_shows_values() {
+    let o = keyferry(&["render", "examples/platform", "examples/deploy", "--seed", "examples/vault/seed.yaml", "--reveal"]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(0));
+    // Revealed values are base64 in `data`, as Kubernetes stores them.
+    assert!(out.contains("DB_PASSWORD: ZGVtby1uZXRib3gtZGItcGFzc3dvcmQtdjI="), "{out}");
+    assert!(!out.contains("<redacted"));
+}
+
+#[test]
+fn render_failures_are_one_line_each_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = |name: &str, body: &str| {
+        format!(
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: {name}, namespace: netbox}}\nspec:\n  secretStoreRef: {{kind: ClusterSecretStore, name: akv-hybridops}}\n{body}"
+        )
+    };
+    let cases = [
+        ("missing-property", es("missing-property", "  data:\n    - secretKey: X\n      remoteRef: {key: netbox-config, property: db.port}\n")),
+        ("bad-regexp", es("bad-regexp", "  dataFrom:\n    - find: {name: {regexp: \"(\"}}\n")),
+        ("dup-key", es("dup-key", "  data:\n    - {secretKey: A, remoteRef: {key: netbox-api-token}}\n    - {secretKey: A, remoteRef: {key: jenkins-admin-user}}\n")),
+        ("missing-secret", es("missing-secret", "  data:\n    - {secretKey: A, remoteRef: {key: no-such-secret}}\n")),
+        ("bad-template", es("bad-template", "  target:\n    template:\n      data: {X: \"{{ .a | nosuchfn }}\"}\n  data:\n    - {secretKey: a, remoteRef: {key: netbox-api-token}}\n")),
+    ];
+    for (name, body) in &cases {
+        std::fs::write(dir.path().join(format!("{name}.yaml")), body).unwrap();
+    }
+    std::fs::write(dir.path().join("malformed.yaml"), "apiVersion: [\n").unwrap();
+    let o = keyferry(&[
+        "render",
+        "examples/platform",
+        dir.path().to_str().unwrap(),
+        "--seed",
+        "examples/vault/seed.yaml",
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 6, "{err}");
+    let expect = [
+        ("missing-property.yaml", "spec.data[0].remoteRef.property"),
+        ("bad-regexp.yaml", "spec.dataFrom[0].find.name.regexp"),
+        ("dup-key.yaml", "duplicate secretKey"),
+        ("missing-secret.yaml", "not found"),
+        ("bad-template.yaml", "nosuchfn"),
+        ("malformed.yaml", "malformed YAML"),
+    ];
+    for (file, needle) in expect {
+        assert!(
+            errors.iter().any(|l| l.contains(file) && l.contains(needle)),
+            "no one-line error for {file} mentioning {needle:?}:\n{err}"
+        );
+    }
+    for v in seed_values() {
+        assert!(!err.contains(&v), "value leaked in an error: {v}");
+    }
+}
+
+#[test]
+fn render_usage_errors_exit_2() {
+    let o = keyferry(&["render", "does/not/exist"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = keyferry(&["render", "examples/deploy", "--seed", "does-not-exist.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn unsupported_provider_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("store.yaml"),
+        "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: aws}\nspec:\n  provider:\n    aws: {service: SecretsManager}\n---\napiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {name: x, namespace: a}\nspec:\n  secretStoreRef: {kind: ClusterSecretStore, name: aws}\n  data: [{secretKey: A, remoteRef: {key: a}}]\n",
+    )
+    .unwrap();
+    let o = keyferry(&["render", dir.path().to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("provider aws is not supported"), "{err}");
+}
+
+#[test]
+fn demo_syncs_rotates_and_never_prints_values() {
+    let o = keyferry(&["demo"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out.matches(" Synced").count(), 6, "4 first syncs + 2 re-syncs:\n{out}");
+    assert!(out.contains("one list call found 1 changed secret(s): [\"netbox-db-password\"]"), "{out}");
+    assert!(out.contains("Secret netbox-db-credentials: data hash"), "{out}");
+    for v in seed_values().into_iter().chain(["demo-netbox-db-password-v3".to_owned()]) {
+        assert!(!out.contains(&v) && !err.contains(&v), "value leaked: {v}");
+    }
+}
+
+#[test]
+fn crds_subcommand_matches_the_committed_copy() {
+    let o = keyferry(&["crds"]);
+    let committed = std::fs::read_to_string(repo().join("deploy/crds/external-secrets.io.yaml")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), committed);
+}
