@@ -569,6 +569,44 @@ mod tests {
         assert!(err.contains("CERTIFICATE"), "{err}");
     }
 
+    #[test]
+    fn certificate_assertion_is_a_verifiable_rs256_jwt() {
+        let pem = include_bytes!("../../tests/fixtures/test-client-cert.pem");
+        let aud = "https://login.example/t/oauth2/v2.0/token".to_owned();
+        let a = CertificateAssertion::from_pem(pem, "client-1", aud.clone()).expect("parse");
+        let jwt = a.sign(1_800_000_000).expect("sign");
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let decode = |s: &str| URL_SAFE_NO_PAD.decode(s).expect("base64url");
+        let header: serde_json::Value = serde_json::from_slice(&decode(parts[0])).expect("header");
+        let claims: serde_json::Value = serde_json::from_slice(&decode(parts[1])).expect("claims");
+        assert_eq!(header["alg"], "RS256");
+        assert_eq!(
+            header["x5t"].as_str().map(|s| decode(s).len()),
+            Some(20),
+            "SHA-1 thumbprint"
+        );
+        assert_eq!(claims["aud"], aud.as_str());
+        assert_eq!(
+            (claims["iss"].as_str(), claims["sub"].as_str()),
+            (Some("client-1"), Some("client-1"))
+        );
+        assert_eq!(claims["exp"].as_i64(), Some(1_800_000_600));
+        // Verify with the key pair's public half.
+        use ring::signature::KeyPair as _;
+        let public = ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            a.key.public_key().as_ref().to_vec(),
+        );
+        let signed = format!("{}.{}", parts[0], parts[1]);
+        public
+            .verify(signed.as_bytes(), &decode(parts[2]))
+            .expect("signature verifies");
+        // Fresh per call: a new jti each time.
+        let again = a.sign(1_800_000_000).expect("sign");
+        assert_ne!(jwt, again);
+    }
+
     #[tokio::test]
     async fn token_file_is_reread_every_time() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -62,7 +62,7 @@ pub(crate) fn map_error(err: &azure_core::Error, ctx: Ctx<'_>) -> ProviderError 
                 };
             }
             ProviderError::Invalid {
-                detail: format!("{}: {}", ctx.store, first_line(&err.to_string())),
+                detail: format!("{}: {}", ctx.store, truncate(&meaningful_message(err), 300)),
             }
         }
     }
@@ -143,9 +143,13 @@ fn map_credential(err: &azure_core::Error, ctx: Ctx<'_>) -> ProviderError {
     // The credential's message carries Entra's error_description (e.g. "AADSTS7000215: Invalid
     // client secret provided"), which names no secret. Keep its first line, minus the SDK's
     // troubleshooting link.
-    let text = first_line(&err.to_string());
+    let text = meaningful_message(err);
     let text = text
         .split(" To troubleshoot")
+        .next()
+        .unwrap_or_default()
+        // Entra's trace and correlation ids make every message unique (bad for event dedup).
+        .split(" Trace ID:")
         .next()
         .unwrap_or_default()
         .trim()
@@ -232,6 +236,9 @@ pub(crate) fn transport_cause(err: &(dyn StdError + 'static)) -> String {
     if has("timed out") || has("Timeout") || has("deadline") {
         return "timed out".to_owned();
     }
+    if has("stream error") || has("GOAWAY") {
+        return "the server reset the connection (HTTP/2 stream error)".to_owned();
+    }
     if has("connection closed") || has("connection reset") || has("IncompleteMessage") || has("reset by peer")
     {
         return "the server closed the connection".to_owned();
@@ -263,6 +270,20 @@ fn find_kind<'a>(
     chain(err)
         .filter_map(|e| e.downcast_ref::<azure_core::Error>())
         .find(|e| pred(e.kind()))
+}
+
+/// Messages the SDK's retry policy wraps errors in; they say nothing about the cause.
+const WRAPPERS: &[&str] = &[
+    "non-transport error occurred which will not be retried",
+    "retry policy expired and the request will no longer be retried",
+];
+
+/// The first message in the source chain that is not a retry wrapper, as one line.
+fn meaningful_message(err: &(dyn StdError + 'static)) -> String {
+    chain(err)
+        .map(|e| first_line(&e.to_string()))
+        .find(|m| !m.is_empty() && !WRAPPERS.contains(&m.as_str()))
+        .unwrap_or_else(|| first_line(&err.to_string()))
 }
 
 fn first_line(s: &str) -> String {
@@ -463,6 +484,10 @@ mod tests {
                 && !s.contains("troubleshoot"),
             "{s}"
         );
+
+        let wrapped = refused.with_context("non-transport error occurred which will not be retried");
+        let s = shown(&map_error(&wrapped, CTX));
+        assert!(s.contains("AADSTS7000215"), "{s}");
 
         let conn = azure_core::Error::new(
             ErrorKind::Connection,

@@ -293,4 +293,10 @@ impl AzureProvider {
     pub fn budget(&self) -> &Arc<RequestBudget> {
         &self.inner.budget
     }
+
+    /// The underlying SDK client (same transport, credential, budget and retries), for operations
+    /// the [`crate::SecretsClient`] trait does not cover, such as listing versions in tests.
+    pub fn secret_client(&self) -> &SecretClient {
+        &self.inner.secrets
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::http::StatusCode;
-use azure_core::http::headers::HeaderName;
+use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
 use azure_core::http::policies::{RetryHeaders, RetryPolicy};
 use rand::Rng as _;
 
@@ -71,10 +71,6 @@ impl RetryConfig {
     }
 }
 
-const X_MS_RETRY_AFTER_MS: HeaderName = HeaderName::from_static("x-ms-retry-after-ms");
-const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
-const RETRY_AFTER: HeaderName = HeaderName::from_static("retry-after");
-
 /// The SDK retry policy built from a [`RetryConfig`].
 #[derive(Debug)]
 pub(crate) struct KeyferryRetry {
@@ -87,6 +83,8 @@ impl KeyferryRetry {
         KeyferryRetry {
             config,
             // Most specific first, as the SDK does: the -ms variants carry sub-second precision.
+            // The SDK's own constants matter: `RETRY_AFTER` is marked "standard", which is what
+            // makes the SDK read it as seconds (or an HTTP date) rather than milliseconds.
             headers: RetryHeaders {
                 retry_headers: vec![X_MS_RETRY_AFTER_MS, RETRY_AFTER_MS, RETRY_AFTER],
             },

@@ -1,0 +1,509 @@
+//! The Azure provider against keyferry's emulator (`keyferry-emulator`, a separate AKV
+//! implementation that shares no code with the provider): the conformance suite, the credential
+//! flows, and one typed, one-line error per fault.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use keyferry_api::external_secret::RemoteRef;
+use keyferry_api::secret_store::{AzureAuthType, AzureKvProvider};
+use keyferry_emulator::{
+    ClientEntry, Clients, Emulator, EmulatorConfig, FaultKind, FaultSpec, Operation, Seed,
+};
+use keyferry_providers::azure::{
+    AssertionSource, AzureCredentials, AzureProvider, BudgetConfig, ConnectOptions, RetryConfig,
+};
+use keyferry_providers::{ProviderError, SecretValue, SecretsClient, conformance};
+
+const CLIENT_ID: &str = "11111111-1111-1111-1111-111111111111";
+const CLIENT_SECRET: &str = "canary-client-secret-5d1e";
+
+async fn emulator(config: EmulatorConfig) -> Emulator {
+    match Emulator::start(config).await {
+        Ok(e) => e,
+        Err(e) => panic!("emulator did not start: {e}"),
+    }
+}
+
+fn spec(emu: &Emulator) -> AzureKvProvider {
+    AzureKvProvider {
+        vault_url: emu.vault_url().to_owned(),
+        tenant_id: Some(emu.tenant_id().to_owned()),
+        ..AzureKvProvider::default()
+    }
+}
+
+fn client_secret(emu: &Emulator, secret: &str) -> AzureCredentials {
+    AzureCredentials::ClientSecret {
+        tenant_id: emu.tenant_id().to_owned(),
+        client_id: CLIENT_ID.to_owned(),
+        secret: SecretValue::from(secret),
+    }
+}
+
+fn options(emu: &Emulator, retry: RetryConfig) -> ConnectOptions {
+    ConnectOptions {
+        authority_host: Some(emu.authority_host().to_owned()),
+        retry,
+        // Each test's emulator has its own port, so its own bucket; keep it out of the way.
+        budget: BudgetConfig::unlimited(),
+        ..ConnectOptions::default()
+    }
+    .with_ca_pem(emu.ca_pem())
+}
+
+fn provider(emu: &Emulator, retry: RetryConfig) -> AzureProvider {
+    match AzureProvider::new(
+        &spec(emu),
+        client_secret(emu, CLIENT_SECRET),
+        &options(emu, retry),
+    ) {
+        Ok(p) => p,
+        Err(e) => panic!("provider: {e}"),
+    }
+}
+
+fn remote(key: &str) -> RemoteRef {
+    RemoteRef {
+        key: key.to_owned(),
+        ..RemoteRef::default()
+    }
+}
+
+fn seed_fixtures(emu: &Emulator) {
+    let doc = common::seed_document(&conformance::fixture_seed());
+    match Seed::from_yaml_str(&doc) {
+        Ok(seed) => emu.apply_seed(seed),
+        Err(e) => panic!("seed: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_against_the_emulator() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    seed_fixtures(&emu);
+    let p = provider(&emu, RetryConfig::fast(2));
+    let seeded = common::seeded(&p).await;
+    assert_eq!(
+        seeded.versions.get("conf-plain").map(Vec::len),
+        Some(2),
+        "{seeded:?}"
+    );
+    let report = conformance::run(&p, &seeded).await;
+    println!("{report}");
+    assert!(report.failures().is_empty(), "{report}");
+
+    // One long-lived credential: the whole suite needed a single token.
+    assert_eq!(emu.counters().requests(Operation::Token), 1, "token requests");
+    // `find` lists once per call (two finds that list + one with a bad regexp that must not).
+    let lists = emu.counters().requests(Operation::ListSecrets);
+    assert!(lists <= 6, "list requests: {lists}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_share_one_token() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "1").expect("seed");
+    let p = provider(&emu, RetryConfig::none());
+    let clones: Vec<AzureProvider> = (0..4).map(|_| p.clone()).collect();
+    for c in &clones {
+        c.get_secret(&remote("a")).await.expect("get");
+    }
+    assert_eq!(emu.counters().requests(Operation::Token), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_certificates_are_reported_clearly() {
+    // The emulator serves the secrets data plane only: key/ and cert/ reach the real key and
+    // certificate clients and come back as a typed error, not a panic or a garbled value.
+    let emu = emulator(EmulatorConfig::default()).await;
+    let p = provider(&emu, RetryConfig::none());
+    for key in ["key/signing", "cert/tls"] {
+        let err = p.get_secret(&remote(key)).await.expect_err(key);
+        common::one_clear_line(&err, &[CLIENT_SECRET]);
+        assert!(
+            matches!(
+                err,
+                ProviderError::NotFound { .. } | ProviderError::Invalid { .. }
+            ),
+            "{key}: {err:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_names_never_reach_the_vault() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let p = provider(&emu, RetryConfig::none());
+    for key in ["a/b", "../secrets", "", "x y", "secret/a%2Fb"] {
+        let err = p.get_secret(&remote(key)).await.expect_err(key);
+        assert!(matches!(err, ProviderError::Invalid { .. }), "{key}: {err:?}");
+    }
+    assert_eq!(emu.counters().requests(Operation::GetSecret), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_refuses_to_overwrite_an_unmanaged_secret() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("theirs", "original").expect("seed");
+    let p = provider(&emu, RetryConfig::none());
+    let err = p
+        .push_secret("theirs", &SecretValue::from("mine"), &Default::default())
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, ProviderError::Invalid { .. }), "{err:?}");
+    assert_eq!(emu.secret_value("theirs").as_deref(), Some("original"));
+}
+
+// ---------------------------------------------------------------- credentials
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_credential() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "cert-ok").expect("seed");
+    let creds = AzureCredentials::ClientCertificate {
+        tenant_id: emu.tenant_id().to_owned(),
+        client_id: CLIENT_ID.to_owned(),
+        pem: SecretValue::new(include_bytes!("fixtures/test-client-cert.pem").to_vec()),
+    };
+    let p = AzureProvider::new(&spec(&emu), creds, &options(&emu, RetryConfig::none())).expect("provider");
+    let got = p.get_secret(&remote("a")).await.expect("get");
+    assert_eq!(got.value.expose(), b"cert-ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_token_file() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "wi-ok").expect("seed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("azure-identity-token");
+    std::fs::write(&file, emu.issue_token("api://AzureADTokenExchange", 3600)).expect("write token");
+    let spec = AzureKvProvider {
+        auth_type: Some(AzureAuthType::WorkloadIdentity),
+        ..spec(&emu)
+    };
+    let creds = AzureCredentials::WorkloadIdentity {
+        tenant_id: emu.tenant_id().to_owned(),
+        client_id: CLIENT_ID.to_owned(),
+        token_file: file,
+    };
+    let p = AzureProvider::new(&spec, creds, &options(&emu, RetryConfig::none())).expect("provider");
+    assert_eq!(
+        p.get_secret(&remote("a")).await.expect("get").value.expose(),
+        b"wi-ok"
+    );
+    assert!(p.identity().starts_with("workload identity"), "{}", p.identity());
+}
+
+#[derive(Debug, Default)]
+struct CountingSource(AtomicUsize);
+
+#[async_trait]
+impl AssertionSource for CountingSource {
+    async fn assertion(&self) -> Result<SecretValue, String> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(SecretValue::from("header.payload.signature"))
+    }
+    fn describe(&self) -> String {
+        "service account team-a/keyferry".to_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_assertion_callback() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "cb-ok").expect("seed");
+    let source = Arc::new(CountingSource::default());
+    let creds = AzureCredentials::WorkloadIdentityAssertion {
+        tenant_id: emu.tenant_id().to_owned(),
+        client_id: CLIENT_ID.to_owned(),
+        source: source.clone(),
+    };
+    let spec = AzureKvProvider {
+        auth_type: Some(AzureAuthType::WorkloadIdentity),
+        ..spec(&emu)
+    };
+    let p = AzureProvider::new(&spec, creds, &options(&emu, RetryConfig::none())).expect("provider");
+    for _ in 0..3 {
+        assert_eq!(
+            p.get_secret(&remote("a")).await.expect("get").value.expose(),
+            b"cb-ok"
+        );
+    }
+    // Asked once per token, not once per request.
+    assert_eq!(source.0.load(Ordering::SeqCst), 1);
+    assert!(p.identity().contains("team-a/keyferry"), "{}", p.identity());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_must_fit_the_auth_type() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let spec = AzureKvProvider {
+        auth_type: Some(AzureAuthType::ManagedIdentity),
+        ..spec(&emu)
+    };
+    let err = AzureProvider::new(
+        &spec,
+        client_secret(&emu, "s"),
+        &options(&emu, RetryConfig::none()),
+    )
+    .expect_err("mismatch");
+    let line = common::one_clear_line(&err, &["canary"]);
+    assert!(line.contains("ManagedIdentity"), "{line}");
+    let http = AzureKvProvider {
+        vault_url: "http://kv.vault.localhost:1".into(),
+        ..AzureKvProvider::default()
+    };
+    let err =
+        AzureProvider::new(&http, client_secret(&emu, "s"), &ConnectOptions::default()).expect_err("http");
+    assert!(
+        matches!(err, ProviderError::Invalid { .. }) && err.to_string().contains("https"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- faults
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_with_retry_after_is_honoured_then_typed() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "v").expect("seed");
+    let p = provider(&emu, RetryConfig::fast(2));
+    p.validate().await.expect("warm up the token");
+
+    // One 429 with Retry-After: 1 → the retry waits about a second and succeeds.
+    emu.inject_fault(
+        FaultSpec::new(FaultKind::Throttle)
+            .operation(Operation::GetSecret)
+            .count(1)
+            .retry_after_secs(1),
+    )
+    .expect("fault");
+    let start = Instant::now();
+    p.get_secret(&remote("a")).await.expect("retried");
+    assert!(
+        start.elapsed() >= Duration::from_millis(950),
+        "waited only {:?}",
+        start.elapsed()
+    );
+
+    // A 429 that persists → Throttled with the server's delay, after a bounded number of tries.
+    emu.reset_counters();
+    emu.inject_fault(
+        FaultSpec::new(FaultKind::Throttle)
+            .operation(Operation::GetSecret)
+            .retry_after_ms(300),
+    )
+    .expect("fault");
+    let err = p.get_secret(&remote("a")).await.expect_err("throttled");
+    assert_eq!(
+        err,
+        ProviderError::Throttled {
+            store: p.vault_url().to_owned(),
+            retry_after: Some(Duration::from_millis(300))
+        }
+    );
+    common::one_clear_line(&err, &["canary"]);
+    assert_eq!(
+        emu.counters().requests(Operation::GetSecret),
+        3,
+        "1 try + 2 retries"
+    );
+    emu.clear_faults();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_without_retry_after_backs_off() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "v").expect("seed");
+    let p = provider(&emu, RetryConfig::fast(3));
+    p.validate().await.expect("warm up");
+    emu.inject_fault(FaultSpec::new(FaultKind::Throttle).operation(Operation::GetSecret))
+        .expect("fault");
+    let start = Instant::now();
+    let err = p.get_secret(&remote("a")).await.expect_err("throttled");
+    assert_eq!(
+        err,
+        ProviderError::Throttled {
+            store: p.vault_url().to_owned(),
+            retry_after: None
+        }
+    );
+    // fast(3): 10 + 20 + 40 ms of backoff (±20 %).
+    assert!(
+        start.elapsed() >= Duration::from_millis(55),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(emu.counters().requests(Operation::GetSecret), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_unavailable() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "v").expect("seed");
+    let p = provider(&emu, RetryConfig::fast(1));
+    p.validate().await.expect("warm up");
+    emu.inject_fault(
+        FaultSpec::new(FaultKind::Unavailable)
+            .operation(Operation::GetSecret)
+            .retry_after_secs(0),
+    )
+    .expect("fault");
+    let err = p.get_secret(&remote("a")).await.expect_err("503");
+    let line = common::one_clear_line(&err, &["canary"]);
+    assert!(
+        matches!(err, ProviderError::Unavailable { .. }) && line.contains("503"),
+        "{line}"
+    );
+    assert!(err.is_transient());
+    // Transient: once the fault clears, the same provider works again.
+    emu.clear_faults();
+    p.get_secret(&remote("a")).await.expect("recovered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "v").expect("seed");
+    let p = provider(&emu, RetryConfig::none());
+    p.validate().await.expect("warm up");
+    emu.inject_fault(FaultSpec::new(FaultKind::Drop).operation(Operation::GetSecret))
+        .expect("fault");
+    let err = p.get_secret(&remote("a")).await.expect_err("dropped");
+    let line = common::one_clear_line(&err, &["canary"]);
+    assert!(matches!(err, ProviderError::Unavailable { .. }), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_ca_is_a_clear_tls_error() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let opts = ConnectOptions {
+        extra_ca_pems: Vec::new(),
+        ..options(&emu, RetryConfig::fast(1))
+    };
+    let p = AzureProvider::new(&spec(&emu), client_secret(&emu, CLIENT_SECRET), &opts).expect("provider");
+    let err = p.validate().await.expect_err("untrusted");
+    let line = common::one_clear_line(&err, &[CLIENT_SECRET]);
+    assert!(
+        matches!(err, ProviderError::Unavailable { .. }) && line.contains("UnknownIssuer"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_port() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let spec = AzureKvProvider {
+        vault_url: format!("https://gone.vault.localhost:{port}"),
+        ..AzureKvProvider::default()
+    };
+    let opts = ConnectOptions {
+        authority_host: Some(format!("https://localhost:{port}")),
+        retry: RetryConfig::fast(1),
+        ..ConnectOptions::default()
+    };
+    let creds = AzureCredentials::ClientSecret {
+        tenant_id: "t".into(),
+        client_id: CLIENT_ID.into(),
+        secret: CLIENT_SECRET.into(),
+    };
+    let p = AzureProvider::new(&spec, creds, &opts).expect("provider");
+    let err = p.validate().await.expect_err("refused");
+    let line = common::one_clear_line(&err, &[CLIENT_SECRET]);
+    assert!(
+        matches!(err, ProviderError::Unavailable { .. }) && line.contains("refused"),
+        "{line}"
+    );
+}
+
+#[derive(Debug)]
+struct BadToken;
+
+#[async_trait]
+impl azure_core::credentials::TokenCredential for BadToken {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        Ok(azure_core::credentials::AccessToken::new(
+            "not-a-token",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_is_forbidden_naming_vault_and_identity() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let creds = AzureCredentials::Custom {
+        identity: "test identity".into(),
+        credential: Arc::new(BadToken),
+    };
+    let p = AzureProvider::new(&spec(&emu), creds, &options(&emu, RetryConfig::none())).expect("provider");
+    let err = p.validate().await.expect_err("401");
+    let line = common::one_clear_line(&err, &["not-a-token"]);
+    assert!(matches!(err, ProviderError::Forbidden { .. }), "{line}");
+    assert!(
+        line.contains(emu.vault_url()) && line.contains("test identity") && line.contains("401"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_client_secret_is_forbidden_without_the_secret() {
+    let config = EmulatorConfig {
+        clients: Clients::Allowed(vec![ClientEntry {
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: Some("the-right-one".to_owned()),
+            federated: false,
+        }]),
+        ..EmulatorConfig::default()
+    };
+    let emu = emulator(config).await;
+    let p = AzureProvider::new(
+        &spec(&emu),
+        client_secret(&emu, CLIENT_SECRET),
+        &options(&emu, RetryConfig::none()),
+    )
+    .expect("provider");
+    let err = p.validate().await.expect_err("refused");
+    let line = common::one_clear_line(&err, &[CLIENT_SECRET, "the-right-one"]);
+    assert!(matches!(err, ProviderError::Forbidden { .. }), "{line}");
+    assert!(line.contains(CLIENT_ID) && line.contains("AADSTS"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_secret() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    seed_fixtures(&emu);
+    let p = provider(&emu, RetryConfig::none());
+    let err = p
+        .get_secret(&remote("conf-disabled"))
+        .await
+        .expect_err("disabled");
+    let line = common::one_clear_line(&err, &["disabled-value"]);
+    assert!(matches!(err, ProviderError::Disabled { .. }), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_value_is_invalid() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let p = provider(&emu, RetryConfig::none());
+    let big = SecretValue::from("canary".repeat(25 * 1024 / 6 + 10));
+    let err = p
+        .push_secret("big", &big, &Default::default())
+        .await
+        .expect_err("too big");
+    let line = common::one_clear_line(&err, &["canarycanary"]);
+    assert!(matches!(err, ProviderError::Invalid { .. }), "{line}");
+    assert!(emu.secret_value("big").is_none());
+}
