@@ -271,7 +271,7 @@ pub async fn check_repo(
     // Plan: every use of a remote reference, attached to the store it resolves to.
     let mut uses = Vec::new();
     let mut files = BTreeSet::new();
-    for es in &views {
+    for es in views.iter().filter(|v| v.doc.in_scope) {
         files.insert(es.file().to_owned());
         raw.extend(rules::stores::unresolved_stores(es, &index));
         for site in es.refs() {
@@ -349,7 +349,7 @@ pub async fn check_repo(
     report.stats = Stats {
         files: repo.files.len(),
         documents: repo.documents,
-        external_secrets: views.len(),
+        external_secrets: views.iter().filter(|v| v.doc.in_scope).count(),
         references: uses.len(),
         distinct_lookups: distinct,
         requests: limiter.used.load(Ordering::SeqCst),

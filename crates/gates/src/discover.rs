@@ -21,6 +21,9 @@ pub struct SourceFile {
     pub rel: String,
     /// The path to open.
     pub path: PathBuf,
+    /// Whether the file is under the paths asked for. Files outside them are still read for
+    /// context (stores, other writers of a Secret) but get no findings.
+    pub in_scope: bool,
 }
 
 /// What discovery found.
@@ -30,9 +33,11 @@ pub struct Discovery {
     pub root: PathBuf,
     /// Whether the root is inside a Git work tree (and `tracked` therefore means `git ls-files`).
     pub in_git: bool,
-    /// YAML files (`*.yaml`, `*.yml`), sorted.
+    /// YAML files (`*.yaml`, `*.yml`) under the root and the paths asked for, sorted; those outside
+    /// the paths are marked out of scope.
     pub yaml: Vec<SourceFile>,
-    /// `.env` files that are tracked (in Git) or present (outside Git), sorted.
+    /// `.env` files under the paths asked for that are tracked (in Git) or present (outside Git),
+    /// sorted.
     pub env_files: Vec<SourceFile>,
 }
 
@@ -89,22 +94,25 @@ pub fn discover(paths: &[PathBuf], policy: &Policy) -> Result<Discovery, GatesEr
         ..Discovery::default()
     };
     for rel in &candidates {
-        if !scopes.iter().any(|s| s.contains(rel)) || policy.is_excluded(rel) {
+        if policy.is_excluded(rel) {
             continue;
         }
+        let in_scope = scopes.iter().any(|s| s.contains(rel));
+        let wanted = is_yaml(rel) || (in_scope && is_env_file(rel));
         let path = root.join(rel);
         // A tracked file deleted in the work tree is not there to read.
-        if !path.is_file() {
+        if !wanted || !path.is_file() {
             continue;
         }
         let file = SourceFile {
             rel: rel.clone(),
             path,
+            in_scope,
         };
         if is_yaml(rel) {
             out.yaml.push(file.clone());
         }
-        if is_env_file(rel) && tracked.contains(rel) {
+        if in_scope && is_env_file(rel) && tracked.contains(rel) {
             out.env_files.push(file);
         }
     }
@@ -114,6 +122,7 @@ pub fn discover(paths: &[PathBuf], policy: &Policy) -> Result<Discovery, GatesEr
             out.yaml.push(SourceFile {
                 rel: s.rel.clone(),
                 path: root.join(&s.rel),
+                in_scope: true,
             });
         }
     }
@@ -135,10 +144,15 @@ pub fn discover(paths: &[PathBuf], policy: &Policy) -> Result<Discovery, GatesEr
                 out.yaml.push(SourceFile {
                     rel: shown.clone(),
                     path: path.clone(),
+                    in_scope: true,
                 });
             }
             if is_env_file(&shown) {
-                out.env_files.push(SourceFile { rel: shown, path });
+                out.env_files.push(SourceFile {
+                    rel: shown,
+                    path,
+                    in_scope: true,
+                });
             }
         }
     }
@@ -289,6 +303,9 @@ mod tests {
         assert!(!d.in_git);
         let yaml: Vec<_> = d.yaml.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(yaml, ["deploy/a/secrets/externalsecret-a.yaml"]);
+        let narrow = discover(&[root.join("README.md")], &policy).unwrap();
+        assert!(narrow.env_files.is_empty(), "out of scope");
+        assert!(!narrow.yaml[0].in_scope, "read for context only");
         let env: Vec<_> = d.env_files.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(env, [".env"]);
     }

@@ -129,14 +129,18 @@ pub fn validate_repo(repo: &model::Repo, env_files: &[discover::SourceFile], pol
     raw.extend(rules::plaintext::dotenv_files(env_files, policy));
 
     let mut report = Report::new(Gate::Validate);
-    report.findings = apply_policy(raw, policy);
     report.files = repo.files.clone();
     report.files.extend(env_files.iter().map(|f| f.rel.clone()));
+    // Every document was judged (a conflict needs both sides); only files asked for are reported.
+    let scope: std::collections::BTreeSet<&str> = report.files.iter().map(String::as_str).collect();
+    raw.retain(|f| scope.contains(f.file.as_str()));
+    report.findings = apply_policy(raw, policy);
+    let in_scope: Vec<&EsView<'_>> = views.iter().filter(|v| v.doc.in_scope).collect();
     report.stats = Stats {
-        files: repo.files.len() + env_files.len(),
+        files: report.files.len(),
         documents: repo.documents,
-        external_secrets: views.len(),
-        references: views.iter().map(|v| v.refs().len()).sum(),
+        external_secrets: in_scope.len(),
+        references: in_scope.iter().map(|v| v.refs().len()).sum(),
         ..Stats::default()
     };
     report.normalize();

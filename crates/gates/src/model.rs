@@ -13,6 +13,9 @@ use crate::policy::Policy;
 pub struct Doc {
     /// Whether its file matches the ExternalSecret pattern.
     pub in_pattern: bool,
+    /// Whether its file is under the paths asked for; other documents are context only (stores,
+    /// other writers of a Secret) and get no findings.
+    pub in_scope: bool,
     /// The document.
     pub located: Located<Manifest>,
 }
@@ -31,9 +34,9 @@ pub struct Repo {
     pub docs: Vec<Doc>,
     /// `KF001` findings for documents that did not parse.
     pub schema_findings: Vec<RawFinding>,
-    /// Files read.
+    /// Files read that are in scope.
     pub files: Vec<String>,
-    /// Documents seen (parsed or not).
+    /// Documents seen in those files (parsed or not).
     pub documents: usize,
 }
 
@@ -49,7 +52,7 @@ pub fn load(files: &[SourceFile], policy: &Policy) -> Repo {
         let text = match std::fs::read_to_string(&f.path) {
             Ok(t) => t,
             Err(e) => {
-                if in_pattern {
+                if in_pattern && f.in_scope {
                     repo.schema_findings.push(RawFinding::new(
                         Rule::Schema,
                         &f.rel,
@@ -60,13 +63,20 @@ pub fn load(files: &[SourceFile], policy: &Policy) -> Repo {
                 continue;
             }
         };
-        repo.files.push(f.rel.clone());
         let docs = parse_documents(&f.rel, &text);
-        repo.documents += docs.len();
+        if f.in_scope {
+            repo.files.push(f.rel.clone());
+            repo.documents += docs.len();
+        }
         let mut raw_docs = None;
         for result in docs {
             match result {
-                Ok(located) => repo.docs.push(Doc { in_pattern, located }),
+                Ok(located) => repo.docs.push(Doc {
+                    in_pattern,
+                    in_scope: f.in_scope,
+                    located,
+                }),
+                Err(_) if !f.in_scope => {}
                 Err(e) => {
                     if let Some(finding) = schema_finding(&e, in_pattern, || {
                         raw_docs.get_or_insert_with(|| split_documents(&text)).clone()

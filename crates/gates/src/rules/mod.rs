@@ -28,6 +28,7 @@ pub(crate) mod testutil {
             .into_iter()
             .map(|r| Doc {
                 in_pattern: true,
+                in_scope: true,
                 located: r.expect("test YAML parses"),
             })
             .collect()

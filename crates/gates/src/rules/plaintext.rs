@@ -92,6 +92,7 @@ mod tests {
             .map(|r| SourceFile {
                 rel: (*r).into(),
                 path: r.into(),
+                in_scope: true,
             })
             .collect();
         let f = dotenv_files(&files, &Policy::defaults("."));

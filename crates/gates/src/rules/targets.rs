@@ -8,11 +8,11 @@ use crate::finding::{RawFinding, Rule};
 use crate::model::EsView;
 
 /// Reports every ExternalSecret whose target Secret another ExternalSecret in the same namespace
-/// already writes. Only writers that own or create the Secret count: `creationPolicy: Merge` is the
-/// supported way to add keys to someone else's Secret, and `None` writes nothing.
+/// also writes — each of them, so whichever file a change touches shows the conflict. Only writers
+/// that own or create the Secret count: `creationPolicy: Merge` is the supported way to add keys to
+/// someone else's Secret, and `None` writes nothing.
 pub fn duplicate_targets(all: &[EsView<'_>]) -> Vec<RawFinding> {
-    let mut first: BTreeMap<(String, String), &EsView<'_>> = BTreeMap::new();
-    let mut out = Vec::new();
+    let mut groups: BTreeMap<(String, String), Vec<&EsView<'_>>> = BTreeMap::new();
     for es in all {
         let Some(ns) = es.namespace else { continue };
         let target = es.spec.target_or_default();
@@ -23,33 +23,40 @@ pub fn duplicate_targets(all: &[EsView<'_>]) -> Vec<RawFinding> {
             continue;
         }
         let name = target.name.clone().unwrap_or_else(|| es.name.to_owned());
-        match first.get(&(ns.to_owned(), name.clone())) {
-            None => {
-                first.insert((ns.to_owned(), name), es);
-            }
-            Some(prev) => {
-                let line = match &target.name {
-                    Some(n) => es.line_of_key("name", n, if n == es.name { 1 } else { 0 }),
-                    None => es.doc.located.origin.line,
-                };
-                out.push(
-                    RawFinding::new(
-                        Rule::DuplicateTarget,
-                        es.file(),
-                        line,
-                        format!(
-                            "target Secret {ns}/{name} is also written by {} ({}:{}); give one of them creationPolicy: Merge or another target name",
-                            prev.object(),
-                            prev.file(),
-                            prev.doc.located.origin.line
-                        ),
-                    )
-                    .with_object(es.object()),
-                );
-            }
+        groups.entry((ns.to_owned(), name)).or_default().push(es);
+    }
+    let mut out = Vec::new();
+    for ((ns, name), writers) in groups.iter().filter(|(_, w)| w.len() > 1) {
+        let lines: Vec<usize> = writers.iter().map(|es| target_line(es)).collect();
+        for (i, es) in writers.iter().enumerate() {
+            let j = usize::from(i == 0);
+            let other = writers[j];
+            out.push(
+                RawFinding::new(
+                    Rule::DuplicateTarget,
+                    es.file(),
+                    lines[i],
+                    format!(
+                        "target Secret {ns}/{name} is also written by {} ({}:{}); give one of them creationPolicy: Merge or another target name",
+                        other.object(),
+                        other.file(),
+                        lines[j]
+                    ),
+                )
+                .with_object(es.object()),
+            );
         }
     }
     out
+}
+
+/// The line naming the target Secret, or the document start when the name is defaulted.
+fn target_line(es: &EsView<'_>) -> usize {
+    match &es.spec.target_or_default().name {
+        // With the same name as the ExternalSecret, the first `name:` is metadata's.
+        Some(n) => es.line_of_key("name", n, usize::from(n == es.name)),
+        None => es.doc.located.origin.line,
+    }
 }
 
 #[cfg(test)]
@@ -84,12 +91,12 @@ mod tests {
         let got: Vec<_> = f.iter().map(|f| (f.file.as_str(), f.line)).collect();
         assert_eq!(
             got,
-            [("b.yaml", 6), ("d.yaml", 1)],
+            [("a.yaml", 5), ("b.yaml", 6), ("d.yaml", 1)],
             "Merge and other namespaces are fine; a default target counts"
         );
         assert_eq!(
-            f[0].message,
-            "target Secret netbox/creds is also written by ExternalSecret netbox/one (a.yaml:1); give one of them creationPolicy: Merge or another target name"
+            f[1].message,
+            "target Secret netbox/creds is also written by ExternalSecret netbox/one (a.yaml:5); give one of them creationPolicy: Merge or another target name"
         );
     }
 }
