@@ -82,13 +82,22 @@ async fn demo(args: &DemoArgs) -> Result<ExitCode, String> {
         seed: Some(seed_file),
         ..EmulatorConfig::default()
     };
-    let emulator = Emulator::start(config).await.map_err(|e| format!("cannot start the emulator: {e}"))?;
-    println!("Key Vault emulator: {}  (token endpoint {})", emulator.vault_url(), emulator.authority_host());
+    let emulator = Emulator::start(config)
+        .await
+        .map_err(|e| format!("cannot start the emulator: {e}"))?;
+    println!(
+        "Key Vault emulator: {}  (token endpoint {})",
+        emulator.vault_url(),
+        emulator.authority_host()
+    );
 
     let documents = embedded_documents()?;
     let mut credentials = Credentials::default();
     credentials
-        .add_manifests("examples/credentials/akv-sp-credentials.yaml", EMBEDDED_CREDENTIALS)
+        .add_manifests(
+            "examples/credentials/akv-sp-credentials.yaml",
+            EMBEDDED_CREDENTIALS,
+        )
         .map_err(|e| e.to_string())?;
     let mut connect = keyferry_providers::azure::ConnectOptions::default().with_ca_pem(emulator.ca_pem());
     connect.authority_host = Some(emulator.authority_host().to_owned());
@@ -113,7 +122,14 @@ async fn demo(args: &DemoArgs) -> Result<ExitCode, String> {
     println!("\n== 1. Sync every ExternalSecret in examples/deploy through the azure provider\n");
     let first = sync_all(&external_secrets, &stores).await;
     print_table(&first);
-    println!("\n== 2. The Secrets keyferry would apply (values redacted{})\n", if args.reveal { ": --reveal given, shown" } else { "" });
+    println!(
+        "\n== 2. The Secrets keyferry would apply (values redacted{})\n",
+        if args.reveal {
+            ": --reveal given, shown"
+        } else {
+            ""
+        }
+    );
     for row in &first {
         if let Ok(desired) = &row.outcome {
             println!("---\n{}", desired.to_yaml(args.reveal).trim_end());
@@ -128,16 +144,28 @@ async fn demo(args: &DemoArgs) -> Result<ExitCode, String> {
         .ok_or("the example store has no client")?;
     let before = updated_by_name(&client.list_secret_properties().await.map_err(|e| e.to_string())?);
     // Key Vault's `updated` has one-second resolution: let the clock tick so the rotation is visible.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    tokio::time::sleep(std::time::Duration::from_nanos(1_000_000_000 - u64::from(now.subsec_nanos()))).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    tokio::time::sleep(std::time::Duration::from_nanos(
+        1_000_000_000 - u64::from(now.subsec_nanos()),
+    ))
+    .await;
     println!("\n== 3. Rotate: an operator sets a new version of {ROTATED}\n");
     let new_version = emulator
         .set_secret(ROTATED, "demo-netbox-db-password-v3")
         .map_err(|e| format!("cannot rotate {ROTATED}: {e}"))?;
     println!("   {ROTATED} -> new version {new_version}");
     let after = updated_by_name(&client.list_secret_properties().await.map_err(|e| e.to_string())?);
-    let changed: Vec<&String> = after.iter().filter(|(n, v)| before.get(*n) != Some(v)).map(|(n, _)| n).collect();
-    println!("   one list call found {} changed secret(s): {changed:?}", changed.len());
+    let changed: Vec<&String> = after
+        .iter()
+        .filter(|(n, v)| before.get(*n) != Some(v))
+        .map(|(n, _)| n)
+        .collect();
+    println!(
+        "   one list call found {} changed secret(s): {changed:?}",
+        changed.len()
+    );
     let affected: Vec<&ExternalSecret> = external_secrets
         .iter()
         .copied()
@@ -149,23 +177,51 @@ async fn demo(args: &DemoArgs) -> Result<ExitCode, String> {
     );
     let second = sync_all(&affected, &stores).await;
     print_table(&second);
-    for (old, new) in first.iter().filter_map(|r| r.outcome.as_ref().ok().map(|d| (r, d))).filter_map(|(r, d)| {
-        second.iter().find(|s| s.external_secret == r.external_secret).and_then(|s| s.outcome.as_ref().ok()).map(|n| (d, n))
-    }) {
-        let verdict = if old.content_hash == new.content_hash { "unchanged" } else { "changed -> pods using it would roll" };
-        println!("   Secret {}: data hash {} -> {} ({verdict})", new.name, short(&old.content_hash), short(&new.content_hash));
+    for (old, new) in first
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().ok().map(|d| (r, d)))
+        .filter_map(|(r, d)| {
+            second
+                .iter()
+                .find(|s| s.external_secret == r.external_secret)
+                .and_then(|s| s.outcome.as_ref().ok())
+                .map(|n| (d, n))
+        })
+    {
+        let verdict = if old.content_hash == new.content_hash {
+            "unchanged"
+        } else {
+            "changed -> pods using it would roll"
+        };
+        println!(
+            "   Secret {}: data hash {} -> {} ({verdict})",
+            new.name,
+            short(&old.content_hash),
+            short(&new.content_hash)
+        );
     }
 
     let counters = emulator.counters();
-    println!("\n== 4. Vault traffic (emulator counters)\n\n   {}", counters_line(&counters));
+    println!(
+        "\n== 4. Vault traffic (emulator counters)\n\n   {}",
+        counters_line(&counters)
+    );
     let failed = first.iter().chain(&second).filter(|r| r.outcome.is_err()).count();
     if args.keep_running {
-        println!("\nEmulator still running: VAULT_URL={} CA_FILE={} — Ctrl-C to stop.", emulator.vault_url(), emulator.ca_file().display());
+        println!(
+            "\nEmulator still running: VAULT_URL={} CA_FILE={} — Ctrl-C to stop.",
+            emulator.vault_url(),
+            emulator.ca_file().display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     let _ = emulator.shutdown().await;
     let _ = std::fs::remove_dir_all(&seed_dir);
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn embedded_documents() -> Result<Vec<Located<Manifest>>, String> {
@@ -182,8 +238,13 @@ async fn sync_all(external_secrets: &[&ExternalSecret], stores: &Stores) -> Vec<
     let mut rows = Vec::new();
     for es in external_secrets {
         let namespace = es.metadata.namespace.clone().unwrap_or_default();
-        let outcome = keyferry_sync::sync(es, &stores.resolver(&namespace)).await.map_err(|e| e.to_string());
-        rows.push(Row { external_secret: qualified(es), outcome });
+        let outcome = keyferry_sync::sync(es, &stores.resolver(&namespace))
+            .await
+            .map_err(|e| e.to_string());
+        rows.push(Row {
+            external_secret: qualified(es),
+            outcome,
+        });
     }
     rows
 }
@@ -197,7 +258,10 @@ fn qualified(es: &ExternalSecret) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    println!("   {:<28} {:<26} {:<38} {:<14} STATUS", "EXTERNALSECRET", "SECRET", "KEYS", "VAULT VERSION");
+    println!(
+        "   {:<28} {:<26} {:<38} {:<14} STATUS",
+        "EXTERNALSECRET", "SECRET", "KEYS", "VAULT VERSION"
+    );
     for row in rows {
         match &row.outcome {
             Ok(d) => {
@@ -211,7 +275,10 @@ fn print_table(rows: &[Row]) {
                     truncate(&versions.join(","), 14)
                 );
             }
-            Err(e) => println!("   {:<28} {:<26} {:<38} {:<14} Error: {e}", row.external_secret, "-", "-", "-"),
+            Err(e) => println!(
+                "   {:<28} {:<26} {:<38} {:<14} Error: {e}",
+                row.external_secret, "-", "-", "-"
+            ),
         }
     }
 }
@@ -219,7 +286,10 @@ fn print_table(rows: &[Row]) {
 /// What a change feed compares: each secret's current `updated` time (the list carries no values and,
 /// in Key Vault, no version ids).
 fn updated_by_name(props: &[SecretProperties]) -> BTreeMap<String, Option<i64>> {
-    props.iter().map(|p| (p.name.to_ascii_lowercase(), p.updated)).collect()
+    props
+        .iter()
+        .map(|p| (p.name.to_ascii_lowercase(), p.updated))
+        .collect()
 }
 
 fn uses_any(es: &ExternalSecret, names: &[&String]) -> bool {
@@ -228,7 +298,11 @@ fn uses_any(es: &ExternalSecret, names: &[&String]) -> bool {
         names.iter().any(|n| n.eq_ignore_ascii_case(name))
     };
     es.spec.data.iter().any(|d| uses(&d.remote_ref.key))
-        || es.spec.data_from.iter().any(|d| d.extract.as_ref().is_some_and(|r| uses(&r.key)) || d.find.is_some())
+        || es
+            .spec
+            .data_from
+            .iter()
+            .any(|d| d.extract.as_ref().is_some_and(|r| uses(&r.key)) || d.find.is_some())
 }
 
 fn short(s: &str) -> String {
@@ -244,8 +318,16 @@ fn truncate(s: &str, width: usize) -> String {
 }
 
 fn counters_line(counters: &keyferry_emulator::CounterSnapshot) -> String {
-    let ops: Vec<String> = counters.operations.iter().map(|(op, c)| format!("{}={}", op.as_str(), c.requests)).collect();
-    let statuses: Vec<String> = counters.statuses.iter().map(|(s, n)| format!("{s}={n}")).collect();
+    let ops: Vec<String> = counters
+        .operations
+        .iter()
+        .map(|(op, c)| format!("{}={}", op.as_str(), c.requests))
+        .collect();
+    let statuses: Vec<String> = counters
+        .statuses
+        .iter()
+        .map(|(s, n)| format!("{s}={n}"))
+        .collect();
     format!(
         "{} requests ({}); responses by status: {}\n   (401s are the SDK's unauthenticated first request per client: the bearer challenge)",
         counters.total,

@@ -35,7 +35,9 @@ pub fn read(paths: &[PathBuf]) -> Result<Inputs, InputError> {
     let mut files = Vec::new();
     for p in paths {
         if !p.exists() {
-            return Err(InputError::Missing { path: p.display().to_string() });
+            return Err(InputError::Missing {
+                path: p.display().to_string(),
+            });
         }
         if p.is_file() {
             // A file named on the command line is read whatever its extension.
@@ -46,7 +48,9 @@ pub fn read(paths: &[PathBuf]) -> Result<Inputs, InputError> {
     }
     if files.is_empty() {
         let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-        return Err(InputError::Empty { paths: shown.join(", ") });
+        return Err(InputError::Empty {
+            paths: shown.join(", "),
+        });
     }
     let mut inputs = Inputs::default();
     for file in files {
@@ -68,7 +72,9 @@ pub fn read(paths: &[PathBuf]) -> Result<Inputs, InputError> {
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) {
     if path.is_dir() {
-        let Ok(entries) = std::fs::read_dir(path) else { return };
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return;
+        };
         let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         children.sort();
         for child in children {

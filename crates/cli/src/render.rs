@@ -56,7 +56,11 @@ pub async fn run(args: RenderArgs) -> ExitCode {
     }
     let mut out = std::io::stdout().lock();
     for (file, desired) in &rendered {
-        let _ = writeln!(out, "---\n# from {file}\n{}", desired.to_yaml(args.reveal).trim_end());
+        let _ = writeln!(
+            out,
+            "---\n# from {file}\n{}",
+            desired.to_yaml(args.reveal).trim_end()
+        );
     }
     let _ = out.flush();
     for f in &failures {

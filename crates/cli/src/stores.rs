@@ -11,7 +11,9 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
 use keyferry_api::manifest::{Located, Manifest};
-use keyferry_api::secret_store::{AzureAuthType, AzureKvProvider, ProviderKind, SecretKeySelector, StoreProvider};
+use keyferry_api::secret_store::{
+    AzureAuthType, AzureKvProvider, ProviderKind, SecretKeySelector, StoreProvider,
+};
 use keyferry_providers::azure::{AzureCredentials, AzureProvider, ConnectOptions};
 use keyferry_providers::seed::VaultSeed;
 use keyferry_providers::{FakeStore, SecretValue, SecretsClient};
@@ -36,7 +38,12 @@ pub struct StoreArgs {
 
 fn parse_mapping(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
-        .map(|(a, b)| (a.trim_end_matches('/').to_owned(), b.trim_end_matches('/').to_owned()))
+        .map(|(a, b)| {
+            (
+                a.trim_end_matches('/').to_owned(),
+                b.trim_end_matches('/').to_owned(),
+            )
+        })
         .filter(|(a, b)| !a.is_empty() && !b.is_empty())
         .ok_or_else(|| format!("expected FROM=TO, got {s:?}"))
 }
@@ -93,9 +100,16 @@ impl StoreArgs {
         }
         let mut connect = ConnectOptions::from_env().map_err(|e| StoreConfigError(e.to_string()))?;
         if let Some(ca) = &self.ca_file {
-            connect = connect.with_ca_file(ca).map_err(|e| StoreConfigError(e.to_string()))?;
+            connect = connect
+                .with_ca_file(ca)
+                .map_err(|e| StoreConfigError(e.to_string()))?;
         }
-        Ok(StoreSettings { seed, credentials, connect, vault_url_map: self.vault_url_map.clone() })
+        Ok(StoreSettings {
+            seed,
+            credentials,
+            connect,
+            vault_url_map: self.vault_url_map.clone(),
+        })
     }
 }
 
@@ -131,7 +145,8 @@ impl Stores {
                 clients.insert(key, Err(String::new()));
                 continue;
             }
-            let client = build_client(&key, provider, settings).map_err(|reason| format!("{}: {reason}", doc.origin));
+            let client =
+                build_client(&key, provider, settings).map_err(|reason| format!("{}: {reason}", doc.origin));
             clients.insert(key, client);
         }
         Stores { clients, seeded }
@@ -143,11 +158,19 @@ impl Stores {
         move |store: &SecretStoreRef| self.resolve(&namespace, store)
     }
 
-    fn resolve(&self, namespace: &str, store: &SecretStoreRef) -> Result<Arc<dyn SecretsClient>, ResolveError> {
+    fn resolve(
+        &self,
+        namespace: &str,
+        store: &SecretStoreRef,
+    ) -> Result<Arc<dyn SecretsClient>, ResolveError> {
         let kind = store.kind_or_default();
         let key = StoreKey {
             kind,
-            namespace: if kind == StoreKind::SecretStore { namespace.to_owned() } else { String::new() },
+            namespace: if kind == StoreKind::SecretStore {
+                namespace.to_owned()
+            } else {
+                String::new()
+            },
             name: store.name.clone(),
         };
         match (&self.seeded, self.clients.get(&key)) {
@@ -175,7 +198,11 @@ impl Stores {
     }
 }
 
-fn build_client(key: &StoreKey, provider: &StoreProvider, settings: &StoreSettings) -> Result<Arc<dyn SecretsClient>, String> {
+fn build_client(
+    key: &StoreKey,
+    provider: &StoreProvider,
+    settings: &StoreSettings,
+) -> Result<Arc<dyn SecretsClient>, String> {
     match provider.kind().map_err(|e| format!("spec.provider: {e}"))? {
         ProviderKind::Fake(spec) => Ok(Arc::new(FakeStore::from_spec(&key.name, spec))),
         ProviderKind::AzureKv(spec) => {
@@ -198,14 +225,25 @@ fn azure_credentials(
     spec: &AzureKvProvider,
     credentials: &Credentials,
 ) -> Result<AzureCredentials, String> {
-    let default_ns = if key.kind == StoreKind::SecretStore { key.namespace.as_str() } else { "" };
+    let default_ns = if key.kind == StoreKind::SecretStore {
+        key.namespace.as_str()
+    } else {
+        ""
+    };
     let env_tenant = std::env::var("AZURE_TENANT_ID").ok();
     match spec.auth_type_or_default() {
-        AzureAuthType::ManagedIdentity => Ok(AzureCredentials::ManagedIdentity { client_id: spec.identity_id.clone() }),
+        AzureAuthType::ManagedIdentity => Ok(AzureCredentials::ManagedIdentity {
+            client_id: spec.identity_id.clone(),
+        }),
         AzureAuthType::ServicePrincipal if spec.auth_secret_ref.is_some() && !credentials.is_empty() => {
-            let refs = spec.auth_secret_ref.as_ref().ok_or("spec.provider.azurekv.authSecretRef is missing")?;
+            let refs = spec
+                .auth_secret_ref
+                .as_ref()
+                .ok_or("spec.provider.azurekv.authSecretRef is missing")?;
             let get = |field: &str, sel: &Option<SecretKeySelector>| -> Result<Option<SecretValue>, String> {
-                sel.as_ref().map(|s| credentials.get(s, default_ns, field)).transpose()
+                sel.as_ref()
+                    .map(|s| credentials.get(s, default_ns, field))
+                    .transpose()
             };
             let client_id = get("clientId", &refs.client_id)?
                 .ok_or("spec.provider.azurekv.authSecretRef.clientId is required")?;
@@ -216,9 +254,20 @@ fn azure_credentials(
                     "no tenant: set spec.provider.azurekv.tenantId, authSecretRef.tenantId or AZURE_TENANT_ID",
                 )?,
             };
-            match (get("clientSecret", &refs.client_secret)?, get("clientCertificate", &refs.client_certificate)?) {
-                (Some(secret), None) => Ok(AzureCredentials::ClientSecret { tenant_id, client_id, secret }),
-                (None, Some(pem)) => Ok(AzureCredentials::ClientCertificate { tenant_id, client_id, pem }),
+            match (
+                get("clientSecret", &refs.client_secret)?,
+                get("clientCertificate", &refs.client_certificate)?,
+            ) {
+                (Some(secret), None) => Ok(AzureCredentials::ClientSecret {
+                    tenant_id,
+                    client_id,
+                    secret,
+                }),
+                (None, Some(pem)) => Ok(AzureCredentials::ClientCertificate {
+                    tenant_id,
+                    client_id,
+                    pem,
+                }),
                 (Some(_), Some(_)) => {
                     Err("authSecretRef sets both clientSecret and clientCertificate; set one".to_owned())
                 }
@@ -227,7 +276,9 @@ fn azure_credentials(
         }
         auth => {
             let creds = AzureCredentials::from_env().map_err(|e| {
-                format!("{e} (pass the store's credential Secret with --credentials, or set AZURE_* variables)")
+                format!(
+                    "{e} (pass the store's credential Secret with --credentials, or set AZURE_* variables)"
+                )
             })?;
             if !creds.fits(auth) {
                 return Err(format!(
@@ -241,7 +292,9 @@ fn azure_credentials(
 }
 
 fn utf8(v: &SecretValue, field: &str) -> Result<String, String> {
-    v.expose_str().map(|s| s.trim().to_owned()).ok_or_else(|| format!("{field} is not UTF-8"))
+    v.expose_str()
+        .map(|s| s.trim().to_owned())
+        .ok_or_else(|| format!("{field} is not UTF-8"))
 }
 
 /// Secret manifests given with `--credentials`, by (namespace, name).
@@ -291,11 +344,16 @@ impl Credentials {
     fn get(&self, sel: &SecretKeySelector, default_ns: &str, field: &str) -> Result<SecretValue, String> {
         let ns = sel.namespace.clone().unwrap_or_else(|| default_ns.to_owned());
         let secret = self.secrets.get(&(ns.clone(), sel.name.clone())).ok_or_else(|| {
-            format!("authSecretRef.{field}: Secret {ns}/{} is not among the --credentials manifests", sel.name)
+            format!(
+                "authSecretRef.{field}: Secret {ns}/{} is not among the --credentials manifests",
+                sel.name
+            )
         })?;
-        secret
-            .get(&sel.key)
-            .cloned()
-            .ok_or_else(|| format!("authSecretRef.{field}: Secret {ns}/{} has no key {:?}", sel.name, sel.key))
+        secret.get(&sel.key).cloned().ok_or_else(|| {
+            format!(
+                "authSecretRef.{field}: Secret {ns}/{} has no key {:?}",
+                sel.name, sel.key
+            )
+        })
     }
 }

@@ -19,7 +19,10 @@ fn keyferry(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Every value of the examples' vault seed, and every leaf of its JSON values: none may appear in
@@ -30,7 +33,9 @@ fn seed_values() -> Vec<String> {
     for v in seed.lines().filter_map(|l| l.trim().strip_prefix("value: ")) {
         let v = v.trim_matches(|c| c == '"' || c == '\'');
         match serde_json::from_str::<serde_json::Value>(v) {
-            Ok(serde_json::Value::Object(map)) => collect_leaves(&serde_json::Value::Object(map), &mut values),
+            Ok(serde_json::Value::Object(map)) => {
+                collect_leaves(&serde_json::Value::Object(map), &mut values)
+            }
             _ => values.push(v.to_owned()),
         }
     }
@@ -48,11 +53,25 @@ fn collect_leaves(v: &serde_json::Value, out: &mut Vec<String>) {
 
 #[test]
 fn render_examples_redacted_by_default() {
-    let o = keyferry(&["render", "examples/platform", "examples/deploy", "--seed", "examples/vault/seed.yaml"]);
+    let o = keyferry(&[
+        "render",
+        "examples/platform",
+        "examples/deploy",
+        "--seed",
+        "examples/vault/seed.yaml",
+    ]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "stderr: {err}");
-    for name in ["netbox-db-credentials", "netbox-config", "netbox-db-dsn", "jenkins-admin-credentials"] {
-        assert!(out.contains(&format!("name: {name}")), "missing Secret {name} in:\n{out}");
+    for name in [
+        "netbox-db-credentials",
+        "netbox-config",
+        "netbox-db-dsn",
+        "jenkins-admin-credentials",
+    ] {
+        assert!(
+            out.contains(&format!("name: {name}")),
+            "missing Secret {name} in:\n{out}"
+        );
     }
     assert!(out.contains("DB_PASSWORD: '<redacted: 26 bytes>'"), "{out}");
     assert!(out.contains("NETBOX_superuser"), "extract + rewrite keys: {out}");
@@ -64,11 +83,21 @@ fn render_examples_redacted_by_default() {
 
 #[test]
 fn render_reveal_shows_values() {
-    let o = keyferry(&["render", "examples/platform", "examples/deploy", "--seed", "examples/vault/seed.yaml", "--reveal"]);
+    let o = keyferry(&[
+        "render",
+        "examples/platform",
+        "examples/deploy",
+        "--seed",
+        "examples/vault/seed.yaml",
+        "--reveal",
+    ]);
     let (out, _) = text(&o);
     assert_eq!(o.status.code(), Some(0));
     // Revealed values are base64 in `data`, as Kubernetes stores them.
-    assert!(out.contains("DB_PASSWORD: ZGVtby1uZXRib3gtZGItcGFzc3dvcmQtdjI="), "{out}");
+    assert!(
+        out.contains("DB_PASSWORD: ZGVtby1uZXRib3gtZGItcGFzc3dvcmQtdjI="),
+        "{out}"
+    );
     assert!(!out.contains("<redacted"));
 }
 
@@ -81,11 +110,38 @@ fn render_failures_are_one_line_each_and_exit_1() {
         )
     };
     let cases = [
-        ("missing-property", es("missing-property", "  data:\n    - secretKey: X\n      remoteRef: {key: netbox-config, property: db.port}\n")),
-        ("bad-regexp", es("bad-regexp", "  dataFrom:\n    - find: {name: {regexp: \"(\"}}\n")),
-        ("dup-key", es("dup-key", "  data:\n    - {secretKey: A, remoteRef: {key: netbox-api-token}}\n    - {secretKey: A, remoteRef: {key: jenkins-admin-user}}\n")),
-        ("missing-secret", es("missing-secret", "  data:\n    - {secretKey: A, remoteRef: {key: no-such-secret}}\n")),
-        ("bad-template", es("bad-template", "  target:\n    template:\n      data: {X: \"{{ .a | nosuchfn }}\"}\n  data:\n    - {secretKey: a, remoteRef: {key: netbox-api-token}}\n")),
+        (
+            "missing-property",
+            es(
+                "missing-property",
+                "  data:\n    - secretKey: X\n      remoteRef: {key: netbox-config, property: db.port}\n",
+            ),
+        ),
+        (
+            "bad-regexp",
+            es("bad-regexp", "  dataFrom:\n    - find: {name: {regexp: \"(\"}}\n"),
+        ),
+        (
+            "dup-key",
+            es(
+                "dup-key",
+                "  data:\n    - {secretKey: A, remoteRef: {key: netbox-api-token}}\n    - {secretKey: A, remoteRef: {key: jenkins-admin-user}}\n",
+            ),
+        ),
+        (
+            "missing-secret",
+            es(
+                "missing-secret",
+                "  data:\n    - {secretKey: A, remoteRef: {key: no-such-secret}}\n",
+            ),
+        ),
+        (
+            "bad-template",
+            es(
+                "bad-template",
+                "  target:\n    template:\n      data: {X: \"{{ .a | nosuchfn }}\"}\n  data:\n    - {secretKey: a, remoteRef: {key: netbox-api-token}}\n",
+            ),
+        ),
     ];
     for (name, body) in &cases {
         std::fs::write(dir.path().join(format!("{name}.yaml")), body).unwrap();
@@ -148,10 +204,20 @@ fn demo_syncs_rotates_and_never_prints_values() {
     let o = keyferry(&["demo"]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    assert_eq!(out.matches(" Synced").count(), 6, "4 first syncs + 2 re-syncs:\n{out}");
-    assert!(out.contains("one list call found 1 changed secret(s): [\"netbox-db-password\"]"), "{out}");
+    assert_eq!(
+        out.matches(" Synced").count(),
+        6,
+        "4 first syncs + 2 re-syncs:\n{out}"
+    );
+    assert!(
+        out.contains("one list call found 1 changed secret(s): [\"netbox-db-password\"]"),
+        "{out}"
+    );
     assert!(out.contains("Secret netbox-db-credentials: data hash"), "{out}");
-    for v in seed_values().into_iter().chain(["demo-netbox-db-password-v3".to_owned()]) {
+    for v in seed_values()
+        .into_iter()
+        .chain(["demo-netbox-db-password-v3".to_owned()])
+    {
         assert!(!out.contains(&v) && !err.contains(&v), "value leaked: {v}");
     }
 }

@@ -18,7 +18,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::OnceCell;
 
 /// Why the harness could not provide a cluster.
@@ -59,34 +58,59 @@ pub struct TestCluster {
     pub user_kubeconfig: Option<PathBuf>,
 }
 
-static CLUSTER: OnceCell<TestCluster> = OnceCell::const_new();
-
-/// The shared cluster of this test process, started on first use, with the CRDs installed.
-pub async fn cluster() -> Result<&'static TestCluster, HarnessError> {
-    CLUSTER.get_or_try_init(start).await
+/// Where the cluster is: found (or started) once per test process. Clients are made per call: each
+/// `#[tokio::test]` has its own runtime, and a client cannot outlive the runtime it was made on.
+struct Located {
+    kubeconfig: PathBuf,
+    user_kubeconfig: Option<PathBuf>,
 }
 
-async fn start() -> Result<TestCluster, HarnessError> {
-    let (kubeconfig, user_kubeconfig) = match std::env::var_os("KUBECONFIG") {
-        Some(k) => (PathBuf::from(k), std::env::var_os("KUBECONFIG_USER").map(PathBuf::from)),
-        None => start_testenv().await?,
-    };
-    let admin = client_from(&kubeconfig).await?;
-    let (user, user_name) = match &user_kubeconfig {
+static LOCATED: OnceCell<Located> = OnceCell::const_new();
+
+/// The cluster of this test process (started on first use, CRDs installed), with fresh clients.
+pub async fn cluster() -> Result<TestCluster, HarnessError> {
+    let located = LOCATED.get_or_try_init(locate).await?;
+    let admin = client_from(&located.kubeconfig).await?;
+    let (user, user_name) = match &located.user_kubeconfig {
         Some(path) => (Some(client_from(path).await?), Some(TESTENV_USER.to_owned())),
         None => (None, None),
     };
-    install_crds(&admin).await?;
-    Ok(TestCluster { admin, user, user_name, kubeconfig, user_kubeconfig })
+    Ok(TestCluster {
+        admin,
+        user,
+        user_name,
+        kubeconfig: located.kubeconfig.clone(),
+        user_kubeconfig: located.user_kubeconfig.clone(),
+    })
+}
+
+async fn locate() -> Result<Located, HarnessError> {
+    let (kubeconfig, user_kubeconfig) = match std::env::var_os("KUBECONFIG") {
+        Some(k) => (
+            PathBuf::from(k),
+            std::env::var_os("KUBECONFIG_USER").map(PathBuf::from),
+        ),
+        None => start_testenv().await?,
+    };
+    install_crds(&client_from(&kubeconfig).await?).await?;
+    Ok(Located {
+        kubeconfig,
+        user_kubeconfig,
+    })
 }
 
 /// The plain user testenv defines (no groups, no rights).
 pub const TESTENV_USER: &str = "keyferry-user";
 
 async fn client_from(path: &Path) -> Result<Client, HarnessError> {
-    let err = |source| HarnessError::Kubeconfig { path: path.display().to_string(), source };
+    let err = |source| HarnessError::Kubeconfig {
+        path: path.display().to_string(),
+        source,
+    };
     let kc = Kubeconfig::read_from(path).map_err(err)?;
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.map_err(err)?;
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(err)?;
     Ok(Client::try_from(config)?)
 }
 
@@ -113,74 +137,69 @@ async fn start_testenv() -> Result<(PathBuf, Option<PathBuf>), HarnessError> {
     }
     // Same default as scripts/testenv.
     let binary = std::env::var("KEYFERRY_TESTENV_BIN").unwrap_or_else(|_| {
-        format!("{}/.cache/keyferry/testenv/kube-testenv", std::env::var("HOME").unwrap_or_default())
+        format!(
+            "{}/.cache/keyferry/testenv/kube-testenv",
+            std::env::var("HOME").unwrap_or_default()
+        )
     });
-    let mut child = tokio::process::Command::new(&binary)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(false)
+    // Output goes to a file, not a pipe: a pipe's reader would die with the first test's runtime,
+    // and testenv would then be killed by SIGPIPE.
+    let dir = std::env::temp_dir().join(format!("keyferry-testkit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| fail(format!("cannot create {}: {e}", dir.display()), String::new()))?;
+    let log_path = dir.join("testenv.log");
+    let open = |p: &Path| {
+        std::fs::File::create(p)
+            .map_err(|e| fail(format!("cannot create {}: {e}", p.display()), String::new()))
+    };
+    let (stdout, stderr) = (open(&dir.join("testenv.out"))?, open(&log_path)?);
+    let child = std::process::Command::new(&binary)
+        .args(["--data-dir", &dir.join("data").display().to_string()])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .map_err(|e| fail(format!("cannot start {binary}: {e}"), String::new()))?;
-    let pid = child.id().unwrap_or_default();
-    spawn_watchdog(pid);
-
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    if let Some(stderr) = stderr {
-        let log = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut l = log.lock().unwrap_or_else(|p| p.into_inner());
-                l.push(line);
-                if l.len() > 200 {
-                    l.remove(0);
-                }
-            }
-        });
-    }
-    let log_tail = || {
-        let l = log.lock().unwrap_or_else(|p| p.into_inner());
-        l[l.len().saturating_sub(30)..].join("\n")
-    };
-    let Some(stdout) = stdout else {
-        return Err(fail("testenv has no stdout".into(), String::new()));
-    };
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(180), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("KUBE_TESTENV_READY") {
-                return Some(rest.to_owned());
-            }
+    spawn_watchdog(child.id(), &dir);
+    let log_tail = || tail(&std::fs::read_to_string(&log_path).unwrap_or_default(), 30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut child = child;
+    let fields = loop {
+        let out = std::fs::read_to_string(dir.join("testenv.out")).unwrap_or_default();
+        if let Some(line) = out.lines().find_map(|l| l.strip_prefix("KUBE_TESTENV_READY")) {
+            break line.to_owned();
         }
-        None
-    })
-    .await;
-    let fields = match ready {
-        Ok(Some(fields)) => fields,
-        Ok(None) => return Err(fail("testenv exited before it was ready".into(), log_tail())),
-        Err(_) => return Err(fail("testenv was not ready within 180 s".into(), log_tail())),
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(fail(
+                format!("testenv exited ({status}) before it was ready"),
+                log_tail(),
+            ));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(fail("testenv was not ready within 180 s".into(), log_tail()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Keep draining stdout so testenv never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    // The child handle is leaked on purpose: the watchdog ends the process with the test process.
-    std::mem::forget(child);
     let field = |name: &str| {
         fields
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
             .map(PathBuf::from)
     };
-    let kubeconfig = field("kubeconfig").ok_or_else(|| fail(format!("unexpected readiness line: {fields}"), log_tail()))?;
+    let kubeconfig = field("kubeconfig")
+        .ok_or_else(|| fail(format!("unexpected readiness line: {fields}"), log_tail()))?;
     Ok((kubeconfig, field("kubeconfig_user")))
 }
 
-/// Kills `pid` when this test process goes away, however it ends (a static's destructor never runs).
-fn spawn_watchdog(pid: u32) {
+/// Kills `pid` when this test process goes away, however it ends (a static's destructor never runs),
+/// then removes its directory.
+fn spawn_watchdog(pid: u32, dir: &Path) {
     let me = std::process::id();
+    let dir = dir.display();
     let script = format!(
-        "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill -TERM {pid} 2>/dev/null; sleep 5; kill -KILL {pid} 2>/dev/null"
+        "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -TERM {pid} 2>/dev/null; \
+         for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 {pid} 2>/dev/null || break; sleep 0.5; done; \
+         kill -KILL {pid} 2>/dev/null; rm -rf '{dir}'"
     );
     // setsid: the watchdog must outlive us, and not receive our terminal's signals.
     let _ = std::process::Command::new("setsid")
@@ -230,20 +249,37 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     /// Creates `kf-<prefix>-<random>` with the given labels.
-    pub async fn create(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> Result<Self, HarnessError> {
+    pub async fn create(
+        client: &Client,
+        prefix: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Self, HarnessError> {
         let suffix: u32 = rand::random::<u32>() % 0xff_ffff;
         let name = format!("kf-{prefix}-{suffix:06x}");
         let mut ns = Namespace::default();
         ns.metadata.name = Some(name.clone());
-        ns.metadata.labels = Some(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect());
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
-        Ok(TestNamespace { name, client: client.clone(), cleaned: false })
+        ns.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        );
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(TestNamespace {
+            name,
+            client: client.clone(),
+            cleaned: false,
+        })
     }
 
     /// Deletes the namespace (its contents go with it).
     pub async fn cleanup(mut self) {
         self.cleaned = true;
-        let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.name, &DeleteParams::background()).await;
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.name, &DeleteParams::background())
+            .await;
     }
 }
 
@@ -258,7 +294,9 @@ impl Drop for TestNamespace {
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 rt.block_on(async move {
-                    let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+                    let _ = Api::<Namespace>::all(client)
+                        .delete(&name, &DeleteParams::background())
+                        .await;
                 });
             }
         })
