@@ -104,6 +104,20 @@ async fn conformance_against_the_emulator() {
     assert!(lists <= 6, "list requests: {lists}");
 }
 
+/// The same suite with the fixtures written through the SDK (set, update, delete), the way the
+/// Lowkey Vault run seeds: proves that seeding path here, where it always runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_with_fixtures_written_through_the_sdk() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    let p = provider(&emu, RetryConfig::fast(2));
+    common::seed_via_sdk(&p, &conformance::fixture_seed())
+        .await
+        .expect("seed through the SDK");
+    let seeded = common::seeded(&p).await;
+    let report = conformance::run(&p, &seeded).await;
+    assert!(report.failures().is_empty(), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clones_share_one_token() {
     let emu = emulator(EmulatorConfig::default()).await;

@@ -320,7 +320,6 @@ impl AzureCredentials {
                 let options = ManagedIdentityCredentialOptions {
                     user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                     client_options,
-                    ..ManagedIdentityCredentialOptions::default()
                 };
                 ManagedIdentityCredential::new(Some(options)).map_err(invalid)?
             }

@@ -263,10 +263,7 @@ fn chain<'a>(err: &'a (dyn StdError + 'static)) -> impl Iterator<Item = &'a (dyn
 }
 
 /// The first `azure_core::Error` in the chain whose kind matches.
-fn find_kind<'a>(
-    err: &'a azure_core::Error,
-    pred: impl Fn(&ErrorKind) -> bool,
-) -> Option<&'a azure_core::Error> {
+fn find_kind(err: &azure_core::Error, pred: impl Fn(&ErrorKind) -> bool) -> Option<&azure_core::Error> {
     chain(err)
         .filter_map(|e| e.downcast_ref::<azure_core::Error>())
         .find(|e| pred(e.kind()))
