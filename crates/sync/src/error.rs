@@ -168,7 +168,7 @@ pub enum SyncError {
         detail: Option<String>,
     },
     /// A value is not what the entry needs (`extract` of a non-object, not valid JSON).
-    #[error("{es}: {field}: {key:?}: {reason}")]
+    #[error("{es}: {field}: {key:?} {reason}")]
     BadValue {
         /// The ExternalSecret.
         es: EsRef,

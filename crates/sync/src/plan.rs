@@ -369,8 +369,7 @@ fn regex_reason(pattern: &str, e: &regex::Error) -> String {
     let last = msg
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .last()
+        .rfind(|l| !l.is_empty())
         .unwrap_or("invalid")
         .to_owned();
     format!(

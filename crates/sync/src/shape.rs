@@ -413,15 +413,24 @@ fn apply_template(
     for (i, target, tpl) in &tp.literals {
         let f = format!("spec.target.template.templateFrom[{i}].literal");
         let out = run(&f, tpl)?;
-        for (k, v) in yaml_map(esr, &f, &out)? {
+        for (n, (k, v)) in yaml_map(esr, &f, &out)?.into_iter().enumerate() {
             match target {
                 TemplateTarget::Data => {
                     if !is_valid_secret_key(&k) {
-                        return Err(SyncError::InvalidKey {
-                            es: esr.clone(),
-                            field: f,
-                            key: k,
-                        });
+                        // The key came out of a template over values: describe it, do not quote it.
+                        let message = format!(
+                            "output key #{} ({} bytes) is not a valid Secret key",
+                            n + 1,
+                            k.len()
+                        );
+                        return Err(template_error(
+                            esr,
+                            &f,
+                            TemplateError {
+                                pos: Default::default(),
+                                message,
+                            },
+                        ));
                     }
                     data.insert(k, SecretValue::from(v));
                 }
@@ -470,9 +479,11 @@ fn yaml_map(esr: &EsRef, field: &str, out: &[u8]) -> Result<Vec<(String, String)
         _ => return Err(fail("output is not a YAML map of key: value".to_owned())),
     };
     let mut pairs = Vec::with_capacity(map.len());
-    for (k, v) in map {
-        let key = scalar(&k).ok_or_else(|| fail("output has a key that is not a string".to_owned()))?;
-        let value = scalar(&v).ok_or_else(|| fail(format!("output key {key:?} does not hold a string")))?;
+    for (n, (k, v)) in map.into_iter().enumerate() {
+        // Keys are numbered, not quoted: they came out of a template over values.
+        let key = scalar(&k).ok_or_else(|| fail(format!("output key #{} is not a string", n + 1)))?;
+        let value =
+            scalar(&v).ok_or_else(|| fail(format!("output key #{} does not hold a string", n + 1)))?;
         pairs.push((key, value));
     }
     Ok(pairs)

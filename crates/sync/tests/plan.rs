@@ -15,7 +15,10 @@ fn plan_err(spec: &str) -> String {
 
 #[test]
 fn neither_data_nor_data_from() {
-    assert_eq!(plan_err(STORE), "ExternalSecret team-a/app: spec: neither data nor dataFrom is set; nothing to sync");
+    assert_eq!(
+        plan_err(STORE),
+        "ExternalSecret team-a/app: spec: neither data nor dataFrom is set; nothing to sync"
+    );
 }
 
 #[test]
@@ -62,7 +65,10 @@ fn invalid_rewrite_regexp() {
 fn invalid_refresh_interval() {
     let spec = format!("{STORE}refreshInterval: soon\ndata:\n- {{secretKey: A, remoteRef: {{key: x}}}}\n");
     let msg = plan_err(&spec);
-    assert!(msg.starts_with("ExternalSecret team-a/app: spec.refreshInterval: invalid duration \"soon\": "), "{msg}");
+    assert!(
+        msg.starts_with("ExternalSecret team-a/app: spec.refreshInterval: invalid duration \"soon\": "),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -80,14 +86,23 @@ fn template_from_config_map_is_not_supported_yet() {
 fn unsafe_policy_pairs() {
     let base = format!("{STORE}data:\n- {{secretKey: A, remoteRef: {{key: x}}}}\n");
     assert_eq!(
-        plan_err(&format!("{base}target: {{creationPolicy: Merge, deletionPolicy: Delete}}\n")),
+        plan_err(&format!(
+            "{base}target: {{creationPolicy: Merge, deletionPolicy: Delete}}\n"
+        )),
         "ExternalSecret team-a/app: spec.target.deletionPolicy: Delete must not be used with creationPolicy Merge: keyferry does not own that Secret (use creationPolicy Owner or Orphan)"
     );
     assert_eq!(
-        plan_err(&format!("{base}target: {{creationPolicy: None, deletionPolicy: Merge}}\n")),
+        plan_err(&format!(
+            "{base}target: {{creationPolicy: None, deletionPolicy: Merge}}\n"
+        )),
         "ExternalSecret team-a/app: spec.target.deletionPolicy: Merge must not be used with creationPolicy None: there is no Secret to merge with"
     );
-    assert!(plan(&es(&format!("{base}target: {{creationPolicy: Orphan, deletionPolicy: Delete}}\n"))).is_ok());
+    assert!(
+        plan(&es(&format!(
+            "{base}target: {{creationPolicy: Orphan, deletionPolicy: Delete}}\n"
+        )))
+        .is_ok()
+    );
 }
 
 #[test]
@@ -114,12 +129,18 @@ fn template_syntax_error_names_line_and_column() {
     let spec = format!(
         "{STORE}data:\n- {{secretKey: pw, remoteRef: {{key: x}}}}\ntarget:\n  template:\n    data:\n      conf: \"a\\n{{{{ if .pw }}}}b\"\n"
     );
-    assert_eq!(plan_err(&spec), "ExternalSecret team-a/app: spec.target.template.data.conf: 2:1: unclosed {{if}} (missing {{end}})");
+    assert_eq!(
+        plan_err(&spec),
+        "ExternalSecret team-a/app: spec.target.template.data.conf: 2:1: unclosed {{if}} (missing {{end}})"
+    );
 }
 
 #[test]
 fn data_from_needs_exactly_one_source() {
-    assert_eq!(plan_err(&format!("{STORE}dataFrom:\n- {{}}\n")), "ExternalSecret team-a/app: spec.dataFrom[0]: set one of extract or find");
+    assert_eq!(
+        plan_err(&format!("{STORE}dataFrom:\n- {{}}\n")),
+        "ExternalSecret team-a/app: spec.dataFrom[0]: set one of extract or find"
+    );
 }
 
 #[test]
@@ -139,10 +160,20 @@ dataFrom:
     let p = plan(&es(&spec)).unwrap();
     // db@latest (4 uses), db@v1, db metadata, db in vault-b.
     assert_eq!(p.reads.len(), 4, "{:#?}", p.reads);
-    assert_eq!(p.reads[0].used_by, ["spec.data[0].remoteRef", "spec.data[1].remoteRef", "spec.dataFrom[0].extract"]);
+    assert_eq!(
+        p.reads[0].used_by,
+        [
+            "spec.data[0].remoteRef",
+            "spec.data[1].remoteRef",
+            "spec.dataFrom[0].extract"
+        ]
+    );
     assert_eq!(p.reads[0].remote.property, None);
     assert_eq!(p.reads[3].store.name, "vault-b");
     assert_eq!(p.finds.len(), 1);
-    assert!(matches!(p.data_from[0].source, DataFromSource::Extract { read: 0, .. }));
+    assert!(matches!(
+        p.data_from[0].source,
+        DataFromSource::Extract { read: 0, .. }
+    ));
     assert_eq!(p.refresh_interval.as_secs(), 3600);
 }

@@ -40,26 +40,37 @@ async fn data_with_property_paths_costs_one_read() {
     assert_eq!(got["dotted"], "dotted");
     assert_eq!(got["escaped"], "esc");
     assert_eq!(got["whole"], DB_JSON);
-    assert_eq!(s.counters().gets.load(Ordering::Relaxed), 1, "two properties of one secret must cost one read");
+    assert_eq!(
+        s.counters().gets.load(Ordering::Relaxed),
+        1,
+        "two properties of one secret must cost one read"
+    );
     assert_eq!(d.type_, "Opaque");
     assert_eq!(d.name, "app");
     assert_eq!(d.namespace, "team-a");
     assert_eq!(d.labels["reconcile.external-secrets.io/managed"], "true");
     assert_eq!(d.labels["app.kubernetes.io/managed-by"], "keyferry");
-    assert_eq!(d.annotations["reconcile.external-secrets.io/data-hash"], d.content_hash);
+    assert_eq!(
+        d.annotations["reconcile.external-secrets.io/data-hash"],
+        d.content_hash
+    );
     assert_eq!(d.versions.keys().collect::<Vec<_>>(), ["db"]);
 }
 
 #[tokio::test]
 async fn missing_property_names_field_and_property() {
     let s = store(&[("db", DB_JSON)]);
-    let e = es(&format!("{STORE}data:\n- {{secretKey: a, remoteRef: {{key: db}}}}\n- {{secretKey: x, remoteRef: {{key: db, property: tls.cert}}}}\n"));
+    let e = es(&format!(
+        "{STORE}data:\n- {{secretKey: a, remoteRef: {{key: db}}}}\n- {{secretKey: x, remoteRef: {{key: db, property: tls.cert}}}}\n"
+    ));
     assert_eq!(
         fails(&e, &s).await,
         "ExternalSecret team-a/app: spec.data[1].remoteRef.property: property \"tls.cert\" not found in \"db\" (no key \"cert\" in \"tls\")"
     );
     let s = store(&[("plain", "not json")]);
-    let e = es(&format!("{STORE}data:\n- {{secretKey: x, remoteRef: {{key: plain, property: a}}}}\n"));
+    let e = es(&format!(
+        "{STORE}data:\n- {{secretKey: x, remoteRef: {{key: plain, property: a}}}}\n"
+    ));
     assert_eq!(
         fails(&e, &s).await,
         "ExternalSecret team-a/app: spec.data[0].remoteRef.property: property \"a\" not found in \"plain\" (the value is not JSON)"
@@ -68,7 +79,12 @@ async fn missing_property_names_field_and_property() {
 
 #[tokio::test]
 async fn decoding_strategies() {
-    let s = store(&[("b64", "aGVsbG8="), ("url", "_-8"), ("plain", "plain text!"), ("bad", "a$b=")]);
+    let s = store(&[
+        ("b64", "aGVsbG8="),
+        ("url", "_-8"),
+        ("plain", "plain text!"),
+        ("bad", "a$b="),
+    ]);
     let e = es(&format!(
         "{STORE}data:
 - {{secretKey: std, remoteRef: {{key: b64, decodingStrategy: Base64}}}}
@@ -85,7 +101,9 @@ async fn decoding_strategies() {
     assert_eq!(d.data["auto2"].expose(), b"plain text!");
     assert_eq!(d.data["none"].expose(), b"aGVsbG8=");
 
-    let e = es(&format!("{STORE}data:\n- {{secretKey: x, remoteRef: {{key: bad, decodingStrategy: Base64}}}}\n"));
+    let e = es(&format!(
+        "{STORE}data:\n- {{secretKey: x, remoteRef: {{key: bad, decodingStrategy: Base64}}}}\n"
+    ));
     assert_eq!(
         fails(&e, &s).await,
         "ExternalSecret team-a/app: spec.data[0].remoteRef.decodingStrategy: \"bad\" is not valid Base64: invalid character at offset 1"
@@ -95,18 +113,27 @@ async fn decoding_strategies() {
 #[tokio::test]
 async fn null_byte_policy_fail() {
     let s = store(&[("nul", "AGE=")]);
-    let e = es(&format!("{STORE}data:\n- {{secretKey: x, remoteRef: {{key: nul, decodingStrategy: Base64, nullBytePolicy: Fail}}}}\n"));
+    let e = es(&format!(
+        "{STORE}data:\n- {{secretKey: x, remoteRef: {{key: nul, decodingStrategy: Base64, nullBytePolicy: Fail}}}}\n"
+    ));
     assert_eq!(
         fails(&e, &s).await,
         "ExternalSecret team-a/app: spec.data[0].remoteRef.nullBytePolicy: \"nul\" contains a NUL byte (nullBytePolicy: Fail)"
     );
-    let e = es(&format!("{STORE}data:\n- {{secretKey: x, remoteRef: {{key: nul, decodingStrategy: Base64}}}}\n"));
+    let e = es(&format!(
+        "{STORE}data:\n- {{secretKey: x, remoteRef: {{key: nul, decodingStrategy: Base64}}}}\n"
+    ));
     assert_eq!(run(&e, &s).await.unwrap().data["x"].expose(), [0, b'a']);
 }
 
 #[tokio::test]
 async fn extract_find_and_rewrite() {
-    let s = store(&[("db", DB_JSON), ("app-api-key", "k1"), ("app-token", "t1"), ("other", "o")]);
+    let s = store(&[
+        ("db", DB_JSON),
+        ("app-api-key", "k1"),
+        ("app-token", "t1"),
+        ("other", "o"),
+    ]);
     set_tagged(&s, "tagged-one", "t", &[("team", "a")]);
     let e = es(&format!(
         "{STORE}dataFrom:
@@ -124,7 +151,18 @@ async fn extract_find_and_rewrite() {
     let got = strings(&d);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
-        ["DB_A_B", "DB_HOSTS", "DB_NESTED", "DB_PASSWORD", "DB_PORT", "DB_TLS", "DB_USER", "api-key", "tagged-one", "token"]
+        [
+            "DB_A_B",
+            "DB_HOSTS",
+            "DB_NESTED",
+            "DB_PASSWORD",
+            "DB_PORT",
+            "DB_TLS",
+            "DB_USER",
+            "api-key",
+            "tagged-one",
+            "token"
+        ]
     );
     assert_eq!(got["DB_PORT"], "5432");
     assert_eq!(got["DB_TLS"], r#"{"ca":"CA"}"#);
@@ -133,11 +171,19 @@ async fn extract_find_and_rewrite() {
 
 #[tokio::test]
 async fn later_data_from_wins_but_data_collision_is_an_error() {
-    let s = store(&[("common", r#"{"A":"1","B":"2"}"#), ("specific", r#"{"B":"3"}"#), ("x", "4")]);
-    let e = es(&format!("{STORE}dataFrom:\n- extract: {{key: common}}\n- extract: {{key: specific}}\n"));
+    let s = store(&[
+        ("common", r#"{"A":"1","B":"2"}"#),
+        ("specific", r#"{"B":"3"}"#),
+        ("x", "4"),
+    ]);
+    let e = es(&format!(
+        "{STORE}dataFrom:\n- extract: {{key: common}}\n- extract: {{key: specific}}\n"
+    ));
     assert_eq!(strings(&run(&e, &s).await.unwrap())["B"], "3");
 
-    let e = es(&format!("{STORE}data:\n- {{secretKey: B, remoteRef: {{key: x}}}}\ndataFrom:\n- extract: {{key: common}}\n"));
+    let e = es(&format!(
+        "{STORE}data:\n- {{secretKey: B, remoteRef: {{key: x}}}}\ndataFrom:\n- extract: {{key: common}}\n"
+    ));
     assert_eq!(
         fails(&e, &s).await,
         "ExternalSecret team-a/app: Secret key \"B\" is produced by both spec.dataFrom[0].extract and spec.data[0]"
@@ -169,14 +215,19 @@ async fn extract_of_a_non_object() {
     let e = es(&format!("{STORE}dataFrom:\n- extract: {{key: list}}\n"));
     assert_eq!(
         fails(&e, &s).await,
-        "ExternalSecret team-a/app: spec.dataFrom[0].extract: \"list\": is an array, not a JSON object (extract needs one)"
+        "ExternalSecret team-a/app: spec.dataFrom[0].extract: \"list\" is an array, not a JSON object (extract needs one)"
     );
 }
 
 #[tokio::test]
 async fn metadata_policy_fetch_selects_a_tag() {
     let s = store(&[]);
-    set_tagged(&s, "cert", "value-not-read", &[("owner", "team-a"), ("env", "prod")]);
+    set_tagged(
+        &s,
+        "cert",
+        "value-not-read",
+        &[("owner", "team-a"), ("env", "prod")],
+    );
     let e = es(&format!(
         "{STORE}data:
 - {{secretKey: owner, remoteRef: {{key: cert, metadataPolicy: Fetch, property: owner}}}}
@@ -267,12 +318,28 @@ target:
 #[tokio::test]
 async fn template_merge_policy_and_type_only_templates() {
     let s = store(&[("a", "1"), ("b", "2")]);
-    let base = format!("{STORE}data:\n- {{secretKey: a, remoteRef: {{key: a}}}}\n- {{secretKey: b, remoteRef: {{key: b}}}}\n");
-    let merge = es(&format!("{base}target:\n  template:\n    mergePolicy: Merge\n    data: {{c: '{{{{ .a }}}}{{{{ .b }}}}'}}\n"));
-    assert_eq!(strings(&run(&merge, &s).await.unwrap()).keys().collect::<Vec<_>>(), ["a", "b", "c"]);
-    let replace = es(&format!("{base}target:\n  template:\n    data: {{c: '{{{{ .a }}}}{{{{ .b }}}}'}}\n"));
-    assert_eq!(strings(&run(&replace, &s).await.unwrap()), BTreeMap::from([("c".to_owned(), "12".to_owned())]));
-    let type_only = es(&format!("{base}target:\n  template:\n    type: kubernetes.io/tls\n"));
+    let base = format!(
+        "{STORE}data:\n- {{secretKey: a, remoteRef: {{key: a}}}}\n- {{secretKey: b, remoteRef: {{key: b}}}}\n"
+    );
+    let merge = es(&format!(
+        "{base}target:\n  template:\n    mergePolicy: Merge\n    data: {{c: '{{{{ .a }}}}{{{{ .b }}}}'}}\n"
+    ));
+    assert_eq!(
+        strings(&run(&merge, &s).await.unwrap())
+            .keys()
+            .collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
+    let replace = es(&format!(
+        "{base}target:\n  template:\n    data: {{c: '{{{{ .a }}}}{{{{ .b }}}}'}}\n"
+    ));
+    assert_eq!(
+        strings(&run(&replace, &s).await.unwrap()),
+        BTreeMap::from([("c".to_owned(), "12".to_owned())])
+    );
+    let type_only = es(&format!(
+        "{base}target:\n  template:\n    type: kubernetes.io/tls\n"
+    ));
     let d = run(&type_only, &s).await.unwrap();
     assert_eq!((d.type_.as_str(), d.data.len()), ("kubernetes.io/tls", 2));
 }
@@ -292,7 +359,9 @@ async fn template_runtime_error_names_the_key() {
 #[tokio::test]
 async fn missing_remote_secret_follows_deletion_policy() {
     let s = store(&[("present", "p")]);
-    let base = format!("{STORE}data:\n- {{secretKey: a, remoteRef: {{key: present}}}}\n- {{secretKey: b, remoteRef: {{key: gone}}}}\n");
+    let base = format!(
+        "{STORE}data:\n- {{secretKey: a, remoteRef: {{key: present}}}}\n- {{secretKey: b, remoteRef: {{key: gone}}}}\n"
+    );
 
     // Retain (default): an error, flagged as a confirmed NotFound, not transient.
     let err = run(&es(&base), &s).await.unwrap_err();
@@ -304,15 +373,22 @@ async fn missing_remote_secret_follows_deletion_policy() {
     assert_eq!(err.category(), "not_found");
 
     // Delete: missing entries are skipped and listed.
-    let d = run(&es(&format!("{base}target: {{deletionPolicy: Delete}}\n")), &s).await.unwrap();
+    let d = run(&es(&format!("{base}target: {{deletionPolicy: Delete}}\n")), &s)
+        .await
+        .unwrap();
     assert_eq!(d.data.keys().collect::<Vec<_>>(), ["a"]);
     assert_eq!(d.missing, ["gone"]);
 
     // Everything gone: the caller applies the policy.
-    let all_gone = format!("{STORE}data:\n- {{secretKey: b, remoteRef: {{key: gone}}}}\ntarget: {{deletionPolicy: Merge}}\n");
+    let all_gone = format!(
+        "{STORE}data:\n- {{secretKey: b, remoteRef: {{key: gone}}}}\ntarget: {{deletionPolicy: Merge}}\n"
+    );
     let err = run(&es(&all_gone), &s).await.unwrap_err();
     assert!(matches!(err, SyncError::RemoteMissing { .. }) && err.remote_missing());
-    assert_eq!(err.to_string(), "ExternalSecret team-a/app: every remote secret is gone (gone); deletionPolicy applies");
+    assert_eq!(
+        err.to_string(),
+        "ExternalSecret team-a/app: every remote secret is gone (gone); deletionPolicy applies"
+    );
 }
 
 /// A client whose every call is throttled.
@@ -324,15 +400,23 @@ impl SecretsClient for Throttled {
         &self,
         _: &keyferry_api::external_secret::RemoteRef,
     ) -> Result<keyferry_providers::RemoteValue, ProviderError> {
-        Err(ProviderError::Throttled { store: "vault-t".into(), retry_after: None })
+        Err(ProviderError::Throttled {
+            store: "vault-t".into(),
+            retry_after: None,
+        })
     }
     async fn get_all_secrets(
         &self,
         _: &keyferry_api::external_secret::FindRef,
     ) -> Result<BTreeMap<String, keyferry_providers::SecretValue>, ProviderError> {
-        Err(ProviderError::Unavailable { store: "vault-t".into(), detail: "down".into() })
+        Err(ProviderError::Unavailable {
+            store: "vault-t".into(),
+            detail: "down".into(),
+        })
     }
-    async fn list_secret_properties(&self) -> Result<Vec<keyferry_providers::SecretProperties>, ProviderError> {
+    async fn list_secret_properties(
+        &self,
+    ) -> Result<Vec<keyferry_providers::SecretProperties>, ProviderError> {
         unreachable!()
     }
     async fn secret_exists(
@@ -366,14 +450,19 @@ async fn resolver_routes_stores_and_errors_are_classified() {
             "vault-a" => Ok(Arc::new(a.clone())),
             "vault-b" => Ok(Arc::new(b.clone())),
             "throttled" => Ok(Arc::new(Throttled)),
-            other => Err(ResolveError::permanent(format!("SecretStore {other} not found in namespace team-a"))),
+            other => Err(ResolveError::permanent(format!(
+                "SecretStore {other} not found in namespace team-a"
+            ))),
         }
     };
     let e = es(&format!(
         "{STORE}data:\n- {{secretKey: a, remoteRef: {{key: x}}}}\n- {{secretKey: b, remoteRef: {{key: x}}, sourceRef: {{storeRef: {{name: vault-b}}}}}}\n"
     ));
     let d = keyferry_sync::sync(&e, &resolver).await.unwrap();
-    assert_eq!(strings(&d), BTreeMap::from([("a".into(), "from-a".into()), ("b".into(), "from-b".into())]));
+    assert_eq!(
+        strings(&d),
+        BTreeMap::from([("a".into(), "from-a".into()), ("b".into(), "from-b".into())])
+    );
 
     let e = es("secretStoreRef: {name: nope}\ndata:\n- {secretKey: a, remoteRef: {key: x}}\n");
     let err = keyferry_sync::sync(&e, &resolver).await.unwrap_err();
@@ -381,9 +470,14 @@ async fn resolver_routes_stores_and_errors_are_classified() {
         err.to_string(),
         "ExternalSecret team-a/app: spec.data[0].remoteRef: SecretStore/nope: SecretStore nope not found in namespace team-a"
     );
-    assert_eq!((err.category(), err.is_transient(), err.remote_missing()), ("store", false, false));
+    assert_eq!(
+        (err.category(), err.is_transient(), err.remote_missing()),
+        ("store", false, false)
+    );
 
-    let e = es("secretStoreRef: {name: throttled, kind: ClusterSecretStore}\ndata:\n- {secretKey: a, remoteRef: {key: x}}\ndataFrom:\n- find: {name: {regexp: x}}\n");
+    let e = es(
+        "secretStoreRef: {name: throttled, kind: ClusterSecretStore}\ndata:\n- {secretKey: a, remoteRef: {key: x}}\ndataFrom:\n- find: {name: {regexp: x}}\n",
+    );
     let p = plan(&e).unwrap();
     let err = fetch(&p, &resolver).await.unwrap_err();
     assert_eq!(
@@ -401,7 +495,9 @@ async fn output_is_deterministic_and_redacted_unless_revealed() {
         "{STORE}data:\n- {{secretKey: z, remoteRef: {{key: db, property: password}}}}\n- {{secretKey: a, remoteRef: {{key: db, property: user}}}}\n"
     ));
     let p = plan(&e).unwrap();
-    let f = fetch(&p, &keyferry_sync::SingleStore::new(s.clone())).await.unwrap();
+    let f = fetch(&p, &keyferry_sync::SingleStore::new(s.clone()))
+        .await
+        .unwrap();
     let d1 = shape(&e, &p, &f).unwrap();
     let d2 = run(&e, &s).await.unwrap();
     assert_eq!(d1.content_hash, d2.content_hash);
@@ -409,9 +505,15 @@ async fn output_is_deterministic_and_redacted_unless_revealed() {
     assert_eq!(d1.content_hash.len(), 64);
 
     let redacted = d1.to_yaml(false);
-    assert!(redacted.starts_with("# values redacted (run with --reveal to print them)\n"), "{redacted}");
+    assert!(
+        redacted.starts_with("# values redacted (run with --reveal to print them)\n"),
+        "{redacted}"
+    );
     assert!(redacted.contains("z: '<redacted: 4 bytes>'"), "{redacted}");
-    assert!(!redacted.contains("pw-1") && !redacted.contains("cHctMQ"), "{redacted}");
+    assert!(
+        !redacted.contains("pw-1") && !redacted.contains("cHctMQ"),
+        "{redacted}"
+    );
     let revealed = d1.to_yaml(true);
     assert!(revealed.contains("z: cHctMQ=="), "{revealed}");
     let secret = d1.to_secret(true);

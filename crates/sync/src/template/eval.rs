@@ -367,11 +367,13 @@ impl<'a> Eval<'a> {
         match cmd.args.first() {
             Some(Operand::Func(f, pos)) => {
                 let mut args = Vec::with_capacity(cmd.args.len());
+                let mut literal = Vec::with_capacity(cmd.args.len());
                 for a in &cmd.args[1..] {
                     args.push(self.operand(a, dot)?);
+                    literal.push(matches!(a, Operand::Str(_)));
                 }
                 args.extend(piped);
-                self.call(*f, *pos, args)
+                self.call(*f, *pos, args, &literal)
             }
             // The parser guarantees a non-function command has one operand and is not piped into.
             Some(op) => self.operand(op, dot),
@@ -379,14 +381,20 @@ impl<'a> Eval<'a> {
         }
     }
 
-    fn call(&mut self, f: Func, pos: Pos, args: Vec<Value>) -> Result<Value, TemplateError> {
+    fn call(
+        &mut self,
+        f: Func,
+        pos: Pos,
+        args: Vec<Value>,
+        literal: &[bool],
+    ) -> Result<Value, TemplateError> {
         self.step(pos)?;
-        funcs::call(f, args).map_err(|m| err(pos, format!("{}: {m}", f.name())))
+        funcs::call(f, args, literal).map_err(|m| err(pos, format!("{}: {m}", f.name())))
     }
 
     fn operand(&mut self, op: &Operand, dot: &Value) -> Result<Value, TemplateError> {
         Ok(match op {
-            Operand::Func(f, pos) => self.call(*f, *pos, Vec::new())?,
+            Operand::Func(f, pos) => self.call(*f, *pos, Vec::new(), &[])?,
             Operand::Field(names, pos) => fields(dot, names, *pos)?,
             Operand::Dot => dot.clone(),
             Operand::Var(name, names, pos) => {

@@ -117,8 +117,13 @@ fn str_value(s: String) -> Value {
 }
 
 /// Calls `f`; errors are prefixed with the function's name by the caller.
-pub(crate) fn call(f: Func, args: Vec<Value>) -> R {
+///
+/// `literal[i]` tells whether argument `i` was written in the template as a string literal: only
+/// those may be quoted in an error (`index . "db-host"`), since any other argument may hold a value
+/// (`index . .password`).
+pub(crate) fn call(f: Func, args: Vec<Value>, literal: &[bool]) -> R {
     let a = &args;
+    let is_literal = |i: usize| literal.get(i).copied().unwrap_or(false);
     let v = match f {
         Func::And => {
             min_arity(a, 1)?;
@@ -168,8 +173,8 @@ pub(crate) fn call(f: Func, args: Vec<Value>) -> R {
         Func::Index => {
             min_arity(a, 1)?;
             let mut cur = a[0].clone();
-            for key in &a[1..] {
-                cur = index(cur, key)?;
+            for (i, key) in a.iter().enumerate().skip(1) {
+                cur = index(cur, key, is_literal(i))?;
             }
             cur
         }
@@ -277,7 +282,12 @@ pub(crate) fn call(f: Func, args: Vec<Value>) -> R {
         Func::Required => {
             arity(a, 2)?;
             if !a[1].truthy() {
-                return Err(text(&a[0])?.into_owned());
+                // The message is quoted only when the template spelled it out.
+                return Err(if is_literal(0) {
+                    text(&a[0])?.into_owned()
+                } else {
+                    "value is empty".to_owned()
+                });
             }
             a[1].clone()
         }
@@ -346,7 +356,7 @@ pub(crate) fn call(f: Func, args: Vec<Value>) -> R {
         }
         Func::List => Value::List(args.clone()),
         Func::Dict => {
-            if a.len() % 2 != 0 {
+            if !a.len().is_multiple_of(2) {
                 return Err("expected key/value pairs".to_owned());
             }
             let mut m = BTreeMap::new();
@@ -368,12 +378,17 @@ pub(crate) fn call(f: Func, args: Vec<Value>) -> R {
     checked(v)
 }
 
-fn index(cur: Value, key: &Value) -> R {
+fn index(cur: Value, key: &Value, literal: bool) -> R {
     match cur {
         Value::Map(mut m) => {
             let k = text(key)?;
-            m.remove(&*k)
-                .ok_or_else(|| format!("map has no entry for key {k:?}"))
+            m.remove(&*k).ok_or_else(|| {
+                if literal {
+                    format!("map has no entry for key {k:?}")
+                } else {
+                    format!("map has no entry for the key given ({} bytes)", k.len())
+                }
+            })
         }
         Value::List(mut l) => {
             let i = int(key)?;

@@ -45,7 +45,7 @@ pub struct Pos {
 /// in the template, types and sizes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TemplateError {
-    /// Where (for errors outside any action, 0:0).
+    /// Where; line 0 for errors about the output as a whole (not printed).
     pub pos: Pos,
     /// What.
     pub message: String,
@@ -53,7 +53,12 @@ pub struct TemplateError {
 
 impl fmt::Display for TemplateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.pos.line, self.pos.col, self.message)
+        // Errors about the output as a whole (line 0) have no position.
+        if self.pos.line == 0 {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}:{}: {}", self.pos.line, self.pos.col, self.message)
+        }
     }
 }
 

@@ -17,7 +17,10 @@ fn data() -> Value {
     ] {
         m.insert(k.to_owned(), Value::Str(v.to_owned()));
     }
-    m.insert("list".to_owned(), Value::List(vec![Value::Str("a".into()), Value::Str("b".into())]));
+    m.insert(
+        "list".to_owned(),
+        Value::List(vec![Value::Str("a".into()), Value::Str("b".into())]),
+    );
     Value::Map(m)
 }
 
@@ -35,8 +38,14 @@ fn fails(src: &str) -> String {
 
 #[test]
 fn fields_index_and_literals() {
-    assert_eq!(render("postgres://{{ .user }}:{{ .password }}@{{ index . \"db-host\" }}/app"), "postgres://admin:s3cr3t@db.internal/app");
-    assert_eq!(render("{{ \"lit\" }} {{ 42 }} {{ 1.5 }} {{ true }} {{ `raw\\n` }} {{ 'a' }}"), "lit 42 1.5 true raw\\n 97");
+    assert_eq!(
+        render("postgres://{{ .user }}:{{ .password }}@{{ index . \"db-host\" }}/app"),
+        "postgres://admin:s3cr3t@db.internal/app"
+    );
+    assert_eq!(
+        render("{{ \"lit\" }} {{ 42 }} {{ 1.5 }} {{ true }} {{ `raw\\n` }} {{ 'a' }}"),
+        "lit 42 1.5 true raw\\n 97"
+    );
     assert_eq!(render("{{ index .list 1 }}"), "b");
     assert_eq!(render("{{ $.user }}{{ . | len }}"), "admin8");
     assert_eq!(render("{{ (fromJson .json).a.b }}"), "[1 2 three]");
@@ -46,37 +55,108 @@ fn fields_index_and_literals() {
 #[test]
 fn pipelines_and_functions() {
     assert_eq!(render("{{ .user | upper }}"), "ADMIN");
-    assert_eq!(render("{{ .user | printf \"%s=%s\" \"u\" | quote }}"), "\"u=admin\"");
-    assert_eq!(render("{{ .empty | default \"fallback\" }}|{{ default \"d\" .user }}"), "fallback|admin");
-    assert_eq!(render("{{ .b64 | b64dec }}|{{ \"hello\" | b64enc }}"), "hello|aGVsbG8=");
-    assert_eq!(render("{{ .spaces | trim }}|{{ \"ABC\" | lower }}|{{ toString 12 }}"), "padded|abc|12");
-    assert_eq!(render("{{ (fromJson .json).s }}|{{ toJson (fromJson .json).a }}"), "x|{\"b\":[1,2,\"three\"]}");
-    assert_eq!(render("{{ replace \".\" \"-\" (index . \"db-host\") }}"), "db-internal");
-    assert_eq!(render("{{ trimPrefix \"db.\" (index . \"db-host\") }}|{{ trimSuffix \".internal\" (index . \"db-host\") }}"), "internal|db");
+    assert_eq!(
+        render("{{ .user | printf \"%s=%s\" \"u\" | quote }}"),
+        "\"u=admin\""
+    );
+    assert_eq!(
+        render("{{ .empty | default \"fallback\" }}|{{ default \"d\" .user }}"),
+        "fallback|admin"
+    );
+    assert_eq!(
+        render("{{ .b64 | b64dec }}|{{ \"hello\" | b64enc }}"),
+        "hello|aGVsbG8="
+    );
+    assert_eq!(
+        render("{{ .spaces | trim }}|{{ \"ABC\" | lower }}|{{ toString 12 }}"),
+        "padded|abc|12"
+    );
+    assert_eq!(
+        render("{{ (fromJson .json).s }}|{{ toJson (fromJson .json).a }}"),
+        "x|{\"b\":[1,2,\"three\"]}"
+    );
+    assert_eq!(
+        render("{{ replace \".\" \"-\" (index . \"db-host\") }}"),
+        "db-internal"
+    );
+    assert_eq!(
+        render(
+            "{{ trimPrefix \"db.\" (index . \"db-host\") }}|{{ trimSuffix \".internal\" (index . \"db-host\") }}"
+        ),
+        "internal|db"
+    );
     assert_eq!(render("x:{{ \"a\\nb\" | nindent 2 }}"), "x:\n  a\n  b");
     assert_eq!(render("{{ \"a\\nb\" | indent 4 }}"), "    a\n    b");
-    assert_eq!(render("{{ printf \"%s:%05d:%.2f:%x:%q\" .user 42 3.14159 255 \"q\" }}"), "admin:00042:3.14:ff:\"q\"");
-    assert_eq!(render("{{ quote .user .password }}|{{ squote .user }}"), "\"admin\" \"s3cr3t\"|'admin'");
-    assert_eq!(render("{{ .list | join \",\" }}|{{ splitList \".\" (index . \"db-host\") | len }}"), "a,b|2");
-    assert_eq!(render("{{ sha256sum \"abc\" }}"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    assert_eq!(render("{{ and .user .empty }}|{{ or .empty .user }}|{{ not .empty }}"), "|admin|true");
-    assert_eq!(render("{{ eq .user \"admin\" }}{{ ne 1 2 }}{{ lt 1 2.5 }}{{ ge \"b\" \"a\" }}{{ eq 1 2 1 }}"), "truetruetruetruetrue");
+    assert_eq!(
+        render("{{ printf \"%s:%05d:%.2f:%x:%q\" .user 42 3.14159 255 \"q\" }}"),
+        "admin:00042:3.14:ff:\"q\""
+    );
+    assert_eq!(
+        render("{{ quote .user .password }}|{{ squote .user }}"),
+        "\"admin\" \"s3cr3t\"|'admin'"
+    );
+    assert_eq!(
+        render("{{ .list | join \",\" }}|{{ splitList \".\" (index . \"db-host\") | len }}"),
+        "a,b|2"
+    );
+    assert_eq!(
+        render("{{ sha256sum \"abc\" }}"),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    assert_eq!(
+        render("{{ and .user .empty }}|{{ or .empty .user }}|{{ not .empty }}"),
+        "|admin|true"
+    );
+    assert_eq!(
+        render("{{ eq .user \"admin\" }}{{ ne 1 2 }}{{ lt 1 2.5 }}{{ ge \"b\" \"a\" }}{{ eq 1 2 1 }}"),
+        "truetruetruetruetrue"
+    );
     assert_eq!(render("{{ print 1 2 \"a\" 3 }}"), "1 2a3");
-    assert_eq!(render("{{ (dict \"k\" \"v\").k }}{{ index (list 1 2 3) 2 }}{{ coalesce .empty \"c\" }}{{ ternary \"y\" \"n\" true }}"), "v3cy");
-    assert_eq!(render("{{ contains \"min\" .user }}{{ hasPrefix \"ad\" .user }}{{ hasSuffix \"x\" .user }}{{ empty .empty }}"), "truetruefalsetrue");
+    assert_eq!(
+        render(
+            "{{ (dict \"k\" \"v\").k }}{{ index (list 1 2 3) 2 }}{{ coalesce .empty \"c\" }}{{ ternary \"y\" \"n\" true }}"
+        ),
+        "v3cy"
+    );
+    assert_eq!(
+        render(
+            "{{ contains \"min\" .user }}{{ hasPrefix \"ad\" .user }}{{ hasSuffix \"x\" .user }}{{ empty .empty }}"
+        ),
+        "truetruefalsetrue"
+    );
 }
 
 #[test]
 fn control_flow_and_variables() {
-    assert_eq!(render("{{ if .empty }}a{{ else if eq .user \"admin\" }}b{{ else }}c{{ end }}"), "b");
+    assert_eq!(
+        render("{{ if .empty }}a{{ else if eq .user \"admin\" }}b{{ else }}c{{ end }}"),
+        "b"
+    );
     assert_eq!(render("{{ if not .user }}a{{ else }}c{{ end }}"), "c");
-    assert_eq!(render("{{ with .user }}[{{ . }}]{{ end }}{{ with .empty }}no{{ else }}none{{ end }}"), "[admin]none");
-    assert_eq!(render("{{ with .empty }}x{{ else with .user }}{{ . }}{{ end }}"), "admin");
+    assert_eq!(
+        render("{{ with .user }}[{{ . }}]{{ end }}{{ with .empty }}no{{ else }}none{{ end }}"),
+        "[admin]none"
+    );
+    assert_eq!(
+        render("{{ with .empty }}x{{ else with .user }}{{ . }}{{ end }}"),
+        "admin"
+    );
     assert_eq!(render("{{ range .list }}<{{ . }}>{{ end }}"), "<a><b>");
-    assert_eq!(render("{{ range $i, $v := .list }}{{ $i }}={{ $v }};{{ end }}"), "0=a;1=b;");
-    assert_eq!(render("{{ range $k, $v := fromJson .json }}{{ $k }};{{ end }}"), "a;s;");
+    assert_eq!(
+        render("{{ range $i, $v := .list }}{{ $i }}={{ $v }};{{ end }}"),
+        "0=a;1=b;"
+    );
+    assert_eq!(
+        render("{{ range $k, $v := fromJson .json }}{{ $k }};{{ end }}"),
+        "a;s;"
+    );
     assert_eq!(render("{{ range (list) }}x{{ else }}empty{{ end }}"), "empty");
-    assert_eq!(render("{{ range 5 }}{{ if eq . 3 }}{{ break }}{{ end }}{{ if eq . 1 }}{{ continue }}{{ end }}{{ . }}{{ end }}"), "02");
+    assert_eq!(
+        render(
+            "{{ range 5 }}{{ if eq . 3 }}{{ break }}{{ end }}{{ if eq . 1 }}{{ continue }}{{ end }}{{ . }}{{ end }}"
+        ),
+        "02"
+    );
     assert_eq!(render("{{ $u := .user }}{{ $u = upper $u }}{{ $u }}"), "ADMIN");
     assert_eq!(render("{{ range .list }}{{ $.user }}{{ end }}"), "adminadmin");
     assert_eq!(render("{{- /* comment */ -}}\n  {{ .user -}}\n  !"), "admin!");
@@ -85,15 +165,27 @@ fn control_flow_and_variables() {
 
 #[test]
 fn parse_errors_are_positioned() {
-    assert_eq!(fails("{{ env \"HOME\" }}"), "1:4: function \"env\" is not available: templates cannot read the environment, files or the network");
-    assert_eq!(fails("line\n  {{ .a | frobnicate }}"), "2:11: function \"frobnicate\" is not supported (see crates/sync/README.md for the supported functions)");
+    assert_eq!(
+        fails("{{ env \"HOME\" }}"),
+        "1:4: function \"env\" is not available: templates cannot read the environment, files or the network"
+    );
+    assert_eq!(
+        fails("line\n  {{ .a | frobnicate }}"),
+        "2:11: function \"frobnicate\" is not supported (see crates/sync/README.md for the supported functions)"
+    );
     assert_eq!(fails("{{ if .a }}x"), "1:1: unclosed {{if}} (missing {{end}})");
     assert_eq!(fails("x{{ end }}"), "1:2: unexpected {{end}}");
     assert_eq!(fails("{{ .a"), "1:1: unclosed action (missing }})");
     assert_eq!(fails("{{ $x }}"), "1:4: undefined variable \"$x\"");
     assert_eq!(fails("{{ .a .b }}"), "1:4: can't give argument to non-function");
-    assert_eq!(fails("{{ .a | .b }}"), "1:9: non executable command in pipeline stage 2");
-    assert_eq!(fails("{{ define \"x\" }}{{ end }}"), "1:1: {{define}} is not supported in keyferry templates");
+    assert_eq!(
+        fails("{{ .a | .b }}"),
+        "1:9: non executable command in pipeline stage 2"
+    );
+    assert_eq!(
+        fails("{{ define \"x\" }}{{ end }}"),
+        "1:1: {{define}} is not supported in keyferry templates"
+    );
     assert_eq!(fails("{{ break }}"), "1:1: {{break}} outside {{range}}");
     assert_eq!(fails("{{ (upper .a }}"), "1:4: unclosed left paren");
     assert_eq!(fails("{{ }}"), "1:1: missing value for command");
@@ -102,17 +194,60 @@ fn parse_errors_are_positioned() {
 
 #[test]
 fn exec_errors_are_positioned_and_name_no_value() {
-    assert_eq!(fails("{{ .missing }}"), "1:4: map has no entry for key \"missing\"");
-    assert_eq!(fails("{{ .user.x }}"), "1:4: can't evaluate field x in type string");
-    assert_eq!(fails("{{ index . \"nope\" }}"), "1:4: index: map has no entry for key \"nope\"");
-    assert_eq!(fails("{{ index .list 9 }}"), "1:4: index: index out of range: 9 (list of 2)");
-    assert_eq!(fails("{{ .password | b64dec }}"), "1:16: b64dec: invalid last character at offset 5");
-    assert_eq!(fails("{{ fromJson .password }}"), "1:4: fromJson: not valid JSON (at line 1 column 1)");
-    assert_eq!(fails("{{ upper .user .password }}"), "1:4: upper: expected 1 argument, got 2");
-    assert_eq!(fails("{{ printf \"%d\" .password }}"), "1:4: printf: %d does not apply to string");
-    assert_eq!(fails("{{ range .user }}{{ end }}"), "1:1: range can't iterate over string");
-    assert_eq!(fails("{{ required \"password is required\" .empty }}"), "1:4: required: password is required");
-    for src in ["{{ .password | b64dec }}", "{{ printf \"%d\" .password }}", "{{ fromJson .password }}", "{{ .password.x }}"] {
+    assert_eq!(
+        fails("{{ .missing }}"),
+        "1:4: map has no entry for key \"missing\""
+    );
+    assert_eq!(
+        fails("{{ .user.x }}"),
+        "1:4: can't evaluate field x in type string"
+    );
+    assert_eq!(
+        fails("{{ index . \"nope\" }}"),
+        "1:4: index: map has no entry for key \"nope\""
+    );
+    assert_eq!(
+        fails("{{ index . .password }}"),
+        "1:4: index: map has no entry for the key given (6 bytes)"
+    );
+    assert_eq!(
+        fails("{{ required .password .empty }}"),
+        "1:4: required: value is empty"
+    );
+    assert_eq!(
+        fails("{{ index .list 9 }}"),
+        "1:4: index: index out of range: 9 (list of 2)"
+    );
+    assert_eq!(
+        fails("{{ .password | b64dec }}"),
+        "1:16: b64dec: invalid last character at offset 5"
+    );
+    assert_eq!(
+        fails("{{ fromJson .password }}"),
+        "1:4: fromJson: not valid JSON (at line 1 column 1)"
+    );
+    assert_eq!(
+        fails("{{ upper .user .password }}"),
+        "1:4: upper: expected 1 argument, got 2"
+    );
+    assert_eq!(
+        fails("{{ printf \"%d\" .password }}"),
+        "1:4: printf: %d does not apply to string"
+    );
+    assert_eq!(
+        fails("{{ range .user }}{{ end }}"),
+        "1:1: range can't iterate over string"
+    );
+    assert_eq!(
+        fails("{{ required \"password is required\" .empty }}"),
+        "1:4: required: password is required"
+    );
+    for src in [
+        "{{ .password | b64dec }}",
+        "{{ printf \"%d\" .password }}",
+        "{{ fromJson .password }}",
+        "{{ .password.x }}",
+    ] {
         assert!(!fails(src).contains("s3cr3t"), "{src}");
     }
 }
@@ -123,7 +258,9 @@ fn resource_bounds() {
     assert!(e.ends_with("printf: result exceeds 1048576 bytes"), "{e}");
     let e = fails("{{ range 1000 }}{{ range 1000 }}{{ range 1000 }}{{ end }}{{ end }}{{ end }}");
     assert!(e.ends_with("template runs more than 1000000 steps"), "{e}");
-    let e = fails("{{ replace \"\" \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\" (printf \"%1000s\" \"\" | replace \" \" \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\") }}");
+    let e = fails(
+        "{{ replace \"\" \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\" (printf \"%1000s\" \"\" | replace \" \" \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\") }}",
+    );
     assert!(e.ends_with("replace: result exceeds 1048576 bytes"), "{e}");
     let deep = format!("{{{{ {}1{} }}}}", "(".repeat(200), ")".repeat(200));
     assert_eq!(fails(&deep), "1:68: parentheses nested too deeply");

@@ -25,7 +25,14 @@ fn indent(s: &str) -> String {
 pub fn store(secrets: &[(&str, &str)]) -> FakeStore {
     let s = FakeStore::new("vault-a");
     for (k, v) in secrets {
-        s.set(k, SecretValue::from(*v), NewVersion { enabled: true, ..NewVersion::default() });
+        s.set(
+            k,
+            SecretValue::from(*v),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
     }
     s
 }
@@ -33,7 +40,15 @@ pub fn store(secrets: &[(&str, &str)]) -> FakeStore {
 /// Adds a secret with tags.
 pub fn set_tagged(s: &FakeStore, name: &str, value: &str, tags: &[(&str, &str)]) {
     let tags: BTreeMap<String, String> = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    s.set(name, SecretValue::from(value), NewVersion { enabled: true, tags, ..NewVersion::default() });
+    s.set(
+        name,
+        SecretValue::from(value),
+        NewVersion {
+            enabled: true,
+            tags,
+            ..NewVersion::default()
+        },
+    );
 }
 
 /// Runs the pipeline against one store.
@@ -43,7 +58,10 @@ pub async fn run(es: &ExternalSecret, store: &FakeStore) -> Result<DesiredSecret
 
 /// The Secret data as strings.
 pub fn strings(d: &DesiredSecret) -> BTreeMap<String, String> {
-    d.data.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v.expose()).into_owned())).collect()
+    d.data
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v.expose()).into_owned()))
+        .collect()
 }
 
 /// Runs the pipeline and returns the error message.

@@ -1,0 +1,111 @@
+//! No error message and no `Debug` output ever contains a secret value.
+//!
+//! Seeds canary values (plain, inside JSON, base64-encoded) and drives every failure path that
+//! touches a value; then greps each message, each `Debug` and the redacted YAML for the canary and
+//! its encodings.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{STORE, es, run, store};
+use keyferry_sync::{SingleStore, fetch, plan, shape};
+
+const CANARY: &str = "CANARY:7f3a9c";
+
+fn forbidden() -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(CANARY);
+    vec![
+        CANARY.to_owned(),
+        CANARY.to_lowercase(),
+        b64.trim_end_matches('=').to_owned(),
+        hex::encode(CANARY),
+    ]
+}
+
+fn assert_clean(what: &str, text: &str) {
+    for f in forbidden() {
+        assert!(!text.contains(&f), "{what} leaks the canary ({f}):\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn no_error_or_debug_output_contains_a_value() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(CANARY);
+    let s = store(&[
+        ("plain", CANARY),
+        (
+            "json",
+            &format!(r#"{{"k":"{CANARY}","n":{{"x":"{CANARY}"}},"list":["{CANARY}"]}}"#),
+        ),
+        ("b64", &b64),
+        ("string-json", &format!(r#""{CANARY}""#)),
+        ("bad-b64", &format!("{CANARY}$$")),
+        (
+            "nul",
+            &base64::engine::general_purpose::STANDARD.encode(format!("\0{CANARY}")),
+        ),
+    ]);
+    let failing = [
+        // property paths into a value
+        "data:\n- {secretKey: a, remoteRef: {key: json, property: k.deeper}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: json, property: list.7}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: json, property: list.x}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain, property: k}}\n",
+        // decoding
+        "data:\n- {secretKey: a, remoteRef: {key: bad-b64, decodingStrategy: Base64}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: bad-b64, decodingStrategy: Base64URL}}\n",
+        "dataFrom:\n- extract: {key: json, decodingStrategy: Base64}\n",
+        // extract of non-objects
+        "dataFrom:\n- extract: {key: string-json}\n",
+        "dataFrom:\n- extract: {key: plain}\n",
+        "dataFrom:\n- extract: {key: json, property: k}\n",
+        // templates over values
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ printf \"%d\" .a }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ index . .a }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ fromJson .a }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ .a | b64dec }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ .a.field }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ range .a }}{{ end }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ required .a \"\" }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ lt .a 3 }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: '{{ .a }}/x: y'}]}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: '{{ .a }}: [1]'}]}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: 'k: {{ .a }}: ['}]}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: '- {{ .a }}'}]}}\n",
+        // null bytes, missing secrets
+        "data:\n- {secretKey: a, remoteRef: {key: nul, decodingStrategy: Base64, nullBytePolicy: Fail}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\n- {secretKey: b, remoteRef: {key: gone}}\n",
+    ];
+    for (i, spec) in failing.iter().enumerate() {
+        let e = es(&format!("{STORE}{spec}"));
+        let err = run(&e, &s)
+            .await
+            .expect_err(&format!("case {i} should fail: {spec}"));
+        let shown = format!("{err}\n{err:?}\n{err:#?}");
+        assert_clean(&format!("case {i} ({spec})"), &shown);
+        assert!(
+            !err.to_string().contains('\n'),
+            "case {i}: message is not one line: {err}"
+        );
+    }
+
+    // Successful runs: Debug of plan, fetched and desired, and the redacted YAML.
+    let ok = "data:\n- {secretKey: a, remoteRef: {key: plain}}\n- {secretKey: b, remoteRef: {key: json, property: n.x}}\ndataFrom:\n- extract: {key: json}\n  rewrite: [{regexp: {source: '^', target: 'x-'}}]\ntarget: {template: {mergePolicy: Merge, data: {c: '{{ .a }}{{ .b }}'}}}\n";
+    let e = es(&format!("{STORE}{ok}"));
+    let p = plan(&e).unwrap();
+    let f = fetch(&p, &SingleStore::new(s.clone())).await.unwrap();
+    let d = shape(&e, &p, &f).unwrap();
+    assert_eq!(d.data["a"].expose(), CANARY.as_bytes());
+    assert_clean(
+        "Debug of Plan/Fetched/DesiredSecret",
+        &format!("{p:?}\n{f:?}\n{d:?}\n{p:#?}\n{f:#?}\n{d:#?}"),
+    );
+    assert_clean("redacted YAML", &d.to_yaml(false));
+    assert_clean("redacted Secret", &format!("{:?}", d.to_secret(false)));
+    assert!(
+        d.to_yaml(true)
+            .contains(&base64::engine::general_purpose::STANDARD.encode(CANARY))
+    );
+}
