@@ -176,7 +176,7 @@ struct LookupKey {
     version: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum CallError {
     Budget,
     Provider(ProviderError),
@@ -442,7 +442,20 @@ async fn check_store(
 
     let mut outcomes: BTreeMap<LookupKey, Outcome> = BTreeMap::new();
     let mut ask: Vec<(LookupKey, RemoteRef)> = Vec::new();
+    // A vault that is down (or a spent budget) fails the listing after its retries; asking each
+    // secret would only hammer it further, so every lookup shares that answer. A refused listing
+    // (no list permission) falls back to asking one by one.
+    let outage = match &listing {
+        Some(Err(e @ CallError::Budget)) => Some(e.clone()),
+        Some(Err(e @ CallError::Provider(p))) if p.is_transient() => Some(e.clone()),
+        _ => None,
+    };
     for (k, remote) in &lookups {
+        if let Some(e) = &outage {
+            outcomes.insert(k.clone(), Outcome::Failed(e.clone()));
+            bar.inc(1);
+            continue;
+        }
         let is_plain = k.version.is_none() && split_remote_key(&k.key).0 == ObjectType::Secret;
         match (&listed, is_plain) {
             (Some(map), true) => match map.get(split_remote_key(&k.key).1) {
