@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod crds;
 mod demo;
+mod gates;
 mod inputs;
 mod render;
 mod stores;
@@ -26,6 +27,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run a local Azure Key Vault (secrets data plane) that the official SDKs talk to unchanged.
     Emulator(keyferry_emulator::EmulatorArgs),
+    /// CI gate, offline: schema, naming, store references, no plaintext secrets in Git.
+    Validate(keyferry_gates::cli::ValidateArgs),
+    /// CI gate, online: every referenced vault entry exists and is usable — without reading values.
+    Check(gates::CheckCommand),
     /// Render the Secrets that ExternalSecret manifests produce (values redacted unless --reveal).
     Render(render::RenderArgs),
 }
@@ -45,6 +50,8 @@ fn main() -> ExitCode {
             Command::Crds => crds::run(),
             Command::Render(args) => render::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Validate(args) => keyferry_gates::cli::run_validate(args),
+            Command::Check(args) => gates::run_check(args).await,
             Command::Emulator(args) => match keyferry_emulator::run_cli(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

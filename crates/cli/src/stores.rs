@@ -198,7 +198,7 @@ impl Stores {
     }
 }
 
-fn build_client(
+pub fn build_client(
     key: &StoreKey,
     provider: &StoreProvider,
     settings: &StoreSettings,

@@ -83,7 +83,11 @@ impl FakeStore {
     pub fn new(name: &str) -> Self {
         FakeStore {
             name: Arc::from(name),
-            state: Arc::new(RwLock::new(State { clock: 1_767_225_600, ..State::default() })),
+            // Versions are stamped with the real time (then one second apart, so order is visible).
+            state: Arc::new(RwLock::new(State {
+                clock: unix_now(),
+                ..State::default()
+            })),
             counters: Arc::default(),
         }
     }
@@ -102,7 +106,10 @@ impl FakeStore {
             for old in &s.previous {
                 store.set(secret_name, SecretValue::from(old.as_str()), attrs.clone());
             }
-            let current = NewVersion { enabled: s.enabled.unwrap_or(true), ..attrs };
+            let current = NewVersion {
+                enabled: s.enabled.unwrap_or(true),
+                ..attrs
+            };
             store.set(secret_name, SecretValue::from(s.value.as_str()), current);
             if s.deleted {
                 store.soft_delete(secret_name);
@@ -116,7 +123,14 @@ impl FakeStore {
         let store = FakeStore::new(name);
         for d in &spec.data {
             let value = SecretValue::from(d.value.clone().unwrap_or_default());
-            store.set(&d.key, value, NewVersion { enabled: true, ..NewVersion::default() });
+            store.set(
+                &d.key,
+                value,
+                NewVersion {
+                    enabled: true,
+                    ..NewVersion::default()
+                },
+            );
         }
         store
     }
@@ -128,11 +142,14 @@ impl FakeStore {
         st.clock += 1;
         let id = format!("{:032x}", st.next_version);
         let created = st.clock;
-        let entry = st.secrets.entry(name.to_ascii_lowercase()).or_insert_with(|| Entry {
-            name: name.to_owned(),
-            versions: Vec::new(),
-            deleted: false,
-        });
+        let entry = st
+            .secrets
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| Entry {
+                name: name.to_owned(),
+                versions: Vec::new(),
+                deleted: false,
+            });
         entry.deleted = false;
         entry.versions.push(Version {
             id: id.clone(),
@@ -150,7 +167,11 @@ impl FakeStore {
     /// Enables or disables the current version.
     pub fn set_enabled(&self, name: &str, enabled: bool) {
         let mut st = self.state.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(v) = st.secrets.get_mut(&name.to_ascii_lowercase()).and_then(|e| e.versions.last_mut()) {
+        if let Some(v) = st
+            .secrets
+            .get_mut(&name.to_ascii_lowercase())
+            .and_then(|e| e.versions.last_mut())
+        {
             v.enabled = enabled;
         }
     }
@@ -178,7 +199,10 @@ impl FakeStore {
     }
 
     fn not_found(&self, key: &str) -> ProviderError {
-        ProviderError::NotFound { key: key.to_owned(), store: self.name.to_string() }
+        ProviderError::NotFound {
+            key: key.to_owned(),
+            store: self.name.to_string(),
+        }
     }
 
     fn properties(entry: &Entry, v: &Version) -> SecretProperties {
@@ -233,20 +257,35 @@ impl SecretsClient for FakeStore {
             (FakeStore::properties(e, v), v.value.clone())
         })?;
         if fetch_metadata {
-            return Ok(RemoteValue { value: metadata_json(&props), version: props.version });
+            return Ok(RemoteValue {
+                value: metadata_json(&props),
+                version: props.version,
+            });
         }
         if !props.enabled {
-            return Err(ProviderError::Disabled { key: remote.key.clone(), store: self.name.to_string() });
+            return Err(ProviderError::Disabled {
+                key: remote.key.clone(),
+                store: self.name.to_string(),
+            });
         }
-        Ok(RemoteValue { value, version: props.version })
+        Ok(RemoteValue {
+            value,
+            version: props.version,
+        })
     }
 
     async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
         let re = compile_find_regexp(find)?;
         let all = self.list_secret_properties().await?;
         let mut out = BTreeMap::new();
-        for props in all.iter().filter(|p| p.enabled && find_matches(re.as_ref(), &find.tags, p)) {
-            let remote = RemoteRef { key: props.name.clone(), ..RemoteRef::default() };
+        for props in all
+            .iter()
+            .filter(|p| p.enabled && find_matches(re.as_ref(), &find.tags, p))
+        {
+            let remote = RemoteRef {
+                key: props.name.clone(),
+                ..RemoteRef::default()
+            };
             out.insert(props.name.clone(), self.get_secret(&remote).await?.value);
         }
         Ok(out)
@@ -267,7 +306,11 @@ impl SecretsClient for FakeStore {
         let name = self.secret_name(remote)?;
         {
             let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-            if st.secrets.get(&name.to_ascii_lowercase()).is_some_and(|e| e.deleted) {
+            if st
+                .secrets
+                .get(&name.to_ascii_lowercase())
+                .is_some_and(|e| e.deleted)
+            {
                 return Ok(Existence::SoftDeleted);
             }
         }
@@ -286,11 +329,21 @@ impl SecretsClient for FakeStore {
     ) -> Result<bool, ProviderError> {
         let mut tags = tags.clone();
         tags.insert(MANAGED_BY_TAG.0.to_owned(), MANAGED_BY_TAG.1.to_owned());
-        let unchanged = self.read(name, None, |_, v| v.value == *value && v.tags == tags).unwrap_or(false);
+        let unchanged = self
+            .read(name, None, |_, v| v.value == *value && v.tags == tags)
+            .unwrap_or(false);
         if unchanged {
             return Ok(false);
         }
-        self.set(name, value.clone(), NewVersion { tags, enabled: true, ..NewVersion::default() });
+        self.set(
+            name,
+            value.clone(),
+            NewVersion {
+                tags,
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
         Ok(true)
     }
 
@@ -300,7 +353,9 @@ impl SecretsClient for FakeStore {
         })?;
         if !managed {
             return Err(ProviderError::Invalid {
-                detail: format!("secret {name} is not managed by keyferry (no managed-by=keyferry tag); not deleting"),
+                detail: format!(
+                    "secret {name} is not managed by keyferry (no managed-by=keyferry tag); not deleting"
+                ),
             });
         }
         self.soft_delete(name);
@@ -312,6 +367,12 @@ impl SecretsClient for FakeStore {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,7 +382,10 @@ mod tests {
     async fn passes_the_conformance_suite() {
         let seed = conformance::fixture_seed();
         let store = FakeStore::from_seed("fake", &seed);
-        let versions = conformance::fixture_names().iter().map(|n| (n.to_string(), store.versions(n))).collect();
+        let versions = conformance::fixture_names()
+            .iter()
+            .map(|n| (n.to_string(), store.versions(n)))
+            .collect();
         let report = conformance::run(&store, &conformance::Seeded { versions }).await;
         assert!(report.failures().is_empty(), "{}", report);
     }
