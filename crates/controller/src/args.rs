@@ -1,0 +1,185 @@
+//! Command-line flags of `keyferry controller`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Flags of `keyferry controller`. Every flag also reads an environment variable, so the Helm chart
+/// can set them either way.
+#[derive(Args, Clone, Debug)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (ExternalSecrets, SecretStores and managed Secrets).
+    /// ClusterSecretStores and ClusterExternalSecrets are cluster-scoped and still watched, unless
+    /// disabled. Unset: every namespace.
+    #[arg(long, env = "KEYFERRY_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Reconcile only ExternalSecrets matching this label selector (e.g. `team=payments`).
+    #[arg(long, env = "KEYFERRY_LABEL_SELECTOR")]
+    pub label_selector: Option<String>,
+
+    /// Handle only stores whose `spec.controller` equals this class; stores without a class are
+    /// handled by every controller.
+    #[arg(long, env = "KEYFERRY_CONTROLLER_CLASS")]
+    pub controller_class: Option<String>,
+
+    /// How many objects of each kind are reconciled at once.
+    #[arg(long, env = "KEYFERRY_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+
+    /// Address of the HTTP server for `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "KEYFERRY_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// Log format: `json` (one object a line, for log collectors) or `text`.
+    #[arg(long, env = "KEYFERRY_LOG_FORMAT", default_value = "text", value_parser = ["json", "text"])]
+    pub log_format: String,
+
+    /// Log filter in `tracing` syntax, e.g. `info,keyferry_controller=debug`. `RUST_LOG` wins if set.
+    #[arg(long, env = "KEYFERRY_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Do not install a global log subscriber (when the caller installs its own, e.g. tests).
+    #[arg(skip)]
+    pub skip_logging_init: bool,
+
+    /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas only one
+    /// reconciles. Turn off only when running a single replica.
+    #[arg(long, env = "KEYFERRY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Namespace of the Lease. Defaults to `POD_NAMESPACE`, then the in-cluster namespace, then
+    /// `default`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Name of the Lease.
+    #[arg(long, env = "KEYFERRY_LEASE_NAME", default_value = "keyferry-controller")]
+    pub lease_name: String,
+
+    /// This replica's identity in the Lease. Defaults to `POD_NAME`, then the host name, with a random
+    /// suffix.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// How long a Lease stays valid without renewal, in seconds.
+    #[arg(long, env = "KEYFERRY_LEASE_DURATION", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+
+    /// The leader steps down if it could not renew for this many seconds (less than the duration).
+    #[arg(long, env = "KEYFERRY_LEASE_RENEW_DEADLINE", default_value_t = 10)]
+    pub lease_renew_deadline_secs: u64,
+
+    /// Seconds between attempts to acquire or renew the Lease.
+    #[arg(long, env = "KEYFERRY_LEASE_RETRY_PERIOD", default_value_t = 2)]
+    pub lease_retry_period_secs: u64,
+
+    /// A PEM bundle of CAs to trust for vault and Entra connections (in addition to the system
+    /// roots). `SSL_CERT_FILE` is used when the flag is unset.
+    #[arg(long, env = "SSL_CERT_FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// The Entra authority host for every Azure store (e.g. an emulator's token endpoint). Overrides
+    /// each store's `environmentType`.
+    #[arg(long, env = "AZURE_AUTHORITY_HOST")]
+    pub azure_authority_host: Option<String>,
+
+    /// Allow WorkloadIdentity stores with `serviceAccountRef` (the controller then requests tokens for
+    /// those service accounts through the TokenRequest API; needs `serviceaccounts/token create`).
+    #[arg(long, env = "KEYFERRY_ALLOW_SERVICE_ACCOUNT_TOKENS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_service_account_tokens: bool,
+
+    /// Reconcile ClusterSecretStores (and allow ExternalSecrets to use them).
+    #[arg(long, env = "KEYFERRY_ENABLE_CLUSTER_STORES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_cluster_stores: bool,
+
+    /// Reconcile ClusterExternalSecrets.
+    #[arg(long, env = "KEYFERRY_ENABLE_CLUSTER_EXTERNAL_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_cluster_external_secrets: bool,
+}
+
+impl Default for ControllerArgs {
+    fn default() -> Self {
+        ControllerArgs {
+            namespace: None,
+            label_selector: None,
+            controller_class: None,
+            concurrency: 8,
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            log_format: "text".into(),
+            log_level: "info".into(),
+            skip_logging_init: false,
+            leader_election: true,
+            lease_namespace: None,
+            lease_name: "keyferry-controller".into(),
+            identity: None,
+            lease_duration_secs: 15,
+            lease_renew_deadline_secs: 10,
+            lease_retry_period_secs: 2,
+            ca_file: None,
+            azure_authority_host: None,
+            allow_service_account_tokens: false,
+            enable_cluster_stores: true,
+            enable_cluster_external_secrets: true,
+        }
+    }
+}
+
+impl ControllerArgs {
+    /// Lease timings as durations.
+    pub fn lease_timings(&self) -> crate::leader::LeaseTimings {
+        crate::leader::LeaseTimings {
+            duration: Duration::from_secs(self.lease_duration_secs.max(1)),
+            renew_deadline: Duration::from_secs(self.lease_renew_deadline_secs.max(1)),
+            retry_period: Duration::from_secs(self.lease_retry_period_secs.max(1)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn defaults_match_default_impl() {
+        let parsed = Cli::try_parse_from(["keyferry"]).map(|c| c.args);
+        let parsed = parsed.unwrap_or_else(|e| panic!("{e}"));
+        let d = ControllerArgs::default();
+        assert_eq!(parsed.concurrency, d.concurrency);
+        assert_eq!(parsed.metrics_addr, d.metrics_addr);
+        assert_eq!(parsed.leader_election, d.leader_election);
+        assert_eq!(parsed.lease_name, d.lease_name);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "keyferry",
+            "--namespace",
+            "team-a",
+            "--label-selector",
+            "tier=web",
+            "--concurrency",
+            "32",
+            "--leader-election",
+            "false",
+            "--log-format",
+            "json",
+        ]);
+        let args = cli.map(|c| c.args).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.namespace.as_deref(), Some("team-a"));
+        assert_eq!(args.label_selector.as_deref(), Some("tier=web"));
+        assert_eq!(args.concurrency, 32);
+        assert!(!args.leader_election);
+        assert_eq!(args.log_format, "json");
+    }
+}

@@ -1,0 +1,216 @@
+//! The state shared by every reconciler: the Kubernetes client, settings, metrics, the event recorder,
+//! the store caches and the long-lived vault clients, and per-object retry counters.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use keyferry_api::{ClusterSecretStore, SecretStore};
+use keyferry_providers::azure::ConnectOptions;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+
+use crate::metrics::Metrics;
+use crate::refresh;
+use crate::stores::ClientCache;
+
+/// Settings derived from the flags.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// `--namespace`.
+    pub namespace: Option<String>,
+    /// `--controller-class`.
+    pub controller_class: Option<String>,
+    /// `--enable-cluster-stores`.
+    pub enable_cluster_stores: bool,
+    /// `--allow-service-account-tokens`.
+    pub allow_service_account_tokens: bool,
+}
+
+/// Shared reconciler state.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Flags.
+    pub settings: Settings,
+    /// Vault connection options (CA bundle, authority host).
+    pub connect: ConnectOptions,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event recorder (reporting controller `keyferry`).
+    pub recorder: Recorder,
+    /// Long-lived vault clients.
+    pub clients: ClientCache,
+    /// Watch cache of SecretStores.
+    pub secret_stores: Store<SecretStore>,
+    /// Watch cache of ClusterSecretStores.
+    pub cluster_stores: Store<ClusterSecretStore>,
+    retries: RetryTracker,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    /// Assembles a context.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        connect: ConnectOptions,
+        metrics: Arc<Metrics>,
+        recorder: Recorder,
+        secret_stores: Store<SecretStore>,
+        cluster_stores: Store<ClusterSecretStore>,
+    ) -> Self {
+        Context {
+            client,
+            settings,
+            connect,
+            metrics,
+            recorder,
+            clients: ClientCache::default(),
+            secret_stores,
+            cluster_stores,
+            retries: RetryTracker::default(),
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Whether this process sees the object (by uid) for the first time; marks it seen.
+    pub fn first_seen(&self, uid: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_owned())
+    }
+
+    /// Forgets an object (deleted).
+    pub fn forget(&self, uid: &str) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.retries.reset(uid);
+    }
+
+    /// Retry bookkeeping.
+    pub fn retries(&self) -> &RetryTracker {
+        &self.retries
+    }
+
+    /// Publishes an event; failures are logged, never fatal. `note` must never hold a value: callers
+    /// pass their one-line error `Display` or a fixed text.
+    pub async fn publish(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(crate::conditions::one_line(&note)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            tracing::debug!(error = %crate::error::kube_one_line(&e), reason, "could not publish event");
+        }
+    }
+}
+
+/// Per-object failure bookkeeping, for jittered exponential backoff: how many attempts failed in a
+/// row, when the next may run, and for which version of the object (a spec change skips the wait).
+#[derive(Default)]
+pub struct RetryTracker {
+    state: Mutex<HashMap<String, RetryState>>,
+}
+
+struct RetryState {
+    attempts: u32,
+    not_before: Instant,
+    meta: String,
+}
+
+/// First retry delay after a transient failure.
+pub const TRANSIENT_BASE: Duration = Duration::from_secs(2);
+/// First retry delay after a permanent failure (bad spec, refused store): it needs a change, but we
+/// still look again, slowly.
+pub const PERMANENT_BASE: Duration = Duration::from_secs(30);
+/// Longest retry delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+impl RetryTracker {
+    /// Records a failure of the object at version `meta` and returns the delay before the next try.
+    pub fn failed(&self, key: &str, transient: bool, meta: &str) -> Duration {
+        let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(key.to_owned()).or_insert_with(|| RetryState {
+            attempts: 0,
+            not_before: Instant::now(),
+            meta: String::new(),
+        });
+        entry.attempts = entry.attempts.saturating_add(1);
+        let base = if transient { TRANSIENT_BASE } else { PERMANENT_BASE };
+        let delay = refresh::backoff(entry.attempts, base, BACKOFF_CAP, rand::random::<f64>());
+        entry.not_before = Instant::now() + delay;
+        entry.meta = meta.to_owned();
+        delay
+    }
+
+    /// If the object failed recently and has not changed since, how long it must still wait.
+    pub fn blocked(&self, key: &str, meta: &str) -> Option<Duration> {
+        let map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let st = map.get(key)?;
+        if st.meta != meta {
+            return None;
+        }
+        let left = st.not_before.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Time left before the next attempt of a failed object.
+    pub fn remaining(&self, key: &str) -> Option<Duration> {
+        let map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .map(|st| st.not_before.saturating_duration_since(Instant::now()))
+    }
+
+    /// Clears the count after a success.
+    pub fn reset(&self, key: &str) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// Current failure count.
+    pub fn attempts(&self, key: &str) -> u32 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .map(|s| s.attempts)
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_per_object_and_reset() {
+        let t = RetryTracker::default();
+        let d1 = t.failed("a", true, "1-x");
+        let _d2 = t.failed("a", true, "1-x");
+        let d3 = t.failed("a", true, "1-x");
+        assert!(d1 <= TRANSIENT_BASE && d1 >= TRANSIENT_BASE / 2);
+        assert!(d3 >= TRANSIENT_BASE * 2 && d3 <= TRANSIENT_BASE * 4, "{d3:?}");
+        assert_eq!(t.attempts("a"), 3);
+        assert_eq!(t.attempts("b"), 0);
+        assert!(t.blocked("a", "1-x").is_some(), "same version waits");
+        assert!(t.blocked("a", "2-y").is_none(), "a spec change does not wait");
+        assert!(t.remaining("a").is_some());
+        t.reset("a");
+        assert_eq!(t.attempts("a"), 0);
+        assert!(t.blocked("a", "1-x").is_none());
+        for _ in 0..30 {
+            assert!(t.failed("p", false, "m") <= BACKOFF_CAP);
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! The reconcilers' error type. Every variant has a `category()` used as the metric and event label,
+//! and says whether a retry may succeed on its own. Messages are one line and never carry a value
+//! (sync and provider errors are built from names and codes, never from response bodies).
+
+use keyferry_providers::ProviderError;
+use keyferry_sync::SyncError;
+
+use crate::stores::StoreAccessError;
+use crate::stores::build::BuildError;
+use crate::stores::credentials::CredentialError;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The sync pipeline failed (spec, template, fetch, shape).
+    #[error(transparent)]
+    Sync(Box<SyncError>),
+    /// A store could not be used.
+    #[error(transparent)]
+    Store(Box<StoreAccessError>),
+    /// The ExternalSecret's target section is inconsistent (checked before any vault call).
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// The target Secret is in a state we must not change (Merge target missing, immutable Secret
+    /// with other data, a foreign Secret of the same name).
+    #[error("{message}")]
+    Target {
+        /// The Ready reason to show.
+        reason: &'static str,
+        /// One line, naming the Secret.
+        message: String,
+    },
+    /// A store's credentials could not be read.
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    /// A store's client could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A store's vault refused or failed the validation call.
+    #[error("validating {store}: {source}")]
+    Validate {
+        /// The store.
+        store: String,
+        /// The provider's answer.
+        source: ProviderError,
+    },
+    /// A Kubernetes API call failed.
+    #[error("{action}: {reason}")]
+    Kube {
+        /// What we were doing, e.g. `applying Secret team/db`.
+        action: String,
+        /// The API's error, one line.
+        reason: String,
+    },
+}
+
+impl From<SyncError> for ReconcileError {
+    fn from(e: SyncError) -> Self {
+        ReconcileError::Sync(Box::new(e))
+    }
+}
+
+impl From<StoreAccessError> for ReconcileError {
+    fn from(e: StoreAccessError) -> Self {
+        ReconcileError::Store(Box::new(e))
+    }
+}
+
+impl ReconcileError {
+    /// A short, stable label for metrics and events.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Sync(e) => e.category(),
+            ReconcileError::Store(e) => e.category(),
+            ReconcileError::InvalidTarget(_) => "invalid_spec",
+            ReconcileError::Target { .. } => "target_conflict",
+            ReconcileError::Credentials(e) => e.category(),
+            ReconcileError::Build(e) => e.category(),
+            ReconcileError::Validate { source, .. } => source.category(),
+            ReconcileError::Kube { .. } => "kube",
+        }
+    }
+
+    /// Whether retrying later may succeed without anyone changing anything. Permanent errors still
+    /// retry, but from a longer base delay.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReconcileError::Sync(e) => e.is_transient(),
+            ReconcileError::Store(e) => e.is_transient(),
+            ReconcileError::Credentials(e) => e.is_transient(),
+            ReconcileError::Validate { source, .. } => source.is_transient(),
+            ReconcileError::Kube { .. } => true,
+            ReconcileError::InvalidTarget(_) | ReconcileError::Target { .. } | ReconcileError::Build(_) => {
+                false
+            }
+        }
+    }
+
+    /// The ExternalSecret `Ready` reason this error shows as.
+    pub fn ready_reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Store(e) => e.reason(),
+            ReconcileError::Target { reason, .. } => reason,
+            _ => crate::conditions::es::SECRET_SYNCED_ERROR,
+        }
+    }
+
+    /// A Kubernetes API failure while doing `action`.
+    pub fn kube(action: impl Into<String>, e: &kube::Error) -> Self {
+        ReconcileError::Kube {
+            action: action.into(),
+            reason: kube_one_line(e),
+        }
+    }
+}
+
+/// A Kubernetes API error as one line: the status message for API errors, else the error's first
+/// line.
+pub fn kube_one_line(e: &kube::Error) -> String {
+    let text = match e {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    };
+    crate::conditions::one_line(text.lines().next().unwrap_or_default())
+}
+
+/// Whether an API error is a 404.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Whether an API error is a 409 conflict.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn categories_come_from_the_cause() {
+        let e = ReconcileError::Validate {
+            store: "SecretStore a/b".into(),
+            source: ProviderError::Forbidden {
+                store: "kv".into(),
+                identity: "client x".into(),
+                detail: "403".into(),
+            },
+        };
+        assert_eq!(e.category(), "forbidden");
+        assert!(!e.is_transient());
+        let t = ReconcileError::Validate {
+            store: "s".into(),
+            source: ProviderError::Unavailable {
+                store: "kv".into(),
+                detail: "503".into(),
+            },
+        };
+        assert!(t.is_transient());
+        assert_eq!(
+            ReconcileError::Target {
+                reason: "SecretMissing",
+                message: "x".into()
+            }
+            .category(),
+            "target_conflict"
+        );
+    }
+}

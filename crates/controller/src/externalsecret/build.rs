@@ -1,0 +1,516 @@
+//! Build (no client required): turn the desired Secret into the object to server-side apply, or
+//! decide that nothing must be written. Pure; every rule of creationPolicy, deletionPolicy,
+//! immutability and ownership lives here.
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use keyferry_api::external_secret::{CreationPolicy, DeletionPolicy};
+use keyferry_api::{ANNOTATION_DATA_HASH, ExternalSecret, FIELD_MANAGER};
+use keyferry_sync::DesiredSecret;
+use kube::ResourceExt;
+
+use super::dereference::TargetState;
+use super::validate::TargetSettings;
+use crate::conditions;
+
+/// What a write does, for events and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteAction {
+    /// The Secret is new.
+    Created,
+    /// The Secret existed and changes.
+    Updated,
+}
+
+/// What to do with the target Secret after a successful sync.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WritePlan {
+    /// Server-side apply `secret` as `field_manager`.
+    Apply {
+        /// The apply object (only the fields keyferry owns).
+        secret: Box<Secret>,
+        /// The SSA field manager.
+        field_manager: String,
+        /// Created or updated.
+        action: WriteAction,
+    },
+    /// The Secret already holds exactly this; no API call.
+    Unchanged,
+    /// `creationPolicy: None`: no Secret is written.
+    Skip,
+}
+
+/// Why the Secret must not be written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// The Ready reason to show.
+    pub reason: &'static str,
+    /// One line, naming the Secret.
+    pub message: String,
+}
+
+/// The SSA field manager: `keyferry` for Secrets keyferry writes whole; for `creationPolicy: Merge`,
+/// `keyferry:<ExternalSecret name>`, so that several ExternalSecrets merging into one Secret each own
+/// (and on change remove) only their own keys.
+pub fn field_manager(es: &ExternalSecret, creation: CreationPolicy) -> String {
+    match creation {
+        CreationPolicy::Merge => {
+            let m = format!("{FIELD_MANAGER}:{}", es.name_any());
+            m.chars().take(128).collect()
+        }
+        _ => FIELD_MANAGER.to_owned(),
+    }
+}
+
+/// The ownerReference that makes the ExternalSecret the Secret's controller (creationPolicy Owner).
+pub fn owner_reference(es: &ExternalSecret) -> OwnerReference {
+    OwnerReference {
+        api_version: format!("{}/{}", keyferry_api::GROUP, keyferry_api::VERSION_V1),
+        kind: "ExternalSecret".into(),
+        name: es.name_any(),
+        uid: es.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Decides how to write the desired Secret.
+pub fn plan_write(
+    es: &ExternalSecret,
+    target: &TargetSettings,
+    desired: &DesiredSecret,
+    current: &TargetState,
+) -> Result<WritePlan, Blocked> {
+    let secret_label = format!("Secret {}/{}", target.namespace, target.name);
+    let es_uid = es.uid().unwrap_or_default();
+    match target.creation {
+        CreationPolicy::None => return Ok(WritePlan::Skip),
+        CreationPolicy::Merge if !current.exists => {
+            return Err(Blocked {
+                reason: conditions::es::SECRET_MISSING,
+                message: format!(
+                    "{secret_label} does not exist; creationPolicy Merge only merges into an existing Secret"
+                ),
+            });
+        }
+        CreationPolicy::Merge => {
+            // Only our keys, labels and template metadata; never type, immutability, ownership or
+            // the whole-Secret hash annotation (other writers own the rest).
+            let mut annotations = desired.annotations.clone();
+            annotations.remove(ANNOTATION_DATA_HASH);
+            let mut secret = desired.to_secret(true);
+            secret.metadata.annotations = Some(annotations);
+            secret.type_ = None;
+            secret.immutable = None;
+            return Ok(WritePlan::Apply {
+                secret: Box::new(secret),
+                field_manager: field_manager(es, target.creation),
+                action: WriteAction::Updated,
+            });
+        }
+        CreationPolicy::Owner | CreationPolicy::Orphan => {}
+    }
+    if current.controller_uid.as_ref().is_some_and(|uid| *uid != es_uid) {
+        return Err(Blocked {
+            reason: conditions::es::SECRET_SYNCED_ERROR,
+            message: format!(
+                "{secret_label} is controlled by {}; keyferry does not take it over",
+                current
+                    .controller
+                    .clone()
+                    .unwrap_or_else(|| "another object".into())
+            ),
+        });
+    }
+    let same_data = current.exists && current.data_hash == desired.content_hash;
+    if current.exists && current.immutable && !same_data {
+        return Err(Blocked {
+            reason: conditions::es::SECRET_SYNCED_ERROR,
+            message: format!(
+                "{secret_label} is immutable and holds other data; delete it to let keyferry recreate it"
+            ),
+        });
+    }
+    let wants_owner = target.creation == CreationPolicy::Owner;
+    let owner_ok = !wants_owner || current.controller_uid.as_deref() == Some(es_uid.as_str());
+    let metadata_ok = desired
+        .labels
+        .iter()
+        .all(|(k, v)| current.labels.get(k) == Some(v))
+        && desired
+            .annotations
+            .iter()
+            .all(|(k, v)| current.annotations.get(k) == Some(v));
+    let immutable_ok = current.immutable == desired.immutable;
+    if same_data && owner_ok && metadata_ok && immutable_ok && current.type_ == desired.type_ {
+        return Ok(WritePlan::Unchanged);
+    }
+    let mut secret = desired.to_secret(true);
+    secret.metadata.namespace = Some(target.namespace.clone());
+    if wants_owner {
+        secret.metadata.owner_references = Some(vec![owner_reference(es)]);
+    }
+    Ok(WritePlan::Apply {
+        secret: Box::new(secret),
+        field_manager: field_manager(es, target.creation),
+        action: if current.exists {
+            WriteAction::Updated
+        } else {
+            WriteAction::Created
+        },
+    })
+}
+
+/// What to do when the remote secrets are confirmed gone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RemovalPlan {
+    /// `deletionPolicy: Retain` (or nothing keyferry may touch): keep the Secret as last synced.
+    Retain,
+    /// `deletionPolicy: Delete`: delete the Secret (only if keyferry manages it), guarded by its uid.
+    Delete {
+        /// The Secret's uid (delete precondition).
+        uid: String,
+    },
+    /// `deletionPolicy: Merge`: apply an empty object as our field manager, which removes exactly
+    /// the keys (and labels) keyferry wrote, leaving other writers' fields alone.
+    RemoveKeys {
+        /// The (empty) apply object.
+        secret: Box<Secret>,
+        /// The field manager whose fields are dropped.
+        field_manager: String,
+    },
+    /// There is no Secret.
+    Nothing,
+}
+
+/// Decides what `deletionPolicy` does with the target Secret.
+pub fn plan_removal(es: &ExternalSecret, target: &TargetSettings, current: &TargetState) -> RemovalPlan {
+    if !current.exists {
+        return RemovalPlan::Nothing;
+    }
+    let es_uid = es.uid().unwrap_or_default();
+    let foreign_controller = current.controller_uid.as_ref().is_some_and(|u| *u != es_uid);
+    match target.deletion {
+        DeletionPolicy::Retain => RemovalPlan::Retain,
+        DeletionPolicy::Delete if current.managed() && !foreign_controller => RemovalPlan::Delete {
+            uid: current.uid.clone().unwrap_or_default(),
+        },
+        DeletionPolicy::Delete => RemovalPlan::Retain,
+        DeletionPolicy::Merge => RemovalPlan::RemoveKeys {
+            secret: Box::new(Secret {
+                metadata: ObjectMeta {
+                    name: Some(target.name.clone()),
+                    namespace: Some(target.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                ..Secret::default()
+            }),
+            field_manager: field_manager(es, target.creation),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    use keyferry_api::LABEL_MANAGED;
+    use keyferry_api::external_secret::ExternalSecretSpec;
+    use keyferry_providers::SecretValue;
+
+    fn es() -> ExternalSecret {
+        let mut es = ExternalSecret::new("db", ExternalSecretSpec::default());
+        es.metadata.namespace = Some("team".into());
+        es.metadata.uid = Some("es-uid".into());
+        es
+    }
+
+    fn target(creation: CreationPolicy, deletion: DeletionPolicy) -> TargetSettings {
+        TargetSettings {
+            name: "db-secret".into(),
+            namespace: "team".into(),
+            creation,
+            deletion,
+            immutable: false,
+        }
+    }
+
+    fn desired(value: &str) -> DesiredSecret {
+        let data: BTreeMap<String, SecretValue> = [("password".to_owned(), SecretValue::from(value))].into();
+        let labels = [("app".to_owned(), "db".to_owned())].into();
+        DesiredSecret::new(
+            "db-secret".into(),
+            "team".into(),
+            "Opaque".into(),
+            data,
+            labels,
+            BTreeMap::new(),
+            false,
+        )
+    }
+
+    fn current_from(d: &DesiredSecret, controller: Option<&str>) -> TargetState {
+        TargetState {
+            exists: true,
+            uid: Some("sec-uid".into()),
+            resource_version: Some("1".into()),
+            labels: d.labels.clone(),
+            annotations: d.annotations.clone(),
+            type_: d.type_.clone(),
+            immutable: false,
+            data_hash: d.content_hash.clone(),
+            keys: d.data.keys().cloned().collect(),
+            controller_uid: controller.map(String::from),
+            controller: controller.map(|c| format!("ExternalSecret {c}")),
+        }
+    }
+
+    #[test]
+    fn owner_creates_with_a_controller_reference() {
+        let plan = plan_write(
+            &es(),
+            &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &desired("v1"),
+            &TargetState::default(),
+        );
+        let Ok(WritePlan::Apply {
+            secret,
+            field_manager,
+            action,
+        }) = plan
+        else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(action, WriteAction::Created);
+        assert_eq!(field_manager, "keyferry");
+        let owners = secret.metadata.owner_references.clone().unwrap_or_default();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].uid, "es-uid");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(owners[0].api_version, "external-secrets.io/v1");
+        let labels = secret.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(LABEL_MANAGED).map(String::as_str), Some("true"));
+        assert_eq!(labels.get("app").map(String::as_str), Some("db"));
+        assert!(secret.data.as_ref().is_some_and(|d| d.contains_key("password")));
+    }
+
+    #[test]
+    fn orphan_has_no_owner_and_unchanged_needs_no_call() {
+        let d = desired("v1");
+        let plan = plan_write(
+            &es(),
+            &target(CreationPolicy::Orphan, DeletionPolicy::Retain),
+            &d,
+            &TargetState::default(),
+        );
+        let Ok(WritePlan::Apply { secret, .. }) = plan else {
+            panic!("{plan:?}")
+        };
+        assert!(secret.metadata.owner_references.is_none());
+        let same = plan_write(
+            &es(),
+            &target(CreationPolicy::Orphan, DeletionPolicy::Retain),
+            &d,
+            &current_from(&d, None),
+        );
+        assert_eq!(same, Ok(WritePlan::Unchanged));
+        // Owner policy with the right owner is unchanged too; without it, the owner is added.
+        let owned = current_from(&d, Some("es-uid"));
+        assert_eq!(
+            plan_write(
+                &es(),
+                &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+                &d,
+                &owned
+            ),
+            Ok(WritePlan::Unchanged)
+        );
+        let unowned = current_from(&d, None);
+        let adopt = plan_write(
+            &es(),
+            &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &d,
+            &unowned,
+        );
+        assert!(matches!(
+            adopt,
+            Ok(WritePlan::Apply {
+                action: WriteAction::Updated,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn new_data_updates() {
+        let old = desired("v1");
+        let new = desired("v2");
+        let plan = plan_write(
+            &es(),
+            &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &new,
+            &current_from(&old, Some("es-uid")),
+        );
+        assert!(matches!(
+            plan,
+            Ok(WritePlan::Apply {
+                action: WriteAction::Updated,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn foreign_controllers_and_immutable_secrets_block() {
+        let d = desired("v2");
+        let foreign = current_from(&desired("v1"), Some("other-uid"));
+        let blocked = plan_write(
+            &es(),
+            &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &d,
+            &foreign,
+        );
+        assert!(
+            matches!(blocked, Err(Blocked { ref message, .. }) if message.contains("controlled by")),
+            "{blocked:?}"
+        );
+        let mut immutable = current_from(&desired("v1"), Some("es-uid"));
+        immutable.immutable = true;
+        let blocked = plan_write(
+            &es(),
+            &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &d,
+            &immutable,
+        );
+        assert!(
+            matches!(blocked, Err(Blocked { ref message, .. }) if message.contains("immutable")),
+            "{blocked:?}"
+        );
+    }
+
+    #[test]
+    fn merge_needs_an_existing_secret_and_applies_only_our_fields() {
+        let d = desired("v1");
+        let missing = plan_write(
+            &es(),
+            &target(CreationPolicy::Merge, DeletionPolicy::Retain),
+            &d,
+            &TargetState::default(),
+        );
+        assert!(matches!(
+            missing,
+            Err(Blocked {
+                reason: conditions::es::SECRET_MISSING,
+                ..
+            })
+        ));
+        let existing = TargetState {
+            exists: true,
+            type_: "kubernetes.io/tls".into(),
+            ..TargetState::default()
+        };
+        let plan = plan_write(
+            &es(),
+            &target(CreationPolicy::Merge, DeletionPolicy::Retain),
+            &d,
+            &existing,
+        );
+        let Ok(WritePlan::Apply {
+            secret,
+            field_manager,
+            ..
+        }) = plan
+        else {
+            panic!("{plan:?}")
+        };
+        assert_eq!(field_manager, "keyferry:db");
+        assert!(
+            secret.type_.is_none(),
+            "Merge must not set the type of someone else's Secret"
+        );
+        assert!(secret.metadata.owner_references.is_none());
+        assert!(
+            !secret
+                .metadata
+                .annotations
+                .clone()
+                .unwrap_or_default()
+                .contains_key(ANNOTATION_DATA_HASH)
+        );
+    }
+
+    #[test]
+    fn none_writes_nothing() {
+        let plan = plan_write(
+            &es(),
+            &target(CreationPolicy::None, DeletionPolicy::Retain),
+            &desired("v"),
+            &TargetState::default(),
+        );
+        assert_eq!(plan, Ok(WritePlan::Skip));
+    }
+
+    #[test]
+    fn removal_follows_deletion_policy() {
+        let d = desired("v1");
+        let cur = current_from(&d, Some("es-uid"));
+        assert_eq!(
+            plan_removal(
+                &es(),
+                &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+                &cur
+            ),
+            RemovalPlan::Retain
+        );
+        assert_eq!(
+            plan_removal(
+                &es(),
+                &target(CreationPolicy::Owner, DeletionPolicy::Delete),
+                &cur
+            ),
+            RemovalPlan::Delete {
+                uid: "sec-uid".into()
+            }
+        );
+        let foreign = current_from(&d, Some("other"));
+        assert_eq!(
+            plan_removal(
+                &es(),
+                &target(CreationPolicy::Owner, DeletionPolicy::Delete),
+                &foreign
+            ),
+            RemovalPlan::Retain
+        );
+        let unmanaged = TargetState {
+            labels: BTreeMap::new(),
+            ..cur.clone()
+        };
+        assert_eq!(
+            plan_removal(
+                &es(),
+                &target(CreationPolicy::Orphan, DeletionPolicy::Delete),
+                &unmanaged
+            ),
+            RemovalPlan::Retain
+        );
+        let merge = plan_removal(&es(), &target(CreationPolicy::Merge, DeletionPolicy::Merge), &cur);
+        let RemovalPlan::RemoveKeys {
+            secret,
+            field_manager,
+        } = merge
+        else {
+            panic!("{merge:?}")
+        };
+        assert_eq!(field_manager, "keyferry:db");
+        assert!(secret.data.is_none() && secret.metadata.labels.is_none());
+        assert_eq!(
+            plan_removal(
+                &es(),
+                &target(CreationPolicy::Owner, DeletionPolicy::Delete),
+                &TargetState::default()
+            ),
+            RemovalPlan::Nothing
+        );
+    }
+}

@@ -1,0 +1,479 @@
+//! The ExternalSecret reconciler: a short driver over
+//! validate → dereference → (schedule) → build → apply → status.
+//!
+//! | step | module | client? |
+//! |---|---|---|
+//! | validate: plan the sync, check the target | [`validate`] | no |
+//! | dereference: target Secret state, stores (isolation, flood gate) | [`dereference`], [`crate::stores::resolve`] | yes |
+//! | schedule: sync now or later (refreshInterval/Policy, jitter, force-sync) | [`crate::refresh`] | no |
+//! | build: fetch + shape through the resolved stores, then the apply object | [`build`] | vault only |
+//! | apply: server-side apply / deletionPolicy | [`apply`] | yes |
+//! | status: conditions, refreshTime, binding | [`status`] | no (written by [`apply`]) |
+//!
+//! A vault error never touches the Secret: only a confirmed "remote secret gone" does, under
+//! `deletionPolicy`.
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use keyferry_api::external_secret::{CreationPolicy, DeletionPolicy, StoreKind};
+use keyferry_api::{ClusterSecretStore, ExternalSecret, LABEL_MANAGED, SecretStore};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+
+use self::build::{RemovalPlan, WriteAction, WritePlan};
+use self::dereference::TargetState;
+use self::status::Outcome;
+use self::validate::Validated;
+use crate::conditions;
+use crate::context::Context;
+use crate::error::ReconcileError;
+use crate::refresh::{self, Decision, RefreshInputs};
+use crate::stores::StoreAccessError;
+
+/// The kind label for metrics.
+pub const KIND: &str = "ExternalSecret";
+
+/// Reconciles one ExternalSecret. Records metrics and per-object backoff; the outcome is in status.
+pub async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_inner(&es, &ctx).await;
+    let uid = es.uid().unwrap_or_default();
+    match &result {
+        Ok(_) => ctx.retries().reset(&uid),
+        Err(e) => {
+            ctx.retries()
+                .failed(&uid, e.is_transient(), &validate::meta_version(&es));
+            tracing::warn!(
+                namespace = %es.namespace().unwrap_or_default(),
+                name = %es.name_any(),
+                category = e.category(),
+                error = %e,
+                "ExternalSecret sync failed"
+            );
+        }
+    }
+    ctx.metrics.reconciled(
+        KIND,
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::category),
+    );
+    result
+}
+
+/// Retries a failed ExternalSecret after its per-object, jittered exponential backoff.
+pub fn error_policy(es: Arc<ExternalSecret>, _err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let uid = es.uid().unwrap_or_default();
+    Action::requeue(
+        ctx.retries()
+            .remaining(&uid)
+            .unwrap_or(crate::context::TRANSIENT_BASE)
+            .max(Duration::from_millis(100)),
+    )
+}
+
+async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, ReconcileError> {
+    let uid = es.uid().unwrap_or_default();
+    if es.meta().deletion_timestamp.is_some() {
+        // Owner Secrets go with the ExternalSecret (garbage collection); others stay.
+        ctx.forget(&uid);
+        return Ok(Action::await_change());
+    }
+    let first_seen = ctx.first_seen(&uid);
+    let meta = validate::meta_version(es);
+
+    // validate (no client required)
+    let validated = match validate::validate(es) {
+        Ok(v) => v,
+        Err(e) => return fail(ctx, es, &meta, e).await,
+    };
+    if let Some(wait) = ctx.retries().blocked(&uid, &validated.meta_version) {
+        // A recent failure of this very version: wait for the backoff, do not hammer the vault.
+        return Ok(Action::requeue(wait));
+    }
+
+    // dereference: the target Secret (client required)
+    let target = &validated.target;
+    let current = dereference::observe_target(ctx, &target.namespace, &target.name).await?;
+
+    // schedule (no client required)
+    let reason = match schedule(es, &validated, &current, first_seen) {
+        Decision::SyncNow(reason) => reason,
+        Decision::WaitFor(d) => return Ok(Action::requeue(d)),
+        Decision::AwaitChange => return Ok(Action::await_change()),
+    };
+    tracing::debug!(namespace = %target.namespace, name = %es.name_any(), reason = reason.as_str(), "syncing");
+
+    // dereference: stores, with isolation and the flood gate — no vault call before this passes
+    let stores = match crate::stores::resolve::resolve_for(ctx, &target.namespace, &validated.stores).await {
+        Ok(s) => s,
+        Err(StoreAccessError::OtherClass { .. }) => return Ok(Action::await_change()),
+        Err(e) => return fail(ctx, es, &meta, e.into()).await,
+    };
+
+    // build: read the vault and shape the desired Secret
+    let t = Instant::now();
+    let synced = match keyferry_sync::fetch(&validated.plan, &stores).await {
+        Ok(fetched) => keyferry_sync::shape(es, &validated.plan, &fetched),
+        Err(e) => Err(e),
+    };
+    ctx.metrics.synced(reason.as_str(), t.elapsed());
+    let desired = match synced {
+        Ok(d) => d,
+        Err(e) if e.remote_missing() && target.deletion != DeletionPolicy::Retain => {
+            return remove(ctx, es, &validated, &current).await;
+        }
+        Err(e) => {
+            if e.category() == "forbidden" {
+                // Credentials may have rotated: re-read them on the next attempt.
+                for s in stores.stores() {
+                    ctx.clients.invalidate(&s.key());
+                }
+            }
+            return fail(ctx, es, &meta, e.into()).await;
+        }
+    };
+
+    // build: the apply object (no client required)
+    let plan = match build::plan_write(es, target, &desired, &current) {
+        Ok(p) => p,
+        Err(blocked) => {
+            let e = ReconcileError::Target {
+                reason: blocked.reason,
+                message: blocked.message,
+            };
+            return fail(ctx, es, &meta, e).await;
+        }
+    };
+
+    // apply (client required)
+    let written = match plan {
+        WritePlan::Apply {
+            secret,
+            field_manager,
+            action,
+        } => {
+            let changed =
+                apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref())
+                    .await?;
+            changed.then_some(action)
+        }
+        WritePlan::Unchanged | WritePlan::Skip => None,
+    };
+    let secret_name = (target.creation != CreationPolicy::None).then(|| target.name.clone());
+    let outcome = Outcome::Synced {
+        secret: secret_name,
+        keys: desired.data.len(),
+        missing: desired.missing.clone(),
+    };
+    let next = status::next_status(
+        es.status.as_ref(),
+        es.meta().generation,
+        &validated.meta_version,
+        &outcome,
+        &conditions::now_rfc3339(),
+    );
+    apply::write_status(ctx, es, &next).await?;
+    match written {
+        Some(action) => {
+            let (reason, verb) = match action {
+                WriteAction::Created => ("Created", "created"),
+                WriteAction::Updated => ("Updated", "updated"),
+            };
+            ctx.metrics.secret_write(verb);
+            let note = format!("Secret {} {verb} ({} keys)", target.name, desired.data.len());
+            ctx.publish(&es.object_ref(&()), EventType::Normal, reason, "Sync", note)
+                .await;
+        }
+        None => ctx.metrics.secret_write("unchanged"),
+    }
+    let jitter_seed = refresh::jitter_seed(&uid, next.refresh_time.as_deref().unwrap_or_default());
+    Ok(
+        match refresh::next_after_sync(validated.refresh_policy, validated.refresh_interval, jitter_seed) {
+            Some(d) => Action::requeue(d),
+            None => Action::await_change(),
+        },
+    )
+}
+
+/// Builds the scheduler's inputs from the object, its status and its Secret.
+fn schedule(es: &ExternalSecret, v: &Validated, current: &TargetState, first_seen: bool) -> Decision {
+    let status = es.status.as_ref();
+    let writes_whole = matches!(v.target.creation, CreationPolicy::Owner | CreationPolicy::Orphan);
+    let refresh_time = status.and_then(|s| s.refresh_time.clone()).unwrap_or_default();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    refresh::decide(&RefreshInputs {
+        policy: v.refresh_policy,
+        interval: v.refresh_interval,
+        synced_before: status.and_then(|s| s.synced_resource_version.as_ref()).is_some(),
+        spec_changed: status.and_then(|s| s.synced_resource_version.as_deref())
+            != Some(v.meta_version.as_str()),
+        secret_missing: writes_whole && !current.exists && !status::deleted_by_policy(status),
+        secret_drifted: writes_whole && current.drifted(),
+        since_last_refresh: conditions::elapsed_since(&refresh_time, now),
+        jitter_seed: refresh::jitter_seed(&es.uid().unwrap_or_default(), &refresh_time),
+        first_seen,
+        initial_offset_random: rand::random::<f64>(),
+    })
+}
+
+/// Applies `deletionPolicy` after every remote secret was confirmed gone.
+async fn remove(
+    ctx: &Context,
+    es: &ExternalSecret,
+    v: &Validated,
+    current: &TargetState,
+) -> Result<Action, ReconcileError> {
+    let target = &v.target;
+    match build::plan_removal(es, target, current) {
+        RemovalPlan::Delete { uid } => {
+            apply::delete_secret(ctx, &target.namespace, &target.name, &uid).await?;
+            ctx.metrics.secret_write("deleted");
+            let note = format!(
+                "every remote secret is gone; deleted Secret {} (deletionPolicy Delete)",
+                target.name
+            );
+            ctx.publish(&es.object_ref(&()), EventType::Normal, "Deleted", "Sync", note)
+                .await;
+        }
+        RemovalPlan::RemoveKeys {
+            secret,
+            field_manager,
+        } => {
+            apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref()).await?;
+            ctx.metrics.secret_write("keys_removed");
+            let note = format!(
+                "every remote secret is gone; removed keyferry's keys from Secret {} (deletionPolicy Merge)",
+                target.name
+            );
+            ctx.publish(&es.object_ref(&()), EventType::Normal, "Deleted", "Sync", note)
+                .await;
+        }
+        RemovalPlan::Retain | RemovalPlan::Nothing => {}
+    }
+    let outcome = Outcome::Removed {
+        secret: target.name.clone(),
+        policy: target.deletion,
+    };
+    let next = status::next_status(
+        es.status.as_ref(),
+        es.meta().generation,
+        &v.meta_version,
+        &outcome,
+        &conditions::now_rfc3339(),
+    );
+    apply::write_status(ctx, es, &next).await?;
+    let seed = refresh::jitter_seed(
+        &es.uid().unwrap_or_default(),
+        next.refresh_time.as_deref().unwrap_or_default(),
+    );
+    Ok(
+        match refresh::next_after_sync(v.refresh_policy, v.refresh_interval, seed) {
+            Some(d) => Action::requeue(d),
+            None => Action::await_change(),
+        },
+    )
+}
+
+/// Records a failure in status (Secret untouched), emits a Warning event when the status changed,
+/// and returns the error so `error_policy` backs off.
+async fn fail(
+    ctx: &Context,
+    es: &ExternalSecret,
+    meta: &str,
+    err: ReconcileError,
+) -> Result<Action, ReconcileError> {
+    let outcome = Outcome::Failed {
+        reason: err.ready_reason(),
+        message: err.to_string(),
+        secret: es.target_secret_name(),
+    };
+    let next = status::next_status(
+        es.status.as_ref(),
+        es.meta().generation,
+        meta,
+        &outcome,
+        &conditions::now_rfc3339(),
+    );
+    let changed = apply::write_status(ctx, es, &next).await?;
+    if changed {
+        ctx.publish(
+            &es.object_ref(&()),
+            EventType::Warning,
+            "UpdateFailed",
+            "Sync",
+            err.to_string(),
+        )
+        .await;
+    }
+    Err(err)
+}
+
+/// ExternalSecrets that write a given Secret (same namespace, `spec.target.name`).
+pub fn external_secrets_for_secret(
+    store: &Store<ExternalSecret>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<ExternalSecret>> {
+    store
+        .state()
+        .iter()
+        .filter(|es| es.namespace().as_deref() == Some(namespace) && es.target_secret_name() == name)
+        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .collect()
+}
+
+/// ExternalSecrets that use a store.
+pub fn external_secrets_for_store(
+    store: &Store<ExternalSecret>,
+    kind: StoreKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<ExternalSecret>> {
+    store
+        .state()
+        .iter()
+        .filter(|es| kind == StoreKind::ClusterSecretStore || es.namespace().as_deref() == namespace)
+        .filter(|es| uses_store(es, kind, name))
+        .map(|es| ObjectRef::from_obj(es.as_ref()))
+        .collect()
+}
+
+/// Whether an ExternalSecret references a store anywhere in its spec.
+pub fn uses_store(es: &ExternalSecret, kind: StoreKind, name: &str) -> bool {
+    let spec = &es.spec;
+    let matches =
+        |r: &keyferry_api::external_secret::SecretStoreRef| r.kind_or_default() == kind && r.name == name;
+    spec.secret_store_ref.as_ref().is_some_and(matches)
+        || spec
+            .data
+            .iter()
+            .filter_map(|d| d.source_ref.as_ref()?.store_ref.as_ref())
+            .any(matches)
+        || spec
+            .data_from
+            .iter()
+            .filter_map(|d| d.source_ref.as_ref()?.store_ref.as_ref())
+            .any(matches)
+}
+
+/// Options of the ExternalSecret controller.
+pub struct ControllerOptions {
+    /// Restrict to one namespace.
+    pub namespace: Option<String>,
+    /// Label selector for ExternalSecrets.
+    pub label_selector: Option<String>,
+    /// Concurrent reconciles.
+    pub concurrency: u16,
+    /// Also watch ClusterSecretStores (to requeue their ExternalSecrets).
+    pub cluster_stores: bool,
+}
+
+/// Runs the ExternalSecret controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    opts: ControllerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let (es_api, secret_api, ss_api): (Api<ExternalSecret>, Api<Secret>, Api<SecretStore>) =
+        match &opts.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let mut es_cfg = watcher::Config::default().any_semantic();
+    if let Some(sel) = &opts.label_selector {
+        es_cfg = es_cfg.labels(sel);
+    }
+    // Only Secrets carrying keyferry's managed label are watched — never every Secret.
+    let secret_cfg = watcher::Config::default()
+        .labels(&format!("{LABEL_MANAGED}=true"))
+        .any_semantic();
+    let controller = Controller::new(es_api, es_cfg)
+        .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)));
+    let reader = controller.store();
+    let by_secret = reader.clone();
+    let by_store = reader.clone();
+    let mut controller = controller
+        .watches(secret_api, secret_cfg, move |s: Secret| {
+            external_secrets_for_secret(&by_secret, &s.namespace().unwrap_or_default(), &s.name_any())
+        })
+        .watches(
+            ss_api,
+            watcher::Config::default().any_semantic(),
+            move |s: SecretStore| {
+                external_secrets_for_store(
+                    &by_store,
+                    StoreKind::SecretStore,
+                    s.namespace().as_deref(),
+                    &s.name_any(),
+                )
+            },
+        );
+    if opts.cluster_stores {
+        let by_css = reader.clone();
+        controller = controller.watches(
+            Api::<ClusterSecretStore>::all(client),
+            watcher::Config::default().any_semantic(),
+            move |s: ClusterSecretStore| {
+                external_secrets_for_store(&by_css, StoreKind::ClusterSecretStore, None, &s.name_any())
+            },
+        );
+    }
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "ExternalSecret controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn es(yaml: &str) -> ExternalSecret {
+        serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn store_references_are_found_everywhere() {
+        let e = es(r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: a, namespace: team}
+spec:
+  secretStoreRef: {name: main}
+  data:
+    - secretKey: k
+      remoteRef: {key: r}
+      sourceRef: {storeRef: {name: shared, kind: ClusterSecretStore}}
+"#);
+        assert!(uses_store(&e, StoreKind::SecretStore, "main"));
+        assert!(uses_store(&e, StoreKind::ClusterSecretStore, "shared"));
+        assert!(!uses_store(&e, StoreKind::ClusterSecretStore, "main"));
+        assert!(!uses_store(&e, StoreKind::SecretStore, "shared"));
+    }
+}

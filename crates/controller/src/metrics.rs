@@ -1,0 +1,330 @@
+//! Prometheus metrics. Labels are kinds, categories and vault hosts — never object data, never values.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `keyferry_reconcile_total` | counter | `kind`, `result` (`success`, `error`) |
+//! | `keyferry_reconcile_errors_total` | counter | `kind`, `category` |
+//! | `keyferry_reconcile_duration_seconds` | histogram | `kind` |
+//! | `keyferry_sync_total` | counter | `reason` (why a vault read ran: `spec_changed`, `periodic`, …) |
+//! | `keyferry_sync_duration_seconds` | histogram | — (time to read and shape one ExternalSecret) |
+//! | `keyferry_secret_writes_total` | counter | `action` (`created`, `updated`, `unchanged`, `deleted`) |
+//! | `keyferry_vault_requests_total` | counter | `vault`, `operation`, `status` (`ok` or an error category) |
+//! | `keyferry_vault_request_duration_seconds` | histogram | `operation` |
+//! | `keyferry_provider_clients` | gauge | — (long-lived vault clients held) |
+//! | `keyferry_provider_client_builds_total` | counter | `provider` |
+//! | `keyferry_leader` | gauge | — (1 while this replica holds the Lease) |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `kind` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The reconciled kind, e.g. `ExternalSecret`.
+    pub kind: String,
+}
+
+/// `kind` + `result` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// The reconciled kind.
+    pub kind: String,
+    /// `success` or `error`.
+    pub result: String,
+}
+
+/// `kind` + `category` labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The reconciled kind.
+    pub kind: String,
+    /// The error's `category()`.
+    pub category: String,
+}
+
+/// One-label set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: String,
+}
+
+/// Secret write labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// What happened to the Secret.
+    pub action: String,
+}
+
+/// Vault request labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultLabels {
+    /// The vault (host of the vault URL, or `fake:<store>`).
+    pub vault: String,
+    /// The provider operation, e.g. `get_secret`.
+    pub operation: String,
+    /// `ok` or the error category.
+    pub status: String,
+}
+
+/// Operation label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// The provider operation.
+    pub operation: String,
+}
+
+/// Provider label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// `azurekv` or `fake`.
+    pub provider: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// All of keyferry's metrics, registered in one registry.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: HistogramFamily<KindLabels>,
+    syncs: Family<ReasonLabels, Counter>,
+    sync_duration: Histogram,
+    secret_writes: Family<ActionLabels, Counter>,
+    vault_requests: Family<VaultLabels, Counter>,
+    vault_duration: HistogramFamily<OperationLabels>,
+    provider_clients: Gauge,
+    provider_builds: Family<ProviderLabels, Counter>,
+    leader: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("keyferry");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let reconcile_duration: HistogramFamily<KindLabels> = Family::new_with_constructor(latency_histogram);
+        let syncs = Family::<ReasonLabels, Counter>::default();
+        let sync_duration = latency_histogram();
+        let secret_writes = Family::<ActionLabels, Counter>::default();
+        let vault_requests = Family::<VaultLabels, Counter>::default();
+        let vault_duration: HistogramFamily<OperationLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let provider_clients = Gauge::default();
+        let provider_builds = Family::<ProviderLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register("reconcile", "Reconciles by kind and result", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind and error category",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile latency by kind",
+            reconcile_duration.clone(),
+        );
+        registry.register("sync", "Vault syncs of ExternalSecrets by trigger", syncs.clone());
+        registry.register(
+            "sync_duration_seconds",
+            "Time to read and shape one ExternalSecret",
+            sync_duration.clone(),
+        );
+        registry.register(
+            "secret_writes",
+            "Writes to target Secrets by action",
+            secret_writes.clone(),
+        );
+        registry.register(
+            "vault_requests",
+            "Requests to vaults by vault, operation and status",
+            vault_requests.clone(),
+        );
+        registry.register(
+            "vault_request_duration_seconds",
+            "Vault request latency by operation",
+            vault_duration.clone(),
+        );
+        registry.register(
+            "provider_clients",
+            "Long-lived vault clients held (one per store identity)",
+            provider_clients.clone(),
+        );
+        registry.register(
+            "provider_client_builds",
+            "Vault clients built, by provider",
+            provider_builds.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            syncs,
+            sync_duration,
+            secret_writes,
+            vault_requests,
+            vault_duration,
+            provider_clients,
+            provider_builds,
+            leader,
+        }
+    }
+
+    /// Records one reconcile.
+    pub fn reconciled(&self, kind: &str, elapsed: Duration, error_category: Option<&str>) {
+        let result = if error_category.is_some() {
+            "error"
+        } else {
+            "success"
+        };
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                kind: kind.into(),
+                result: result.into(),
+            })
+            .inc();
+        if let Some(category) = error_category {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    kind: kind.into(),
+                    category: category.into(),
+                })
+                .inc();
+        }
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one vault sync of an ExternalSecret.
+    pub fn synced(&self, reason: &str, elapsed: Duration) {
+        self.syncs
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+        self.sync_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a write (or a no-op) on a target Secret.
+    pub fn secret_write(&self, action: &str) {
+        self.secret_writes
+            .get_or_create(&ActionLabels {
+                action: action.into(),
+            })
+            .inc();
+    }
+
+    /// Records one vault request.
+    pub fn vault_request(&self, vault: &str, operation: &str, status: &str, elapsed: Duration) {
+        self.vault_requests
+            .get_or_create(&VaultLabels {
+                vault: vault.into(),
+                operation: operation.into(),
+                status: status.into(),
+            })
+            .inc();
+        self.vault_duration
+            .get_or_create(&OperationLabels {
+                operation: operation.into(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the number of cached provider clients.
+    pub fn set_provider_clients(&self, n: usize) {
+        self.provider_clients.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records a provider client build.
+    pub fn provider_built(&self, provider: &str) {
+        self.provider_builds
+            .get_or_create(&ProviderLabels {
+                provider: provider.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the leader gauge.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_show_up() {
+        let m = Metrics::new();
+        m.reconciled("ExternalSecret", Duration::from_millis(5), None);
+        m.reconciled("ExternalSecret", Duration::from_millis(5), Some("forbidden"));
+        m.vault_request(
+            "kv-a.vault.azure.net",
+            "get_secret",
+            "ok",
+            Duration::from_millis(3),
+        );
+        m.synced("periodic", Duration::from_millis(7));
+        m.secret_write("created");
+        m.set_leader(true);
+        let text = m.encode();
+        for needle in [
+            "keyferry_reconcile_total{kind=\"ExternalSecret\",result=\"success\"} 1",
+            "keyferry_reconcile_errors_total{kind=\"ExternalSecret\",category=\"forbidden\"} 1",
+            "keyferry_vault_requests_total{vault=\"kv-a.vault.azure.net\",operation=\"get_secret\",status=\"ok\"} 1",
+            "keyferry_sync_total{reason=\"periodic\"} 1",
+            "keyferry_secret_writes_total{action=\"created\"} 1",
+            "keyferry_leader 1",
+            "keyferry_sync_duration_seconds_bucket",
+            "keyferry_reconcile_duration_seconds_count{kind=\"ExternalSecret\"} 2",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}
