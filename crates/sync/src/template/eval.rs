@@ -302,7 +302,16 @@ impl<'a> Eval<'a> {
                 .map(|(i, v)| (Value::Int(i as i64), v))
                 .collect(),
             Value::Map(m) => m.into_iter().map(|(k, v)| (Value::Str(k), v)).collect(),
-            Value::Int(n) if n >= 0 => (0..n).map(|i| (Value::Int(i), Value::Int(i))).collect(),
+            Value::Int(n) if n >= 0 => {
+                // Bound before allocating: each iteration is a step anyway.
+                if n.unsigned_abs() > MAX_STEPS {
+                    return Err(err(
+                        pipe.pos,
+                        format!("template runs more than {MAX_STEPS} steps"),
+                    ));
+                }
+                (0..n).map(|i| (Value::Int(i), Value::Int(i))).collect()
+            }
             Value::Nil => Vec::new(),
             other => {
                 return Err(err(

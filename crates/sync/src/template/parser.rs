@@ -7,6 +7,8 @@ use super::{Pos, TemplateError};
 
 /// Parenthesis nesting limit: keeps recursion (and the stack) bounded on hostile input.
 const MAX_DEPTH: usize = 64;
+/// Block nesting limit (`if`/`with`/`range`, and each `else if` link), for the same reason.
+const MAX_BLOCK_DEPTH: usize = 100;
 
 /// A node of the tree.
 #[derive(Clone, Debug)]
@@ -102,6 +104,8 @@ struct Parser {
     /// Variables in scope (for "undefined variable" at parse time, as in Go).
     vars: Vec<String>,
     range_depth: usize,
+    /// Nesting of `if`/`with`/`range` blocks, bounded like parentheses.
+    block_depth: usize,
 }
 
 /// Parses a template into its tree.
@@ -111,6 +115,7 @@ pub(crate) fn parse(src: &str) -> Result<Vec<Node>, TemplateError> {
         items: items.into_iter(),
         vars: vec![String::new()],
         range_depth: 0,
+        block_depth: 0,
     };
     let (nodes, stop) = p.list()?;
     match stop {
@@ -144,8 +149,19 @@ impl Parser {
                     return Ok((nodes, Stop::End(pos)));
                 }
                 "else" => return Ok((nodes, Stop::Else(pos, tokens[1..].to_vec()))),
-                "if" | "with" => nodes.push(self.conditional(keyword, pos, &tokens[1..])?),
-                "range" => nodes.push(self.range(pos, &tokens[1..])?),
+                "if" | "with" | "range" => {
+                    self.block_depth += 1;
+                    if self.block_depth > MAX_BLOCK_DEPTH {
+                        return Err(err(pos, "blocks nested too deeply"));
+                    }
+                    let node = if keyword == "range" {
+                        self.range(pos, &tokens[1..])?
+                    } else {
+                        self.conditional(keyword, pos, &tokens[1..])?
+                    };
+                    self.block_depth -= 1;
+                    nodes.push(node);
+                }
                 "break" | "continue" => {
                     expect_empty(&tokens[1..], keyword)?;
                     if self.range_depth == 0 {
@@ -204,7 +220,13 @@ impl Parser {
                     // `else if …` / `else with …`: a nested conditional that shares our {{end}}.
                     Some(Tok::Ident(w)) if w == "if" || w == "with" => {
                         let w = w.clone();
-                        vec![self.conditional(&w, epos, &rest[1..])?]
+                        self.block_depth += 1;
+                        if self.block_depth > MAX_BLOCK_DEPTH {
+                            return Err(err(epos, "blocks nested too deeply"));
+                        }
+                        let nested = self.conditional(&w, epos, &rest[1..])?;
+                        self.block_depth -= 1;
+                        vec![nested]
                     }
                     Some(_) => return Err(err(epos, "expected {{else}}, {{else if …}} or {{else with …}}")),
                 }

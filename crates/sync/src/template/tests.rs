@@ -262,6 +262,14 @@ fn resource_bounds() {
         "{{ replace \"\" \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\" (printf \"%1000s\" \"\" | replace \" \" \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\") }}",
     );
     assert!(e.ends_with("replace: result exceeds 1048576 bytes"), "{e}");
+    let e = fails("{{ range 99999999999 }}{{ end }}");
+    assert!(e.ends_with("template runs more than 1000000 steps"), "{e}");
+    assert_eq!(
+        fails(&"{{ if 1 }}".repeat(200)),
+        "1:1001: blocks nested too deeply"
+    );
+    let chain = format!("{{{{ if 0 }}}}{}{{{{ end }}}}", "{{ else if 0 }}".repeat(200));
+    assert!(fails(&chain).ends_with("blocks nested too deeply"));
     let deep = format!("{{{{ {}1{} }}}}", "(".repeat(200), ")".repeat(200));
     assert_eq!(fails(&deep), "1:68: parentheses nested too deeply");
 }
