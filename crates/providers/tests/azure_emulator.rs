@@ -253,6 +253,75 @@ async fn workload_identity_assertion_callback() {
     assert!(p.identity().contains("team-a/keyferry"), "{}", p.identity());
 }
 
+/// Managed identity reads `IDENTITY_ENDPOINT`/`IDENTITY_HEADER` from the process environment, which
+/// a test may not change (`set_var` is unsafe, and unsafe code is forbidden here). So this test
+/// starts the emulator and re-runs this test binary as a child with those variables set; the
+/// child ([`managed_identity_child`]) reads a secret through a managed-identity provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_app_service_flow() {
+    let emu = emulator(EmulatorConfig::default()).await;
+    emu.set_secret("a", "mi-ok").expect("seed");
+    let exe = std::env::current_exe().expect("test binary");
+    let child = tokio::process::Command::new(exe)
+        .args(["--exact", "managed_identity_child", "--nocapture"])
+        .env("KEYFERRY_MI_CHILD", "1")
+        .env("IDENTITY_ENDPOINT", emu.identity_endpoint())
+        .env("IDENTITY_HEADER", emu.identity_header())
+        .env("MI_VAULT_URL", emu.vault_url())
+        .env("MI_CA_PEM", emu.ca_pem())
+        .env("MI_AUTHORITY", emu.authority_host())
+        .output()
+        .await
+        .expect("run child");
+    let out = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && out.contains("MI-CHILD-OK"),
+        "child failed:\n{out}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert_eq!(
+        emu.counters().requests(Operation::ManagedIdentity),
+        1,
+        "one managed-identity token"
+    );
+}
+
+/// The child half of [`managed_identity_app_service_flow`]; a no-op unless run by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_identity_child() {
+    if std::env::var_os("KEYFERRY_MI_CHILD").is_none() {
+        return;
+    }
+    let var = |k: &str| std::env::var(k).expect(k);
+    let spec = AzureKvProvider {
+        vault_url: var("MI_VAULT_URL"),
+        auth_type: Some(AzureAuthType::ManagedIdentity),
+        ..AzureKvProvider::default()
+    };
+    let opts = ConnectOptions {
+        authority_host: Some(var("MI_AUTHORITY")),
+        retry: RetryConfig::none(),
+        budget: BudgetConfig::unlimited(),
+        ..ConnectOptions::default()
+    }
+    .with_ca_pem(var("MI_CA_PEM"));
+    let p = AzureProvider::new(
+        &spec,
+        AzureCredentials::ManagedIdentity { client_id: None },
+        &opts,
+    )
+    .expect("provider");
+    assert_eq!(p.identity(), "managed identity");
+    for _ in 0..2 {
+        let got = p
+            .get_secret(&remote("a"))
+            .await
+            .expect("get via managed identity");
+        assert_eq!(got.value.expose(), b"mi-ok");
+    }
+    println!("MI-CHILD-OK");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_must_fit_the_auth_type() {
     let emu = emulator(EmulatorConfig::default()).await;

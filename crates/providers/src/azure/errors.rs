@@ -78,11 +78,15 @@ pub(crate) fn map_status(
 ) -> ProviderError {
     let store = ctx.store.to_owned();
     let key = ctx.key.unwrap_or("(vault)").to_owned();
+    // Without an error code the SDK fills in the status ("502"); that says nothing new.
+    let code = code.filter(|c| !c.is_empty() && !c.bytes().all(|b| b.is_ascii_digit()));
+    let n = u16::from(status);
+    // "403 Forbidden/ForbiddenByRbac", or "HTTP 502" when the server gave no code.
     let codes = match (code, inner) {
-        (Some(c), Some(i)) => format!("{c}/{i}"),
-        (Some(c), None) => c.to_owned(),
-        (None, Some(i)) => i.to_owned(),
-        (None, None) => format!("HTTP {}", u16::from(status)),
+        (Some(c), Some(i)) => format!("{n} {c}/{i}"),
+        (Some(c), None) => format!("{n} {c}"),
+        (None, Some(i)) => format!("{n} {i}"),
+        (None, None) => format!("HTTP {n}"),
     };
     match u16::from(status) {
         404 => ProviderError::NotFound { key, store },
@@ -93,13 +97,13 @@ pub(crate) fn map_status(
             store,
             identity: ctx.identity.to_owned(),
             detail: format!(
-                "401 {codes}: the vault did not accept the access token (wrong tenant, audience or expired)"
+                "{codes}: the vault did not accept the access token (wrong tenant, audience or expired)"
             ),
         },
         403 => ProviderError::Forbidden {
             store,
             identity: ctx.identity.to_owned(),
-            detail: format!("403 {codes}: not authorized (RBAC role, access policy or vault firewall)"),
+            detail: format!("{codes}: not authorized (RBAC role, access policy or vault firewall)"),
         },
         429 => ProviderError::Throttled {
             store,
@@ -117,17 +121,14 @@ pub(crate) fn map_status(
             },
         },
         413 => ProviderError::Invalid {
-            detail: format!("{store}: value of {key} is too large (413 {codes})"),
+            detail: format!("{store}: value of {key} is too large ({codes})"),
         },
         400 => ProviderError::Invalid {
-            detail: format!("{store}: request for {key} was rejected (400 {codes})"),
+            detail: format!("{store}: request for {key} was rejected ({codes})"),
         },
-        408 | 500..=599 => ProviderError::Unavailable {
-            store,
-            detail: format!("HTTP {} {codes}", u16::from(status)),
-        },
-        other => ProviderError::Invalid {
-            detail: format!("{store}: unexpected HTTP {other} ({codes}) for {key}"),
+        408 | 500..=599 => ProviderError::Unavailable { store, detail: codes },
+        _ => ProviderError::Invalid {
+            detail: format!("{store}: unexpected answer ({codes}) for {key}"),
         },
     }
 }
