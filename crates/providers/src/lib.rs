@@ -11,12 +11,14 @@ use async_trait::async_trait;
 use keyferry_api::external_secret::{FindRef, RemoteRef};
 
 pub mod azure;
+pub mod cache;
 pub mod conformance;
 pub mod error;
 pub mod fake;
 pub mod seed;
 pub mod value;
 
+pub use cache::{CacheStats, CachedClient};
 pub use error::ProviderError;
 pub use fake::FakeStore;
 pub use value::SecretValue;
@@ -185,7 +187,10 @@ pub fn compile_find_regexp(find: &FindRef) -> Result<Option<regex::Regex>, Provi
         .as_ref()
         .map(|n| {
             regex::Regex::new(&n.regexp).map_err(|e| ProviderError::Invalid {
-                detail: format!("find.name.regexp {:?} is not a valid regular expression: {e}", n.regexp),
+                detail: format!(
+                    "find.name.regexp {:?} is not a valid regular expression: {e}",
+                    n.regexp
+                ),
             })
         })
         .transpose()

@@ -1,0 +1,398 @@
+//! The vault cache: one shared, deduplicating view of a store, used by the controller, `render`,
+//! `check` and the agent.
+//!
+//! Wrap a store's client once ([`CachedClient::new`]) and hand clones to every caller:
+//! - concurrent reads of the same (name, version, metadata policy) share one request;
+//! - a value read for "latest" is reused until the change feed ([`CachedClient::poll_changes`]) sees
+//!   the secret change, or until `max_age` passes (a safety net when nobody polls);
+//! - a value read by version id never changes in Key Vault, so it is kept until `max_age` too;
+//! - errors are never cached (the next caller retries).
+//!
+//! Values stay inside [`SecretValue`]s and are dropped when their entry is invalidated or expires.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use keyferry_api::external_secret::{FindRef, MetadataPolicy, RemoteRef};
+use keyferry_api::names::split_remote_key;
+
+use crate::{Existence, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient};
+
+type ReadResult = Result<RemoteValue, ProviderError>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ReadKey {
+    /// Lower-cased remote key (names are case-insensitive), prefix included.
+    key: String,
+    version: Option<String>,
+    metadata: bool,
+}
+
+enum Slot {
+    /// A request in flight (with a ticket, so a request that an invalidation overtook cannot store
+    /// its possibly stale result); later callers await the same future.
+    Pending(u64, Shared<BoxFuture<'static, ReadResult>>),
+    /// A value read at `at`.
+    Ready { value: RemoteValue, at: Instant },
+}
+
+/// Cache statistics (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads answered from the cache or joined to a request in flight.
+    pub hits: u64,
+    /// Reads that went to the store.
+    pub misses: u64,
+    /// Entries dropped because the change feed saw their secret change.
+    pub invalidations: u64,
+}
+
+struct Inner {
+    client: Arc<dyn SecretsClient>,
+    max_age: Duration,
+    slots: Mutex<HashMap<ReadKey, Slot>>,
+    next_ticket: std::sync::atomic::AtomicU64,
+    /// The change feed's last view: name (lower-case) → (updated, tags, content type, enabled).
+    seen: Mutex<Option<BTreeMap<String, Fingerprint>>>,
+    stats: Mutex<CacheStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    updated: Option<i64>,
+    version: Option<String>,
+    enabled: bool,
+    tags: BTreeMap<String, String>,
+    content_type: Option<String>,
+}
+
+impl From<&SecretProperties> for Fingerprint {
+    fn from(p: &SecretProperties) -> Self {
+        Fingerprint {
+            updated: p.updated,
+            version: p.version.clone(),
+            enabled: p.enabled,
+            tags: p.tags.clone(),
+            content_type: p.content_type.clone(),
+        }
+    }
+}
+
+/// A store client with a shared read cache. Clones share the cache.
+#[derive(Clone)]
+pub struct CachedClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CachedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedClient")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedClient {
+    /// Wraps `client`; cached values are reused for at most `max_age`.
+    pub fn new(client: Arc<dyn SecretsClient>, max_age: Duration) -> Self {
+        CachedClient {
+            inner: Arc::new(Inner {
+                client,
+                max_age,
+                slots: Mutex::new(HashMap::new()),
+                next_ticket: std::sync::atomic::AtomicU64::new(0),
+                seen: Mutex::new(None),
+                stats: Mutex::new(CacheStats::default()),
+            }),
+        }
+    }
+
+    /// The wrapped client.
+    pub fn inner(&self) -> &Arc<dyn SecretsClient> {
+        &self.inner.client
+    }
+
+    /// Hit/miss/invalidation counts so far.
+    pub fn stats(&self) -> CacheStats {
+        *lock(&self.inner.stats)
+    }
+
+    /// Drops every cached read of `name` (any version, any prefix).
+    pub fn invalidate(&self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        let mut slots = lock(&self.inner.slots);
+        let before = slots.len();
+        slots.retain(|k, _| split_remote_key(&k.key).1 != name);
+        let dropped = (before - slots.len()) as u64;
+        lock(&self.inner.stats).invalidations += dropped;
+    }
+
+    /// One round of the change feed: lists the store's properties (no values), compares them with
+    /// the previous round, drops cached reads of every secret that changed, appeared or disappeared,
+    /// and returns those names (lower-case). The first round only records what it sees.
+    pub async fn poll_changes(&self) -> Result<Vec<String>, ProviderError> {
+        let listed = self.inner.client.list_secret_properties().await?;
+        let now: BTreeMap<String, Fingerprint> = listed
+            .iter()
+            .map(|p| (p.name.to_ascii_lowercase(), Fingerprint::from(p)))
+            .collect();
+        let previous = lock(&self.inner.seen).replace(now.clone());
+        let Some(previous) = previous else {
+            return Ok(Vec::new());
+        };
+        let mut changed: Vec<String> = now
+            .iter()
+            .filter(|(name, fp)| previous.get(*name) != Some(*fp))
+            .map(|(name, _)| name.clone())
+            .collect();
+        changed.extend(previous.keys().filter(|name| !now.contains_key(*name)).cloned());
+        changed.sort();
+        changed.dedup();
+        for name in &changed {
+            self.invalidate(name);
+        }
+        Ok(changed)
+    }
+
+    fn read(&self, remote: &RemoteRef) -> Shared<BoxFuture<'static, ReadResult>> {
+        let key = ReadKey {
+            key: remote.key.to_ascii_lowercase(),
+            version: remote.version.as_ref().map(|v| v.to_ascii_lowercase()),
+            metadata: remote.metadata_policy == Some(MetadataPolicy::Fetch),
+        };
+        let mut slots = lock(&self.inner.slots);
+        match slots.get(&key) {
+            Some(Slot::Ready { value, at }) if at.elapsed() < self.inner.max_age => {
+                lock(&self.inner.stats).hits += 1;
+                let value = value.clone();
+                return async move { Ok(value) }.boxed().shared();
+            }
+            Some(Slot::Pending(_, fut)) => {
+                lock(&self.inner.stats).hits += 1;
+                return fut.clone();
+            }
+            _ => {}
+        }
+        lock(&self.inner.stats).misses += 1;
+        let inner = self.inner.clone();
+        let remote = remote.clone();
+        let slot_key = key.clone();
+        let ticket = self
+            .inner
+            .next_ticket
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fut = async move {
+            let result = inner.client.get_secret(&remote).await;
+            let mut slots = lock(&inner.slots);
+            // Only our own pending slot may be replaced: if an invalidation removed it meanwhile,
+            // the value may predate the change and must not be kept.
+            if matches!(slots.get(&slot_key), Some(Slot::Pending(t, _)) if *t == ticket) {
+                match &result {
+                    Ok(value) => {
+                        slots.insert(
+                            slot_key,
+                            Slot::Ready {
+                                value: value.clone(),
+                                at: Instant::now(),
+                            },
+                        );
+                    }
+                    Err(_) => {
+                        slots.remove(&slot_key);
+                    }
+                }
+            }
+            result
+        }
+        .boxed()
+        .shared();
+        slots.insert(key, Slot::Pending(ticket, fut.clone()));
+        fut
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[async_trait]
+impl SecretsClient for CachedClient {
+    async fn get_secret(&self, remote: &RemoteRef) -> Result<RemoteValue, ProviderError> {
+        self.read(remote).await
+    }
+
+    async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+        // The list is the store's; each matching value goes through the cache.
+        let re = crate::compile_find_regexp(find)?;
+        let mut out = BTreeMap::new();
+        for props in self.inner.client.list_secret_properties().await? {
+            if props.enabled && crate::find_matches(re.as_ref(), &find.tags, &props) {
+                let remote = RemoteRef {
+                    key: props.name.clone(),
+                    ..RemoteRef::default()
+                };
+                out.insert(props.name.clone(), self.read(&remote).await?.value);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, ProviderError> {
+        self.inner.client.list_secret_properties().await
+    }
+
+    async fn secret_exists(&self, remote: &RemoteRef) -> Result<Existence, ProviderError> {
+        self.inner.client.secret_exists(remote).await
+    }
+
+    async fn push_secret(
+        &self,
+        name: &str,
+        value: &SecretValue,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, ProviderError> {
+        let wrote = self.inner.client.push_secret(name, value, tags).await?;
+        self.invalidate(name);
+        Ok(wrote)
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
+        let result = self.inner.client.delete_secret(name).await;
+        self.invalidate(name);
+        result
+    }
+
+    async fn validate(&self) -> Result<(), ProviderError> {
+        self.inner.client.validate().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::FakeStore;
+    use crate::fake::NewVersion;
+
+    fn store() -> FakeStore {
+        let s = FakeStore::new("t");
+        s.set(
+            "db-password",
+            SecretValue::from("v1"),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
+        s
+    }
+
+    fn remote(key: &str) -> RemoteRef {
+        RemoteRef {
+            key: key.into(),
+            ..RemoteRef::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_store_passes_the_conformance_suite() {
+        let fake = FakeStore::from_seed("fake", &crate::conformance::fixture_seed());
+        let versions = crate::conformance::fixture_names()
+            .iter()
+            .map(|n| (n.to_string(), fake.versions(n)))
+            .collect();
+        let cache = CachedClient::new(Arc::new(fake), Duration::from_secs(60));
+        let report = crate::conformance::run(&cache, &crate::conformance::Seeded { versions }).await;
+        assert!(report.failures().is_empty(), "{report}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_reads_share_one_request() {
+        let fake = store();
+        let cache = CachedClient::new(Arc::new(fake.clone()), Duration::from_secs(60));
+        let reads = (0..20).map(|_| {
+            let c = cache.clone();
+            async move { c.get_secret(&remote("db-password")).await }
+        });
+        let results = futures::future::join_all(reads).await;
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().is_ok_and(|v| v.value.expose() == b"v1"))
+        );
+        assert_eq!(fake.counters().gets.load(Ordering::Relaxed), 1);
+        // Case-insensitive names and the secret/ prefix are different keys but the same value read
+        // twice at most; a later read is a hit.
+        cache.get_secret(&remote("db-password")).await.unwrap();
+        assert_eq!(fake.counters().gets.load(Ordering::Relaxed), 1);
+        assert_eq!(cache.stats().misses, 1);
+    }
+
+    #[tokio::test]
+    async fn the_change_feed_invalidates_exactly_what_changed() {
+        let fake = store();
+        fake.set(
+            "other",
+            SecretValue::from("o1"),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
+        let cache = CachedClient::new(Arc::new(fake.clone()), Duration::from_secs(3600));
+        assert!(
+            cache.poll_changes().await.unwrap().is_empty(),
+            "first round only records"
+        );
+        cache.get_secret(&remote("db-password")).await.unwrap();
+        cache.get_secret(&remote("other")).await.unwrap();
+        fake.set(
+            "db-password",
+            SecretValue::from("v2"),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
+        assert_eq!(
+            cache.poll_changes().await.unwrap(),
+            vec!["db-password".to_owned()]
+        );
+        let v = cache.get_secret(&remote("db-password")).await.unwrap();
+        assert_eq!(v.value.expose(), b"v2");
+        cache.get_secret(&remote("other")).await.unwrap();
+        assert_eq!(
+            fake.counters().gets.load(Ordering::Relaxed),
+            3,
+            "other stayed cached"
+        );
+        assert!(cache.poll_changes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached_and_max_age_expires_values() {
+        let fake = FakeStore::new("t");
+        let cache = CachedClient::new(Arc::new(fake.clone()), Duration::ZERO);
+        assert!(cache.get_secret(&remote("later")).await.is_err());
+        fake.set(
+            "later",
+            SecretValue::from("x"),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
+        assert!(cache.get_secret(&remote("later")).await.is_ok());
+        cache.get_secret(&remote("later")).await.unwrap();
+        assert_eq!(
+            fake.counters().gets.load(Ordering::Relaxed),
+            3,
+            "max_age zero: every read goes out"
+        );
+    }
+}
