@@ -28,10 +28,12 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+	"k8s.io/klog/v2"
 )
 
 // shutdownTimeout bounds the whole graceful stop; past it we exit anyway so
@@ -129,8 +131,25 @@ func run(o cliFlags) int {
 		<-etcd.Server.StopNotify()
 	}
 
-	// 5. kube-apiserver. It runs until ctx is cancelled.
-	apiCtx, apiCancel := context.WithCancel(ctx)
+	// klog.Fatal (used by some upstream code paths, e.g. a post-start hook
+	// that sees its context cancelled) would exit without our cleanup.
+	// While stopping, such a fatal exits with the code we were going to
+	// return anyway (finalCode >= 0 once shutdown has begun).
+	var finalCode atomic.Int32
+	finalCode.Store(-1)
+	klog.OsExit = func(code int) {
+		cleanupDir()
+		if c := finalCode.Load(); c >= 0 {
+			code = int(c)
+		}
+		os.Exit(code)
+	}
+
+	// 5. kube-apiserver. It gets its own context, not ctx: a signal that
+	// arrives while it is still starting must not cancel it mid-start (its
+	// post-start hooks klog.Fatal on a cancelled context); we wait for it to
+	// be ready, then stop it in order.
+	apiCtx, apiCancel := context.WithCancel(context.Background())
 	defer apiCancel()
 	apiDone := make(chan error, 1)
 	go func() { apiDone <- runAPIServer(apiCtx, ln, port, etcdURL, files) }()
@@ -150,7 +169,9 @@ func run(o cliFlags) int {
 	exitCode := 0
 	if readyErr != nil {
 		if ctx.Err() != nil {
-			logf("interrupted before ready")
+			logf("interrupted before ready; stopping once it is up")
+			finalCode.Store(0)
+			_ = waitReady(context.Background(), url, files, apiDone, 15*time.Second)
 		} else {
 			fmt.Fprintf(os.Stderr, "kube-testenv: %v\n", readyErr)
 			exitCode = 1
@@ -174,6 +195,7 @@ func run(o cliFlags) int {
 
 	// 8. Ordered shutdown: apiserver (and KCM, same ctx), then etcd, then
 	// the temp dir. A watchdog forces the exit if anything hangs.
+	finalCode.Store(int32(exitCode))
 	watchdog := time.AfterFunc(shutdownTimeout, func() {
 		fmt.Fprintf(os.Stderr, "kube-testenv: shutdown took over %s, exiting anyway\n", shutdownTimeout)
 		cleanupDir()
