@@ -590,3 +590,264 @@ async fn oversize_value_is_invalid() {
     assert!(matches!(err, ProviderError::Invalid { .. }), "{line}");
     assert!(emu.secret_value("big").is_none());
 }
+
+// ---------------------------------------------------------------- documented Key Vault behaviour
+
+/// Raw HTTP probes of behaviour the Key Vault docs state (shared/reference/akv-and-sops.md §1),
+/// which the provider relies on. A failure here is an emulator/AKV disagreement, listed in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_matches_documented_key_vault_behaviour() {
+    keyferry_providers::azure::install_crypto_provider();
+    let emu = emulator(EmulatorConfig::default()).await;
+    let http = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(emu.ca_pem().as_bytes()).expect("ca"))
+        .resolve(&emu.vault_host(), std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .build()
+        .expect("client");
+    let token = emu.issue_token(keyferry_emulator::VAULT_RESOURCE, 600);
+    let base = emu.vault_url().to_owned();
+    let mut problems: Vec<String> = Vec::new();
+    let send = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>, auth: bool| {
+        let mut req = http.request(method, format!("{base}{path}"));
+        if auth {
+            req = req.bearer_auth(&token);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.expect("send");
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+            (status, headers, body)
+        }
+    };
+    let q = "api-version=2025-07-01";
+
+    // Unauthenticated → 401 with a Bearer challenge naming authorization and resource.
+    let (st, h, _) = send(reqwest::Method::GET, &format!("/secrets?{q}"), None, false).await;
+    let challenge = h
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if st != 401
+        || !challenge.starts_with("Bearer ")
+        || !challenge.contains("authorization=")
+        || !challenge.contains("resource=")
+    {
+        problems.push(format!("unauthenticated request: {st} {challenge:?}"));
+    }
+
+    // Set: SecretBundle id carries a 32-hex version; attributes are integer seconds.
+    let (st, _, b) = send(
+        reqwest::Method::PUT,
+        &format!("/secrets/Probe-A?{q}"),
+        Some(serde_json::json!({"value": "v1", "tags": {"t": "1"}})),
+        true,
+    )
+    .await;
+    let id = b["id"].as_str().unwrap_or_default().to_owned();
+    let version = id.rsplit('/').next().unwrap_or_default().to_owned();
+    if st != 200 || version.len() != 32 || !version.bytes().all(|c| c.is_ascii_hexdigit()) {
+        problems.push(format!("set: {st}, id {id:?}"));
+    }
+    if !b["attributes"]["created"].is_i64() || !b["attributes"]["updated"].is_i64() {
+        problems.push(format!(
+            "set: attributes not integer seconds: {}",
+            b["attributes"]
+        ));
+    }
+    // Ids compare case-insensitively; the name keeps its case.
+    let (st, _, b) = send(reqwest::Method::GET, &format!("/secrets/probe-a?{q}"), None, true).await;
+    if st != 200 || !b["id"].as_str().unwrap_or_default().contains("/secrets/Probe-A/") {
+        problems.push(format!("case-insensitive get: {st} id {}", b["id"]));
+    }
+    // List items carry the base id without a version, and no value.
+    let (st, _, b) = send(
+        reqwest::Method::GET,
+        &format!("/secrets?{q}&maxresults=25"),
+        None,
+        true,
+    )
+    .await;
+    let items = b["value"].as_array().cloned().unwrap_or_default();
+    let listed = items.iter().find(|i| {
+        i["id"]
+            .as_str()
+            .is_some_and(|s| s.to_ascii_lowercase().ends_with("/secrets/probe-a"))
+    });
+    if st != 200 || listed.is_none() || items.iter().any(|i| i.get("value").is_some()) {
+        problems.push(format!("list: {st} {b}"));
+    }
+    // maxresults above 25 is out of range.
+    let (st, _, _) = send(
+        reqwest::Method::GET,
+        &format!("/secrets?{q}&maxresults=26"),
+        None,
+        true,
+    )
+    .await;
+    if st != 400 {
+        problems.push(format!("maxresults=26: {st}, documented range is 1..25"));
+    }
+    // nbf/exp are informational: an expired secret is still readable.
+    let past = serde_json::json!({"value": "old", "attributes": {"exp": 1_000_000_000, "nbf": 900_000_000}});
+    send(
+        reqwest::Method::PUT,
+        &format!("/secrets/probe-expired?{q}"),
+        Some(past),
+        true,
+    )
+    .await;
+    let (st, _, _) = send(
+        reqwest::Method::GET,
+        &format!("/secrets/probe-expired/?{q}"),
+        None,
+        true,
+    )
+    .await;
+    if st != 200 {
+        problems.push(format!("expired secret get: {st}, documented readable"));
+    }
+    // Disabled → 403 Forbidden + innererror SecretDisabled.
+    let (_, _, b) = send(
+        reqwest::Method::PUT,
+        &format!("/secrets/probe-off?{q}"),
+        Some(serde_json::json!({"value": "x"})),
+        true,
+    )
+    .await;
+    let v = b["id"]
+        .as_str()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    send(
+        reqwest::Method::PATCH,
+        &format!("/secrets/probe-off/{v}?{q}"),
+        Some(serde_json::json!({"attributes": {"enabled": false}})),
+        true,
+    )
+    .await;
+    let (st, _, b) = send(
+        reqwest::Method::GET,
+        &format!("/secrets/probe-off/?{q}"),
+        None,
+        true,
+    )
+    .await;
+    if st != 403 || b["error"]["code"] != "Forbidden" || b["error"]["innererror"]["code"] != "SecretDisabled"
+    {
+        problems.push(format!("disabled get: {st} {b}"));
+    }
+    // Delete is soft: the bundle has recoveryId/deletedDate/scheduledPurgeDate; GET is then 404
+    // SecretNotFound; PUT on the name is 409 ObjectIsDeletedButRecoverable.
+    let (st, _, b) = send(
+        reqwest::Method::DELETE,
+        &format!("/secrets/Probe-A?{q}"),
+        None,
+        true,
+    )
+    .await;
+    if st != 200
+        || b.get("recoveryId").is_none()
+        || !b["deletedDate"].is_i64()
+        || !b["scheduledPurgeDate"].is_i64()
+        || b.get("value").is_some()
+    {
+        problems.push(format!("delete: {st} {b}"));
+    }
+    let (st, _, b) = send(
+        reqwest::Method::GET,
+        &format!("/secrets/Probe-A/?{q}"),
+        None,
+        true,
+    )
+    .await;
+    if st != 404 || b["error"]["code"] != "SecretNotFound" {
+        problems.push(format!("get after delete: {st} {b}"));
+    }
+    let (st, _, b) = send(
+        reqwest::Method::PUT,
+        &format!("/secrets/Probe-A?{q}"),
+        Some(serde_json::json!({"value": "again"})),
+        true,
+    )
+    .await;
+    if st != 409 || b["error"]["innererror"]["code"] != "ObjectIsDeletedButRecoverable" {
+        problems.push(format!("set on soft-deleted name: {st} {b}"));
+    }
+    // Limits: 25k value, 15 tags, contentType 255.
+    let tags: serde_json::Map<String, serde_json::Value> =
+        (0..16).map(|i| (format!("t{i}"), "v".into())).collect();
+    let (st, _, _) = send(
+        reqwest::Method::PUT,
+        &format!("/secrets/probe-tags?{q}"),
+        Some(serde_json::json!({"value": "x", "tags": tags})),
+        true,
+    )
+    .await;
+    if st != 400 {
+        problems.push(format!("16 tags: {st}, documented limit 15"));
+    }
+    let (st, _, _) = send(
+        reqwest::Method::PUT,
+        &format!("/secrets/probe-ct?{q}"),
+        Some(serde_json::json!({"value": "x", "contentType": "c".repeat(256)})),
+        true,
+    )
+    .await;
+    if st != 400 {
+        problems.push(format!("256-char contentType: {st}, documented limit 255"));
+    }
+    // Every stable API version the notes list is accepted.
+    for v in ["7.4", "7.5", "7.6", "2025-06-01", "2025-07-01"] {
+        let (st, _, _) = send(
+            reqwest::Method::GET,
+            &format!("/secrets?api-version={v}&maxresults=1"),
+            None,
+            true,
+        )
+        .await;
+        if st != 200 {
+            problems.push(format!("api-version {v}: {st}"));
+        }
+    }
+    // The SDK's 1.1 beta sends 2026-03-01-preview, which Key Vault serves; the notes recommend the
+    // emulator accept it too. Reported, not failed: it does not affect the SDK 1.0 we use.
+    let v = "2026-03-01-preview";
+    let (st, _, _) = send(
+        reqwest::Method::GET,
+        &format!("/secrets?api-version={v}&maxresults=1"),
+        None,
+        true,
+    )
+    .await;
+    if st != 200 {
+        println!("NOTE: emulator answers {st} to api-version={v} (SDK 1.1 beta's default)");
+    }
+
+    // Through the provider: pushing to a soft-deleted name names the cause.
+    let p = provider(&emu, RetryConfig::none());
+    match p
+        .push_secret("probe-a", &SecretValue::from("v"), &Default::default())
+        .await
+    {
+        Err(ProviderError::Invalid { detail }) if detail.contains("soft-deleted") => {}
+        other => problems.push(format!("push to soft-deleted name: {other:?}")),
+    }
+    match p.get_secret(&remote("probe-expired")).await {
+        Ok(v) if v.value.expose() == b"old" => {}
+        other => problems.push(format!("provider get of expired secret: {other:?}")),
+    }
+
+    assert!(
+        problems.is_empty(),
+        "emulator disagrees with documented Key Vault behaviour:\n{}",
+        problems.join("\n")
+    );
+}
