@@ -24,7 +24,10 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/_admin/", get(info))
         .route("/_admin/counters", get(counters))
         .route("/_admin/counters/reset", post(reset_counters))
-        .route("/_admin/faults", get(list_faults).post(add_fault).delete(clear_faults))
+        .route(
+            "/_admin/faults",
+            get(list_faults).post(add_fault).delete(clear_faults),
+        )
         .route("/_admin/faults/{id}", delete(remove_fault))
         .route("/_admin/tokens", post(issue_token))
         .route("/_admin/seed", post(seed))
@@ -36,7 +39,10 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "unknown admin endpoint; see crates/emulator/README.md")
+    error(
+        StatusCode::NOT_FOUND,
+        "unknown admin endpoint; see crates/emulator/README.md",
+    )
 }
 
 async fn info(State(app): State<Arc<AppState>>) -> Response {
@@ -84,7 +90,10 @@ async fn clear_faults(State(app): State<Arc<AppState>>) -> Response {
 async fn remove_fault(State(app): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     match id.parse::<u64>() {
         Ok(id) if app.faults.remove(id) => StatusCode::NO_CONTENT.into_response(),
-        _ => error(StatusCode::NOT_FOUND, format!("no fault with id {}", crate::route::truncate(&id))),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no fault with id {}", crate::route::truncate(&id)),
+        ),
     }
 }
 
@@ -107,7 +116,11 @@ struct TokenAnswer {
 
 async fn issue_token(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
     let req: TokenRequest = if body.is_empty() {
-        TokenRequest { audience: None, lifetime_secs: None, client_id: None }
+        TokenRequest {
+            audience: None,
+            lifetime_secs: None,
+            client_id: None,
+        }
     } else {
         match serde_json::from_slice(&body) {
             Ok(r) => r,
@@ -120,7 +133,13 @@ async fn issue_token(State(app): State<Arc<AppState>>, body: Bytes) -> Response 
         &app.tenant_id,
         req.lifetime_secs.unwrap_or(app.token_lifetime_secs),
     );
-    json(StatusCode::OK, &TokenAnswer { access_token, expires_on: claims.exp })
+    json(
+        StatusCode::OK,
+        &TokenAnswer {
+            access_token,
+            expires_on: claims.exp,
+        },
+    )
 }
 
 async fn seed(State(app): State<Arc<AppState>>, body: Bytes) -> Response {

@@ -54,9 +54,18 @@ impl EmulatorArgs {
     /// Turns the arguments into a configuration (reads the clients file).
     pub fn to_config(&self) -> Result<EmulatorConfig, EmulatorError> {
         let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => TlsMode::Files { cert: cert.clone(), key: key.clone() },
-            (None, None) => TlsMode::Generate { ca_file: self.ca_file.clone() },
-            _ => return Err(EmulatorError::Config("--tls-cert and --tls-key go together".into())),
+            (Some(cert), Some(key)) => TlsMode::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None) => TlsMode::Generate {
+                ca_file: self.ca_file.clone(),
+            },
+            _ => {
+                return Err(EmulatorError::Config(
+                    "--tls-cert and --tls-key go together".into(),
+                ));
+            }
         };
         let clients = match &self.clients {
             Some(path) => Clients::from_file(path)?,

@@ -59,7 +59,9 @@ impl EmulatorConfig {
         let name = &self.vault_name;
         let ok = !name.is_empty()
             && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-')
             && !name.ends_with('-');
         if !ok {
@@ -67,8 +69,16 @@ impl EmulatorConfig {
                 "vault name {name:?} must be a DNS label: 1-63 characters of a-z, 0-9 and '-'"
             )));
         }
-        if self.tenant_id.is_empty() || !self.tenant_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-            return Err(EmulatorError::Config(format!("invalid tenant id {:?}", self.tenant_id)));
+        if self.tenant_id.is_empty()
+            || !self
+                .tenant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(EmulatorError::Config(format!(
+                "invalid tenant id {:?}",
+                self.tenant_id
+            )));
         }
         if self.token_lifetime_secs <= 0 {
             return Err(EmulatorError::Config("token lifetime must be positive".into()));
@@ -149,7 +159,10 @@ impl Clients {
         let file: ClientsFile = serde_yaml_ng::from_str(&text)
             .map_err(|e| EmulatorError::invalid_file(path, format!("invalid clients file: {e}")))?;
         if let Some(i) = file.clients.iter().position(|c| c.client_id.is_empty()) {
-            return Err(EmulatorError::invalid_file(path, format!("clients[{i}].clientId: must not be empty")));
+            return Err(EmulatorError::invalid_file(
+                path,
+                format!("clients[{i}].clientId: must not be empty"),
+            ));
         }
         Ok(Clients::Allowed(file.clients))
     }

@@ -42,13 +42,21 @@ impl Counters {
     }
 
     pub(crate) fn status(&self, op: Operation, status: u16) {
-        if let Some(i) = status.checked_sub(MIN_STATUS).map(usize::from).filter(|i| *i < STATUSES) {
+        if let Some(i) = status
+            .checked_sub(MIN_STATUS)
+            .map(usize::from)
+            .filter(|i| *i < STATUSES)
+        {
             self.statuses[op.index() * STATUSES + i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn reset(&self) {
-        self.requests.iter().chain(&self.dropped).chain(&self.statuses).for_each(|c| c.store(0, Ordering::Relaxed));
+        self.requests
+            .iter()
+            .chain(&self.dropped)
+            .chain(&self.statuses)
+            .for_each(|c| c.store(0, Ordering::Relaxed));
     }
 
     pub(crate) fn snapshot(&self) -> CounterSnapshot {
@@ -108,7 +116,11 @@ impl CounterSnapshot {
 
     /// Responses with `status` for `op`.
     pub fn status(&self, op: Operation, status: u16) -> u64 {
-        self.operations.get(&op).and_then(|c| c.statuses.get(&status)).copied().unwrap_or(0)
+        self.operations
+            .get(&op)
+            .and_then(|c| c.statuses.get(&status))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Connections dropped for `op`.

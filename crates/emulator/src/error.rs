@@ -52,11 +52,17 @@ pub enum EmulatorError {
 
 impl EmulatorError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn invalid_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self::InvalidFile { path: path.into(), message: message.into() }
+        Self::InvalidFile {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -78,7 +84,12 @@ pub struct ApiError {
 impl ApiError {
     /// Builds an error from its parts.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), inner: None }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            inner: None,
+        }
     }
 
     /// Adds an inner error code.
@@ -111,7 +122,11 @@ impl ApiError {
 
     /// 404 `SecretNotFound` for a deleted secret.
     pub fn deleted_secret_not_found(name: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "SecretNotFound", format!("Deleted Secret not found: {name}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "SecretNotFound",
+            format!("Deleted Secret not found: {name}"),
+        )
     }
 
     /// 403 `Forbidden` / `SecretDisabled`.
@@ -139,7 +154,11 @@ impl ApiError {
 
     /// 409 `Conflict` for restoring over an existing secret.
     pub fn already_exists(name: &str) -> Self {
-        Self::new(StatusCode::CONFLICT, "Conflict", format!("Secret {name} already exists."))
+        Self::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!("Secret {name} already exists."),
+        )
     }
 
     /// 429 `Throttled`.
@@ -168,7 +187,11 @@ impl ApiError {
 
     /// 404 for a path the vault does not serve.
     pub fn no_such_path(path: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("The requested path {path} was not found."))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("The requested path {path} was not found."),
+        )
     }
 
     /// 405 for a known path with an unsupported method.
@@ -211,7 +234,10 @@ impl IntoResponse for ApiError {
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (self.status, bytes).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
         headers.insert("x-ms-error-code", HeaderValue::from_static(self.code));
         response
     }

@@ -130,7 +130,9 @@ impl FaultSpec {
         if let Some(d) = self.duration_secs
             && !(d.is_finite() && d > 0.0 && d < 1e9)
         {
-            return Err(format!("duration_secs must be a positive number of seconds, got {d}"));
+            return Err(format!(
+                "duration_secs must be a positive number of seconds, got {d}"
+            ));
         }
         if self.count == Some(0) {
             return Err("count must be at least 1".into());
@@ -159,13 +161,25 @@ impl FromStr for FaultSpec {
             "unavailable" | "503" => FaultKind::Unavailable,
             "latency" | "delay" => FaultKind::Latency,
             "drop" => FaultKind::Drop,
-            other => return Err(format!("unknown fault kind {other:?} (throttle, unavailable, latency, drop)")),
+            other => {
+                return Err(format!(
+                    "unknown fault kind {other:?} (throttle, unavailable, latency, drop)"
+                ));
+            }
         };
         let mut spec = FaultSpec::new(kind);
         for part in parts.filter(|p| !p.is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(|| format!("expected key=value, got {part:?}"))?;
-            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{k}: expected a whole number, got {v:?}"));
-            let float = |v: &str| v.parse::<f64>().map_err(|_| format!("{k}: expected a number, got {v:?}"));
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}: expected a whole number, got {v:?}"))
+            };
+            let float = |v: &str| {
+                v.parse::<f64>()
+                    .map_err(|_| format!("{k}: expected a number, got {v:?}"))
+            };
             match k {
                 "op" | "operation" => spec.operation = Some(v.parse()?),
                 "count" | "n" => spec.count = Some(num(v)?),
@@ -206,8 +220,14 @@ pub struct ActiveFault {
 /// What the server must do with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FaultAction {
-    Throttle { retry_after_secs: Option<u64>, retry_after_ms: Option<u64> },
-    Unavailable { retry_after_secs: Option<u64>, retry_after_ms: Option<u64> },
+    Throttle {
+        retry_after_secs: Option<u64>,
+        retry_after_ms: Option<u64>,
+    },
+    Unavailable {
+        retry_after_secs: Option<u64>,
+        retry_after_ms: Option<u64>,
+    },
     Delay(Duration),
     Drop,
 }
@@ -226,13 +246,19 @@ pub(crate) struct Faults {
 
 impl fmt::Debug for Faults {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Faults").field("any", &self.any).finish_non_exhaustive()
+        f.debug_struct("Faults")
+            .field("any", &self.any)
+            .finish_non_exhaustive()
     }
 }
 
 impl Faults {
     pub(crate) fn new() -> Self {
-        Self { any: AtomicBool::new(false), next_id: AtomicU64::new(1), rules: Mutex::new(Vec::new()) }
+        Self {
+            any: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+            rules: Mutex::new(Vec::new()),
+        }
     }
 
     fn rules(&self) -> std::sync::MutexGuard<'_, Vec<Rule>> {
@@ -243,10 +269,20 @@ impl Faults {
     pub(crate) fn add(&self, spec: FaultSpec) -> Result<u64, String> {
         spec.validate()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let until = spec.duration_secs.map(|s| Instant::now() + Duration::from_secs_f64(s));
+        let until = spec
+            .duration_secs
+            .map(|s| Instant::now() + Duration::from_secs_f64(s));
         let remaining = spec.count;
         let mut rules = self.rules();
-        rules.push(Rule { active: ActiveFault { id, spec, remaining, hits: 0 }, until });
+        rules.push(Rule {
+            active: ActiveFault {
+                id,
+                spec,
+                remaining,
+                hits: 0,
+            },
+            until,
+        });
         self.any.store(true, Ordering::Release);
         Ok(id)
     }
@@ -330,7 +366,13 @@ mod tests {
     #[test]
     fn flag_syntax() {
         let spec: FaultSpec = "throttle,count=3,retry_after=2,op=get_secret".parse().unwrap();
-        assert_eq!(spec, FaultSpec::new(FaultKind::Throttle).count(3).retry_after_secs(2).operation(Operation::GetSecret));
+        assert_eq!(
+            spec,
+            FaultSpec::new(FaultKind::Throttle)
+                .count(3)
+                .retry_after_secs(2)
+                .operation(Operation::GetSecret)
+        );
         assert!("latency".parse::<FaultSpec>().is_err());
         assert!("drop,p=2".parse::<FaultSpec>().is_err());
         assert!("boom".parse::<FaultSpec>().is_err());
@@ -340,7 +382,13 @@ mod tests {
     #[test]
     fn count_limited_rules_expire() {
         let faults = Faults::new();
-        faults.add(FaultSpec::new(FaultKind::Drop).count(2).operation(Operation::ListSecrets)).unwrap();
+        faults
+            .add(
+                FaultSpec::new(FaultKind::Drop)
+                    .count(2)
+                    .operation(Operation::ListSecrets),
+            )
+            .unwrap();
         assert_eq!(faults.decide(Operation::GetSecret), None);
         assert_eq!(faults.decide(Operation::ListSecrets), Some(FaultAction::Drop));
         assert_eq!(faults.decide(Operation::ListSecrets), Some(FaultAction::Drop));

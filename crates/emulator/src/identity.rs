@@ -39,7 +39,14 @@ struct EntraError<'a> {
 fn random_id() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) -> Response {
@@ -62,7 +69,11 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token` with `grant_type=client_credentials`.
-pub(crate) async fn token(State(app): State<Arc<AppState>>, Path(tenant): Path<String>, body: Bytes) -> Response {
+pub(crate) async fn token(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let missing = |name: &str| {
@@ -86,14 +97,27 @@ pub(crate) async fn token(State(app): State<Arc<AppState>>, Path(tenant): Path<S
             );
         }
     }
-    let Some(client_id) = field("client_id") else { return missing("client_id") };
-    let Some(scope) = field("scope") else { return missing("scope") };
-    let Some(audience) = scope.split_whitespace().next().map(|s| s.strip_suffix("/.default").unwrap_or(s)) else {
+    let Some(client_id) = field("client_id") else {
+        return missing("client_id");
+    };
+    let Some(scope) = field("scope") else {
+        return missing("scope");
+    };
+    let Some(audience) = scope
+        .split_whitespace()
+        .next()
+        .map(|s| s.strip_suffix("/.default").unwrap_or(s))
+    else {
         return missing("scope");
     };
     let audience = normalize_resource(audience);
     if audience.is_empty() {
-        return entra_error(StatusCode::BAD_REQUEST, "invalid_scope", 70_011, "The provided scope is not valid.");
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            70_011,
+            "The provided scope is not valid.",
+        );
     }
 
     let secret = field("client_secret");
@@ -124,7 +148,10 @@ pub(crate) async fn token(State(app): State<Arc<AppState>>, Path(tenant): Path<S
             );
         };
         let accepted = match (secret, assertion) {
-            (Some(given), _) => entry.client_secret.as_deref().is_some_and(|s| constant_time_eq(s, given)),
+            (Some(given), _) => entry
+                .client_secret
+                .as_deref()
+                .is_some_and(|s| constant_time_eq(s, given)),
             (None, Some(_)) => entry.federated,
             (None, None) => false,
         };
@@ -132,7 +159,10 @@ pub(crate) async fn token(State(app): State<Arc<AppState>>, Path(tenant): Path<S
             let (code, text) = if secret.is_some() {
                 (7_000_215, "Invalid client secret provided.")
             } else {
-                (700_213, "No matching federated identity record found for presented assertion.")
+                (
+                    700_213,
+                    "No matching federated identity record found for presented assertion.",
+                )
             };
             return entra_error(StatusCode::UNAUTHORIZED, "invalid_client", code, text);
         }
@@ -143,7 +173,12 @@ pub(crate) async fn token(State(app): State<Arc<AppState>>, Path(tenant): Path<S
     tracing::debug!(client_id, tenant, audience, "issued token");
     json(
         StatusCode::OK,
-        &TokenResponse { token_type: "Bearer", expires_in: lifetime, ext_expires_in: lifetime, access_token: &access_token },
+        &TokenResponse {
+            token_type: "Bearer",
+            expires_in: lifetime,
+            ext_expires_in: lifetime,
+            access_token: &access_token,
+        },
     )
 }
 
@@ -168,7 +203,13 @@ struct MsiError<'a> {
 }
 
 fn msi_error(status: StatusCode, error: &str, description: &str) -> Response {
-    json(status, &MsiError { error, error_description: description })
+    json(
+        status,
+        &MsiError {
+            error,
+            error_description: description,
+        },
+    )
 }
 
 /// `GET /msi/token?api-version=2019-08-01&resource=…` with `x-identity-header`.
@@ -182,18 +223,39 @@ pub(crate) async fn managed_identity(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| constant_time_eq(v, &app.identity_header));
     if !header_ok {
-        return msi_error(StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid X-IDENTITY-HEADER.");
+        return msi_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Missing or invalid X-IDENTITY-HEADER.",
+        );
     }
-    let params: HashMap<String, String> =
-        query.map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let params: HashMap<String, String> = query
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
     if params.get("api-version").map(String::as_str) != Some("2019-08-01") {
-        return msi_error(StatusCode::BAD_REQUEST, "invalid_request", "api-version must be 2019-08-01.");
+        return msi_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "api-version must be 2019-08-01.",
+        );
     }
-    let Some(resource) = params.get("resource").map(|r| normalize_resource(r)).filter(|r| !r.is_empty()) else {
-        return msi_error(StatusCode::BAD_REQUEST, "invalid_request", "The resource parameter is required.");
+    let Some(resource) = params
+        .get("resource")
+        .map(|r| normalize_resource(r))
+        .filter(|r| !r.is_empty())
+    else {
+        return msi_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The resource parameter is required.",
+        );
     };
-    let client_id = params.get("client_id").map_or(MANAGED_IDENTITY_CLIENT_ID, String::as_str);
-    let (access_token, claims) = app.tokens.mint(resource, client_id, &app.tenant_id, app.token_lifetime_secs);
+    let client_id = params
+        .get("client_id")
+        .map_or(MANAGED_IDENTITY_CLIENT_ID, String::as_str);
+    let (access_token, claims) =
+        app.tokens
+            .mint(resource, client_id, &app.tenant_id, app.token_lifetime_secs);
     json(
         StatusCode::OK,
         &MsiTokenResponse {

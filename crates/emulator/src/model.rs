@@ -87,7 +87,12 @@ impl<'a> SecretItem<'a> {
         } else {
             format!("{base}/secrets/{name}")
         };
-        Self { id, content_type: v.content_type.as_deref(), attributes: Attributes::of(v), tags: &v.tags }
+        Self {
+            id,
+            content_type: v.content_type.as_deref(),
+            attributes: Attributes::of(v),
+            tags: &v.tags,
+        }
     }
 }
 

@@ -109,10 +109,13 @@ impl FromStr for Operation {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Operation::ALL.into_iter().find(|op| op.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = Operation::ALL.iter().map(|op| op.as_str()).collect();
-            format!("unknown operation {s:?} (expected one of {})", names.join(", "))
-        })
+        Operation::ALL
+            .into_iter()
+            .find(|op| op.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Operation::ALL.iter().map(|op| op.as_str()).collect();
+                format!("unknown operation {s:?} (expected one of {})", names.join(", "))
+            })
     }
 }
 
@@ -185,7 +188,11 @@ fn validate_version(version: &str) -> Result<(), ApiError> {
 /// Shortens user input echoed in messages.
 pub(crate) fn truncate(s: &str) -> String {
     const MAX: usize = 64;
-    if s.chars().count() <= MAX { s.to_owned() } else { s.chars().take(MAX).collect::<String>() + "…" }
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        s.chars().take(MAX).collect::<String>() + "…"
+    }
 }
 
 /// Decodes `%XX` escapes in a path segment; invalid escapes are kept literally.
@@ -218,7 +225,9 @@ pub(crate) fn classify(method: &Method, path: &str) -> Operation {
     match segments.as_slice() {
         [_, "oauth2", "v2.0", "token"] if method == Method::POST => Operation::Token,
         ["msi", "token"] => Operation::ManagedIdentity,
-        _ => parse(method, path).map(|r| r.operation()).unwrap_or(Operation::Other),
+        _ => parse(method, path)
+            .map(|r| r.operation())
+            .unwrap_or(Operation::Other),
     }
 }
 
@@ -226,7 +235,11 @@ pub(crate) fn classify(method: &Method, path: &str) -> Operation {
 fn split(path: &str) -> Vec<&str> {
     let trimmed = path.trim_start_matches('/');
     let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
-    if trimmed.is_empty() { Vec::new() } else { trimmed.split('/').collect() }
+    if trimmed.is_empty() {
+        Vec::new()
+    } else {
+        trimmed.split('/').collect()
+    }
 }
 
 /// Parses a vault data-plane request line into a [`Route`].
@@ -246,9 +259,15 @@ pub(crate) fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
         },
         ["secrets", "restore"] if method == Method::POST => Ok(Route::Restore),
         ["secrets", n] => match *method {
-            Method::GET => Ok(Route::GetSecret { name: name(n)?, version: None }),
+            Method::GET => Ok(Route::GetSecret {
+                name: name(n)?,
+                version: None,
+            }),
             Method::PUT => Ok(Route::SetSecret { name: name(n)? }),
-            Method::PATCH => Ok(Route::UpdateSecret { name: name(n)?, version: None }),
+            Method::PATCH => Ok(Route::UpdateSecret {
+                name: name(n)?,
+                version: None,
+            }),
             Method::DELETE => Ok(Route::DeleteSecret { name: name(n)? }),
             _ => not_allowed(),
         },
@@ -261,8 +280,14 @@ pub(crate) fn parse(method: &Method, path: &str) -> Result<Route, ApiError> {
             _ => not_allowed(),
         },
         ["secrets", n, v] => match *method {
-            Method::GET => Ok(Route::GetSecret { name: name(n)?, version: Some(version(v)?) }),
-            Method::PATCH => Ok(Route::UpdateSecret { name: name(n)?, version: Some(version(v)?) }),
+            Method::GET => Ok(Route::GetSecret {
+                name: name(n)?,
+                version: Some(version(v)?),
+            }),
+            Method::PATCH => Ok(Route::UpdateSecret {
+                name: name(n)?,
+                version: Some(version(v)?),
+            }),
             _ => not_allowed(),
         },
         ["deletedsecrets"] => match *method {
@@ -289,22 +314,44 @@ mod tests {
     #[test]
     fn parses_sdk_paths() {
         let get = |p: &str| parse(&Method::GET, p);
-        assert_eq!(get("/secrets/a-B1/").unwrap(), Route::GetSecret { name: "a-B1".into(), version: None });
+        assert_eq!(
+            get("/secrets/a-B1/").unwrap(),
+            Route::GetSecret {
+                name: "a-B1".into(),
+                version: None
+            }
+        );
         assert_eq!(
             get("/secrets/a/0123456789abcdef0123456789abcdef").unwrap(),
-            Route::GetSecret { name: "a".into(), version: Some("0123456789abcdef0123456789abcdef".into()) }
+            Route::GetSecret {
+                name: "a".into(),
+                version: Some("0123456789abcdef0123456789abcdef".into())
+            }
         );
         assert_eq!(get("/secrets").unwrap(), Route::ListSecrets);
-        assert_eq!(get("/secrets/x/versions").unwrap(), Route::ListVersions { name: "x".into() });
-        assert_eq!(parse(&Method::PATCH, "/secrets/x/").unwrap(), Route::UpdateSecret {
-            name: "x".into(),
-            version: None
-        });
+        assert_eq!(
+            get("/secrets/x/versions").unwrap(),
+            Route::ListVersions { name: "x".into() }
+        );
+        assert_eq!(
+            parse(&Method::PATCH, "/secrets/x/").unwrap(),
+            Route::UpdateSecret {
+                name: "x".into(),
+                version: None
+            }
+        );
         assert_eq!(parse(&Method::POST, "/secrets/restore").unwrap(), Route::Restore);
-        assert_eq!(get("/secrets/restore").unwrap(), Route::GetSecret { name: "restore".into(), version: None });
-        assert_eq!(parse(&Method::POST, "/deletedsecrets/x/recover").unwrap(), Route::Recover {
-            name: "x".into()
-        });
+        assert_eq!(
+            get("/secrets/restore").unwrap(),
+            Route::GetSecret {
+                name: "restore".into(),
+                version: None
+            }
+        );
+        assert_eq!(
+            parse(&Method::POST, "/deletedsecrets/x/recover").unwrap(),
+            Route::Recover { name: "x".into() }
+        );
     }
 
     #[test]
@@ -313,14 +360,44 @@ mod tests {
         assert_eq!(parse(&Method::GET, "/secrets/a%2Fb").unwrap_err().status, 400);
         assert_eq!(parse(&Method::GET, "/nope").unwrap_err().status, 404);
         assert_eq!(parse(&Method::POST, "/secrets").unwrap_err().status, 405);
-        assert_eq!(parse(&Method::GET, &format!("/secrets/{}", "a".repeat(128))).unwrap_err().status, 400);
+        assert_eq!(
+            parse(&Method::GET, &format!("/secrets/{}", "a".repeat(128)))
+                .unwrap_err()
+                .status,
+            400
+        );
         assert_eq!(percent_decode("a%41%zz%"), "aA%zz%");
     }
 
     #[test]
     fn classifies_identity_endpoints() {
-        assert_eq!(classify(&Method::POST, "/tenant/oauth2/v2.0/token"), Operation::Token);
+        assert_eq!(
+            classify(&Method::POST, "/tenant/oauth2/v2.0/token"),
+            Operation::Token
+        );
         assert_eq!(classify(&Method::GET, "/msi/token"), Operation::ManagedIdentity);
         assert_eq!(classify(&Method::GET, "/x/y/z/w/v"), Operation::Other);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parse_never_panics_and_errors_are_client_errors(path in "\\PC{0,200}", m in 0usize..6) {
+            let method = [Method::GET, Method::PUT, Method::PATCH, Method::POST, Method::DELETE, Method::HEAD][m].clone();
+            let _ = classify(&method, &path);
+            if let Err(e) = parse(&method, &path) {
+                prop_assert!(e.status.is_client_error());
+            }
+        }
+
+        #[test]
+        fn valid_names_round_trip(name in "[0-9a-zA-Z-]{1,127}") {
+            prop_assert_eq!(parse(&Method::GET, &format!("/secrets/{name}/")).unwrap(), Route::GetSecret { name, version: None });
+        }
     }
 }

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use time::OffsetDateTime;
 
 use crate::error::EmulatorError;
@@ -142,7 +142,9 @@ impl Seed {
                 format!("secrets.{name}: invalid secret name (1-127 characters of 0-9, a-z, A-Z, -)")
             })?;
             if !seen.insert(name.to_ascii_lowercase()) {
-                return Err(format!("secrets.{name}: duplicate name (names are case-insensitive)"));
+                return Err(format!(
+                    "secrets.{name}: duplicate name (names are case-insensitive)"
+                ));
             }
             validate_properties(Some(&s.value), s.content_type.as_deref(), Some(&s.tags))
                 .map_err(|e| format!("secrets.{name}: {}", e.message))?;
@@ -238,7 +240,9 @@ secrets:
 
     #[test]
     fn unknown_field_is_named() {
-        let err = Seed::from_yaml_str("secrets:\n  a:\n    value: x\n    valu: y\n").unwrap_err().to_string();
+        let err = Seed::from_yaml_str("secrets:\n  a:\n    value: x\n    valu: y\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("valu"), "{err}");
         let err = Seed::parse(r#"{"secrets":{"a":{"value":"x","colour":1}}}"#, true).unwrap_err();
         assert!(err.contains("colour"), "{err}");

@@ -91,12 +91,22 @@ where
                     tracing::debug!(%op, "fault: dropping connection");
                     return Err(DroppedConnection);
                 }
-                Some(FaultAction::Throttle { retry_after_secs, retry_after_ms }) => {
-                    retry_headers(ApiError::throttled().into_response(), retry_after_secs, retry_after_ms)
-                }
-                Some(FaultAction::Unavailable { retry_after_secs, retry_after_ms }) => {
-                    retry_headers(ApiError::unavailable().into_response(), retry_after_secs, retry_after_ms)
-                }
+                Some(FaultAction::Throttle {
+                    retry_after_secs,
+                    retry_after_ms,
+                }) => retry_headers(
+                    ApiError::throttled().into_response(),
+                    retry_after_secs,
+                    retry_after_ms,
+                ),
+                Some(FaultAction::Unavailable {
+                    retry_after_secs,
+                    retry_after_ms,
+                }) => retry_headers(
+                    ApiError::unavailable().into_response(),
+                    retry_after_secs,
+                    retry_after_ms,
+                ),
                 Some(FaultAction::Delay(d)) => {
                     tokio::time::sleep(d).await;
                     unwrap_infallible(router.oneshot(req).await)
@@ -145,8 +155,10 @@ impl Emulator {
         tls::install_crypto_provider();
         config.validate()?;
 
-        let listener =
-            TcpListener::bind(config.listen).map_err(|source| EmulatorError::Bind { addr: config.listen, source })?;
+        let listener = TcpListener::bind(config.listen).map_err(|source| EmulatorError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         listener.set_nonblocking(true).map_err(EmulatorError::Server)?;
         let addr = listener.local_addr().map_err(EmulatorError::Server)?;
         let port = addr.port();
@@ -156,7 +168,10 @@ impl Emulator {
                 let material = tls::generate(&config.vault_name)?;
                 let (path, remove) = match ca_file {
                     Some(p) => (p.clone(), false),
-                    None => (tls::default_ca_path(config.state.as_deref(), port), config.state.is_none()),
+                    None => (
+                        tls::default_ca_path(config.state.as_deref(), port),
+                        config.state.is_none(),
+                    ),
                 };
                 tls::write_ca(&path, &material.ca_pem)?;
                 (material, path, remove)
@@ -187,7 +202,10 @@ impl Emulator {
             challenge,
             clients: config.clients.clone(),
             token_lifetime_secs: config.token_lifetime_secs,
-            identity_header: config.identity_header.clone().unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>())),
+            identity_header: config
+                .identity_header
+                .clone()
+                .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>())),
         });
 
         let router = Router::new()
@@ -196,12 +214,16 @@ impl Emulator {
             .merge(admin::router())
             .fallback(vault::handle)
             .with_state(app.clone());
-        let front = Front { app: app.clone(), router };
+        let front = Front {
+            app: app.clone(),
+            router,
+        };
 
         let handle = Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(material.server_config))
-            .map_err(EmulatorError::Server)?
-            .handle(handle.clone());
+        let server =
+            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(material.server_config))
+                .map_err(EmulatorError::Server)?
+                .handle(handle.clone());
         let task = tokio::spawn(server.serve(axum::ServiceExt::<Request>::into_make_service(front)));
         tracing::info!(vault_url = %app.vault_url, "emulator listening on {addr}");
 
@@ -305,7 +327,13 @@ impl Emulator {
 
     /// Sets a secret (a new version, like `PUT /secrets/{name}`); returns the version id.
     pub fn set_secret(&self, name: &str, value: &str) -> Result<String, EmulatorError> {
-        self.set_secret_with(name, NewVersion { value: value.to_owned(), ..NewVersion::default() })
+        self.set_secret_with(
+            name,
+            NewVersion {
+                value: value.to_owned(),
+                ..NewVersion::default()
+            },
+        )
     }
 
     /// Sets a secret with properties; returns the version id.
@@ -316,12 +344,22 @@ impl Emulator {
     /// The current value of a live secret, even if disabled (for test assertions).
     pub fn secret_value(&self, name: &str) -> Option<String> {
         let state = self.app.store.snapshot();
-        state.secrets.get(&name.to_ascii_lowercase()).and_then(|s| s.latest()).map(|v| v.value.clone())
+        state
+            .secrets
+            .get(&name.to_ascii_lowercase())
+            .and_then(|s| s.latest())
+            .map(|v| v.value.clone())
     }
 
     /// Names of live secrets, in lowercase key order.
     pub fn secret_names(&self) -> Vec<String> {
-        self.app.store.snapshot().secrets.into_values().map(|s| s.name).collect()
+        self.app
+            .store
+            .snapshot()
+            .secrets
+            .into_values()
+            .map(|s| s.name)
+            .collect()
     }
 
     /// Adds or replaces the seed's secrets.
@@ -333,7 +371,10 @@ impl Emulator {
     /// Mints an access token for `audience` valid for `lifetime_secs` (negative: already expired).
     /// Tests use it for expiry and audience cases.
     pub fn issue_token(&self, audience: &str, lifetime_secs: i64) -> String {
-        self.app.tokens.mint(audience, "test", &self.app.tenant_id, lifetime_secs).0
+        self.app
+            .tokens
+            .mint(audience, "test", &self.app.tenant_id, lifetime_secs)
+            .0
     }
 
     /// Stops accepting connections, lets in-flight requests finish (up to 2 s) and waits.

@@ -65,7 +65,10 @@ impl Secret {
     fn version_mut(&mut self, version: Option<&str>) -> Option<&mut SecretVersion> {
         match version {
             None => self.versions.last_mut(),
-            Some(v) => self.versions.iter_mut().find(|sv| sv.version.eq_ignore_ascii_case(v)),
+            Some(v) => self
+                .versions
+                .iter_mut()
+                .find(|sv| sv.version.eq_ignore_ascii_case(v)),
         }
     }
 }
@@ -172,7 +175,9 @@ pub(crate) fn validate_properties(
                 tags.len()
             )));
         }
-        if tags.iter().any(|(k, v)| k.is_empty() || k.chars().count() > MAX_TAG_LEN || v.chars().count() > MAX_TAG_LEN)
+        if tags
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.chars().count() > MAX_TAG_LEN || v.chars().count() > MAX_TAG_LEN)
         {
             return Err(ApiError::bad_parameter(format!(
                 "Tag names must be 1–{MAX_TAG_LEN} characters and tag values at most {MAX_TAG_LEN}."
@@ -185,7 +190,10 @@ pub(crate) fn validate_properties(
 impl Store {
     /// A store with the given initial state, persisting to `persist_to` after each mutation.
     pub(crate) fn new(state: VaultState, persist_to: Option<PathBuf>) -> Self {
-        Self { state: RwLock::new(state), persist_to }
+        Self {
+            state: RwLock::new(state),
+            persist_to,
+        }
     }
 
     /// Loads a state file written by [`Store`]; `Ok(None)` if it does not exist.
@@ -239,8 +247,10 @@ impl Store {
             if state.deleted.contains_key(&k) {
                 return Err(ApiError::deleted_but_recoverable(name));
             }
-            let secret =
-                state.secrets.entry(k).or_insert_with(|| Secret { name: name.to_owned(), versions: Vec::new() });
+            let secret = state.secrets.entry(k).or_insert_with(|| Secret {
+                name: name.to_owned(),
+                versions: Vec::new(),
+            });
             let t = now();
             let version = SecretVersion {
                 version: new_version_id(),
@@ -261,10 +271,16 @@ impl Store {
     /// Reads a version (latest when `version` is `None`); disabled versions are refused.
     pub(crate) fn get(&self, name: &str, version: Option<&str>) -> Result<(String, SecretVersion), ApiError> {
         let state = self.read();
-        let secret = state.secrets.get(&key(name)).ok_or_else(|| ApiError::secret_not_found(name, version))?;
+        let secret = state
+            .secrets
+            .get(&key(name))
+            .ok_or_else(|| ApiError::secret_not_found(name, version))?;
         let found = match version {
             None => secret.latest(),
-            Some(v) => secret.versions.iter().find(|sv| sv.version.eq_ignore_ascii_case(v)),
+            Some(v) => secret
+                .versions
+                .iter()
+                .find(|sv| sv.version.eq_ignore_ascii_case(v)),
         }
         .ok_or_else(|| ApiError::secret_not_found(name, version))?;
         if !found.enabled {
@@ -282,10 +298,14 @@ impl Store {
     ) -> Result<(String, SecretVersion), ApiError> {
         validate_properties(None, update.content_type.as_deref(), update.tags.as_ref())?;
         self.mutate(|state| {
-            let secret =
-                state.secrets.get_mut(&key(name)).ok_or_else(|| ApiError::secret_not_found(name, version))?;
+            let secret = state
+                .secrets
+                .get_mut(&key(name))
+                .ok_or_else(|| ApiError::secret_not_found(name, version))?;
             let secret_name = secret.name.clone();
-            let v = secret.version_mut(version).ok_or_else(|| ApiError::secret_not_found(name, version))?;
+            let v = secret
+                .version_mut(version)
+                .ok_or_else(|| ApiError::secret_not_found(name, version))?;
             if let Some(ct) = update.content_type {
                 v.content_type = Some(ct);
             }
@@ -307,9 +327,15 @@ impl Store {
     }
 
     /// Up to `max` live secrets (name, current version) after the key `after`, plus whether more follow.
-    pub(crate) fn list(&self, after: Option<&str>, max: usize) -> (Vec<(String, SecretVersion)>, Option<String>) {
+    pub(crate) fn list(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> (Vec<(String, SecretVersion)>, Option<String>) {
         let state = self.read();
-        page(&state.secrets, after, max, |s| s.latest().map(|v| (s.name.clone(), v.clone())))
+        page(&state.secrets, after, max, |s| {
+            s.latest().map(|v| (s.name.clone(), v.clone()))
+        })
     }
 
     /// Up to `max` versions of `name` starting at index `start`, plus the next start index.
@@ -320,7 +346,10 @@ impl Store {
         max: usize,
     ) -> Result<(String, Vec<SecretVersion>, Option<usize>), ApiError> {
         let state = self.read();
-        let secret = state.secrets.get(&key(name)).ok_or_else(|| ApiError::secret_not_found(name, None))?;
+        let secret = state
+            .secrets
+            .get(&key(name))
+            .ok_or_else(|| ApiError::secret_not_found(name, None))?;
         let items: Vec<_> = secret.versions.iter().skip(start).take(max).cloned().collect();
         let next = (start.saturating_add(max) < secret.versions.len()).then_some(start + max);
         Ok((secret.name.clone(), items, next))
@@ -330,10 +359,16 @@ impl Store {
     pub(crate) fn delete(&self, name: &str) -> Result<DeletedSecret, ApiError> {
         self.mutate(|state| {
             let k = key(name);
-            let secret = state.secrets.remove(&k).ok_or_else(|| ApiError::secret_not_found(name, None))?;
+            let secret = state
+                .secrets
+                .remove(&k)
+                .ok_or_else(|| ApiError::secret_not_found(name, None))?;
             let t = now();
-            let deleted =
-                DeletedSecret { secret, deleted_date: t, scheduled_purge_date: t + RECOVERABLE_DAYS * 86_400 };
+            let deleted = DeletedSecret {
+                secret,
+                deleted_date: t,
+                scheduled_purge_date: t + RECOVERABLE_DAYS * 86_400,
+            };
             state.deleted.insert(k, deleted.clone());
             Ok(deleted)
         })
@@ -341,11 +376,19 @@ impl Store {
 
     /// A soft-deleted secret.
     pub(crate) fn get_deleted(&self, name: &str) -> Result<DeletedSecret, ApiError> {
-        self.read().deleted.get(&key(name)).cloned().ok_or_else(|| ApiError::deleted_secret_not_found(name))
+        self.read()
+            .deleted
+            .get(&key(name))
+            .cloned()
+            .ok_or_else(|| ApiError::deleted_secret_not_found(name))
     }
 
     /// Up to `max` soft-deleted secrets after the key `after`.
-    pub(crate) fn list_deleted(&self, after: Option<&str>, max: usize) -> (Vec<DeletedSecret>, Option<String>) {
+    pub(crate) fn list_deleted(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> (Vec<DeletedSecret>, Option<String>) {
         let state = self.read();
         page(&state.deleted, after, max, |d| Some(d.clone()))
     }
@@ -357,9 +400,15 @@ impl Store {
             if state.secrets.contains_key(&k) {
                 return Err(ApiError::already_exists(name));
             }
-            let deleted = state.deleted.remove(&k).ok_or_else(|| ApiError::deleted_secret_not_found(name))?;
+            let deleted = state
+                .deleted
+                .remove(&k)
+                .ok_or_else(|| ApiError::deleted_secret_not_found(name))?;
             let secret = deleted.secret;
-            let latest = secret.latest().cloned().ok_or_else(|| ApiError::deleted_secret_not_found(name))?;
+            let latest = secret
+                .latest()
+                .cloned()
+                .ok_or_else(|| ApiError::deleted_secret_not_found(name))?;
             let out = (secret.name.clone(), latest);
             state.secrets.insert(k, secret);
             Ok(out)
@@ -369,13 +418,21 @@ impl Store {
     /// Permanently removes a soft-deleted secret.
     pub(crate) fn purge(&self, name: &str) -> Result<(), ApiError> {
         self.mutate(|state| {
-            state.deleted.remove(&key(name)).map(|_| ()).ok_or_else(|| ApiError::deleted_secret_not_found(name))
+            state
+                .deleted
+                .remove(&key(name))
+                .map(|_| ())
+                .ok_or_else(|| ApiError::deleted_secret_not_found(name))
         })
     }
 
     /// A copy of a live secret with all versions (for backup).
     pub(crate) fn export(&self, name: &str) -> Result<Secret, ApiError> {
-        self.read().secrets.get(&key(name)).cloned().ok_or_else(|| ApiError::secret_not_found(name, None))
+        self.read()
+            .secrets
+            .get(&key(name))
+            .cloned()
+            .ok_or_else(|| ApiError::secret_not_found(name, None))
     }
 
     /// Restores a backed-up secret; fails if the name is live or soft-deleted.
@@ -389,7 +446,10 @@ impl Store {
             if state.secrets.contains_key(&k) {
                 return Err(ApiError::already_exists(&secret.name));
             }
-            let latest = secret.latest().cloned().ok_or_else(|| ApiError::bad_parameter("empty backup"))?;
+            let latest = secret
+                .latest()
+                .cloned()
+                .ok_or_else(|| ApiError::bad_parameter("empty backup"))?;
             let out = (secret.name.clone(), latest);
             state.secrets.insert(k, secret);
             Ok(out)
@@ -437,7 +497,10 @@ fn page<V, T>(
         last_key = Some(k.clone());
     }
     let more = match &last_key {
-        Some(k) => map.range::<String, _>((Bound::Excluded(k), Bound::Unbounded)).next().is_some(),
+        Some(k) => map
+            .range::<String, _>((Bound::Excluded(k), Bound::Unbounded))
+            .next()
+            .is_some(),
         None => false,
     };
     (items, if more { last_key } else { None })
@@ -445,7 +508,10 @@ fn page<V, T>(
 
 fn write_atomically(path: &Path, state: &VaultState) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
@@ -460,7 +526,10 @@ mod tests {
     }
 
     fn v(value: &str) -> NewVersion {
-        NewVersion { value: value.into(), ..NewVersion::default() }
+        NewVersion {
+            value: value.into(),
+            ..NewVersion::default()
+        }
     }
 
     #[test]
@@ -473,7 +542,13 @@ mod tests {
         let (name, latest) = s.get("DB-PASS", None).unwrap();
         assert_eq!(name, "Db-Pass");
         assert_eq!(latest.value, "two");
-        assert_eq!(s.get("db-pass", Some(&v1.version.to_uppercase())).unwrap().1.value, "one");
+        assert_eq!(
+            s.get("db-pass", Some(&v1.version.to_uppercase()))
+                .unwrap()
+                .1
+                .value,
+            "one"
+        );
     }
 
     #[test]
@@ -498,7 +573,10 @@ mod tests {
         s.set("a", v("x")).unwrap();
         s.delete("a").unwrap();
         assert_eq!(s.get("a", None).unwrap_err().code, "SecretNotFound");
-        assert_eq!(s.set("a", v("y")).unwrap_err().inner, Some("ObjectIsDeletedButRecoverable"));
+        assert_eq!(
+            s.set("a", v("y")).unwrap_err().inner,
+            Some("ObjectIsDeletedButRecoverable")
+        );
         s.recover("a").unwrap();
         assert_eq!(s.get("a", None).unwrap().1.value, "x");
         s.delete("a").unwrap();
@@ -510,8 +588,14 @@ mod tests {
     fn limits() {
         let s = store();
         assert!(s.set("a", v(&"x".repeat(MAX_VALUE_BYTES))).is_ok());
-        assert_eq!(s.set("a", v(&"x".repeat(MAX_VALUE_BYTES + 1))).unwrap_err().code, "BadParameter");
+        assert_eq!(
+            s.set("a", v(&"x".repeat(MAX_VALUE_BYTES + 1))).unwrap_err().code,
+            "BadParameter"
+        );
         let tags = (0..16).map(|i| (format!("t{i}"), String::new())).collect();
-        assert_eq!(s.set("a", NewVersion { tags, ..v("x") }).unwrap_err().code, "BadParameter");
+        assert_eq!(
+            s.set("a", NewVersion { tags, ..v("x") }).unwrap_err().code,
+            "BadParameter"
+        );
     }
 }

@@ -49,7 +49,9 @@ pub(crate) fn generate(vault_name: &str) -> Result<TlsMaterial, EmulatorError> {
     };
 
     let mut ca_params = CertificateParams::default();
-    ca_params.distinguished_name.push(DnType::CommonName, "keyferry emulator CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "keyferry emulator CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut ca_params);
@@ -58,18 +60,25 @@ pub(crate) fn generate(vault_name: &str) -> Result<TlsMaterial, EmulatorError> {
 
     let mut leaf_params =
         CertificateParams::new(subject_alt_names(vault_name)).map_err(tls_err("server certificate names"))?;
-    leaf_params.distinguished_name.push(DnType::CommonName, format!("{vault_name}.vault.localhost"));
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{vault_name}.vault.localhost"));
     leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     leaf_params.use_authority_key_identifier_extension = true;
     validity(&mut leaf_params);
     let leaf_key = KeyPair::generate().map_err(tls_err("server key"))?;
-    let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(tls_err("server certificate"))?;
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca)
+        .map_err(tls_err("server certificate"))?;
 
     let chain = vec![leaf.der().clone(), ca.der().clone()];
     let key = PrivateKeyDer::try_from(leaf_key.serialize_der())
         .map_err(|e| EmulatorError::Tls(format!("server key: {e}")))?;
-    Ok(TlsMaterial { server_config: server_config(chain, key)?, ca_pem: ca.pem() })
+    Ok(TlsMaterial {
+        server_config: server_config(chain, key)?,
+        ca_pem: ca.pem(),
+    })
 }
 
 /// Loads a certificate chain and key from PEM files; the chain PEM is what clients trust.
@@ -85,7 +94,10 @@ pub(crate) fn load(cert: &Path, key: &Path) -> Result<TlsMaterial, EmulatorError
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| EmulatorError::invalid_file(key, format!("invalid private key PEM: {e}")))?;
     let ca_pem = String::from_utf8_lossy(&cert_pem).into_owned();
-    Ok(TlsMaterial { server_config: server_config(chain, key_der)?, ca_pem })
+    Ok(TlsMaterial {
+        server_config: server_config(chain, key_der)?,
+        ca_pem,
+    })
 }
 
 fn server_config(

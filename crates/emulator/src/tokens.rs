@@ -64,7 +64,9 @@ pub(crate) struct TokenIssuer {
 
 impl std::fmt::Debug for TokenIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenIssuer").field("issuer", &self.issuer).finish_non_exhaustive()
+        f.debug_struct("TokenIssuer")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +89,13 @@ impl TokenIssuer {
     }
 
     /// Mints a token for `audience`, valid for `lifetime_secs` (may be negative for tests).
-    pub(crate) fn mint(&self, audience: &str, client_id: &str, tenant: &str, lifetime_secs: i64) -> (String, Claims) {
+    pub(crate) fn mint(
+        &self,
+        audience: &str,
+        client_id: &str,
+        tenant: &str,
+        lifetime_secs: i64,
+    ) -> (String, Claims) {
         let iat = now();
         let claims = Claims {
             aud: normalize_resource(audience).to_owned(),
@@ -114,7 +122,9 @@ impl TokenIssuer {
         let mut mac = self.mac();
         mac.update(signing_input.as_bytes());
         mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
-        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
         let t = now();
         if claims.exp <= t {
@@ -142,8 +152,13 @@ mod tests {
         let (expired, _) = issuer.mint(VAULT_RESOURCE, "c", "t", -10);
         assert_eq!(issuer.validate(&expired), Err(TokenError::Expired));
         let (other, _) = issuer.mint("https://storage.azure.com", "c", "t", 60);
-        assert!(matches!(issuer.validate(&other), Err(TokenError::WrongAudience(_))));
-        let foreign = TokenIssuer::new("https://localhost:1".into()).mint(VAULT_RESOURCE, "c", "t", 60).0;
+        assert!(matches!(
+            issuer.validate(&other),
+            Err(TokenError::WrongAudience(_))
+        ));
+        let foreign = TokenIssuer::new("https://localhost:1".into())
+            .mint(VAULT_RESOURCE, "c", "t", 60)
+            .0;
         assert_eq!(issuer.validate(&foreign), Err(TokenError::BadSignature));
         assert_eq!(issuer.validate("garbage"), Err(TokenError::Malformed));
         assert_eq!(issuer.validate("a.b.cccc"), Err(TokenError::BadSignature));

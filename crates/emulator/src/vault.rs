@@ -64,12 +64,17 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), String> {
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or("AKV10000: Request is missing a Bearer or PoP token.")?;
-    app.tokens.validate(token.trim()).map(|_| ()).map_err(|e| e.to_string())
+    app.tokens
+        .validate(token.trim())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 fn challenge(app: &AppState, message: String) -> Response {
     let mut response = ApiError::unauthorized(message).into_response();
-    response.headers_mut().insert(header::WWW_AUTHENTICATE, app.challenge.clone());
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, app.challenge.clone());
     response
 }
 
@@ -78,7 +83,10 @@ struct Query<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl<'a> Query<'a> {
     fn parse(raw: Option<&'a str>) -> Self {
-        Self(raw.map(|q| url::form_urlencoded::parse(q.as_bytes()).collect()).unwrap_or_default())
+        Self(
+            raw.map(|q| url::form_urlencoded::parse(q.as_bytes()).collect())
+                .unwrap_or_default(),
+        )
     }
 
     fn get(&self, key: &str) -> Option<&str> {
@@ -105,15 +113,20 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => {
             let mut response = (status, bytes).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
             response
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot serialize response");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "serialization failed")
-                .into_response()
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                "serialization failed",
+            )
+            .into_response()
         }
     }
 }
@@ -123,9 +136,9 @@ fn ok<T: Serialize>(body: &T) -> Result<Response, ApiError> {
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(body: Body) -> Result<T, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::bad_parameter(format!("The request body is larger than {MAX_BODY_BYTES} bytes.")))?;
+    let bytes: Bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::bad_parameter(format!("The request body is larger than {MAX_BODY_BYTES} bytes."))
+    })?;
     if bytes.is_empty() {
         return Err(ApiError::bad_parameter("The request body is missing."));
     }
@@ -155,17 +168,25 @@ fn page_size(query: &Query<'_>) -> Result<usize, ApiError> {
 
 /// Decodes a `$skiptoken` of the given kind (`s` list, `v` versions, `d` deleted).
 fn skip_token(query: &Query<'_>, kind: char) -> Result<Option<String>, ApiError> {
-    let Some(raw) = query.get("$skiptoken").filter(|t| !t.is_empty()) else { return Ok(None) };
+    let Some(raw) = query.get("$skiptoken").filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
     let invalid = || ApiError::bad_parameter("The $skiptoken is invalid.");
     let decoded = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
     let text = String::from_utf8(decoded).map_err(|_| invalid())?;
-    let rest = text.strip_prefix(kind).and_then(|r| r.strip_prefix(':')).ok_or_else(invalid)?;
+    let rest = text
+        .strip_prefix(kind)
+        .and_then(|r| r.strip_prefix(':'))
+        .ok_or_else(invalid)?;
     Ok(Some(rest.to_owned()))
 }
 
 fn next_link(app: &AppState, path: &str, api_version: &str, kind: char, token: &str, max: usize) -> String {
     let token = URL_SAFE_NO_PAD.encode(format!("{kind}:{token}"));
-    format!("{}{path}?api-version={api_version}&$skiptoken={token}&maxresults={max}", app.vault_url)
+    format!(
+        "{}{path}?api-version={api_version}&$skiptoken={token}&maxresults={max}",
+        app.vault_url
+    )
 }
 
 async fn dispatch(
@@ -211,14 +232,18 @@ async fn dispatch(
         }
         Route::DeleteSecret { name } => {
             let deleted = store.delete(&name)?;
-            let body = DeletedSecretBody::new(base, &deleted, true).ok_or_else(|| ApiError::secret_not_found(&name, None))?;
+            let body = DeletedSecretBody::new(base, &deleted, true)
+                .ok_or_else(|| ApiError::secret_not_found(&name, None))?;
             ok(&body)
         }
         Route::ListSecrets => {
             let max = page_size(query)?;
             let after = skip_token(query, 's')?;
             let (items, next) = store.list(after.as_deref(), max);
-            let value = items.iter().map(|(name, v)| SecretItem::new(base, name, v, false)).collect();
+            let value = items
+                .iter()
+                .map(|(name, v)| SecretItem::new(base, name, v, false))
+                .collect();
             let next_link = next.map(|k| next_link(app, "/secrets", api_version, 's', &k, max));
             ok(&Page { value, next_link })
         }
@@ -226,25 +251,33 @@ async fn dispatch(
             let max = page_size(query)?;
             let start = match skip_token(query, 'v')? {
                 None => 0,
-                Some(t) => t.parse::<usize>().map_err(|_| ApiError::bad_parameter("The $skiptoken is invalid."))?,
+                Some(t) => t
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_parameter("The $skiptoken is invalid."))?,
             };
             let (name, versions, next) = store.list_versions(&name, start, max)?;
-            let value = versions.iter().map(|v| SecretItem::new(base, &name, v, true)).collect();
+            let value = versions
+                .iter()
+                .map(|v| SecretItem::new(base, &name, v, true))
+                .collect();
             let path = format!("/secrets/{name}/versions");
             let next_link = next.map(|n| next_link(app, &path, api_version, 'v', &n.to_string(), max));
             ok(&Page { value, next_link })
         }
         Route::GetDeleted { name } => {
             let deleted = store.get_deleted(&name)?;
-            let body =
-                DeletedSecretBody::new(base, &deleted, true).ok_or_else(|| ApiError::deleted_secret_not_found(&name))?;
+            let body = DeletedSecretBody::new(base, &deleted, true)
+                .ok_or_else(|| ApiError::deleted_secret_not_found(&name))?;
             ok(&body)
         }
         Route::ListDeleted => {
             let max = page_size(query)?;
             let after = skip_token(query, 'd')?;
             let (items, next) = store.list_deleted(after.as_deref(), max);
-            let value: Vec<_> = items.iter().filter_map(|d| DeletedSecretBody::new(base, d, false)).collect();
+            let value: Vec<_> = items
+                .iter()
+                .filter_map(|d| DeletedSecretBody::new(base, d, false))
+                .collect();
             let next_link = next.map(|k| next_link(app, "/deletedsecrets", api_version, 'd', &k, max));
             ok(&Page { value, next_link })
         }
@@ -258,14 +291,28 @@ async fn dispatch(
         }
         Route::Backup { name } => {
             let secret = store.export(&name)?;
-            let blob = serde_json::to_vec(&BackupEnvelope { format: BACKUP_FORMAT.to_owned(), secret })
-                .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "backup failed"))?;
-            ok(&BackupBlob { value: URL_SAFE_NO_PAD.encode(blob) })
+            let blob = serde_json::to_vec(&BackupEnvelope {
+                format: BACKUP_FORMAT.to_owned(),
+                secret,
+            })
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "backup failed",
+                )
+            })?;
+            ok(&BackupBlob {
+                value: URL_SAFE_NO_PAD.encode(blob),
+            })
         }
         Route::Restore => {
             let req: BackupBlob = read_json(body).await?;
-            let invalid = || ApiError::bad_parameter("Backup blob is corrupt or was not made by this emulator.");
-            let bytes = URL_SAFE_NO_PAD.decode(req.value.trim_end_matches('=')).map_err(|_| invalid())?;
+            let invalid =
+                || ApiError::bad_parameter("Backup blob is corrupt or was not made by this emulator.");
+            let bytes = URL_SAFE_NO_PAD
+                .decode(req.value.trim_end_matches('='))
+                .map_err(|_| invalid())?;
             let envelope: BackupEnvelope = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
             if envelope.format != BACKUP_FORMAT || envelope.secret.versions.is_empty() {
                 return Err(invalid());
