@@ -146,17 +146,19 @@ impl AzureCredentials {
                 detail: format!("{why} is set but {k} is not"),
             })
         };
+        // The tenant may also come from the store's `tenantId`: AzureProvider::new fills it in.
+        let tenant = || get("AZURE_TENANT_ID").unwrap_or_default();
         if get("AZURE_CLIENT_SECRET").is_some() {
             let why = "AZURE_CLIENT_SECRET";
             return Ok(AzureCredentials::ClientSecret {
-                tenant_id: need("AZURE_TENANT_ID", why)?,
+                tenant_id: tenant(),
                 client_id: need("AZURE_CLIENT_ID", why)?,
                 secret: SecretValue::from(need("AZURE_CLIENT_SECRET", why)?),
             });
         }
         if let Some(path) = get("AZURE_CLIENT_CERTIFICATE_PATH") {
             let why = "AZURE_CLIENT_CERTIFICATE_PATH";
-            let (tenant_id, client_id) = (need("AZURE_TENANT_ID", why)?, need("AZURE_CLIENT_ID", why)?);
+            let (tenant_id, client_id) = (tenant(), need("AZURE_CLIENT_ID", why)?);
             let pem = std::fs::read(&path).map_err(|e| ProviderError::Invalid {
                 detail: format!("AZURE_CLIENT_CERTIFICATE_PATH {path}: cannot read: {e}"),
             })?;
@@ -169,7 +171,7 @@ impl AzureCredentials {
         if let Some(file) = get("AZURE_FEDERATED_TOKEN_FILE") {
             let why = "AZURE_FEDERATED_TOKEN_FILE";
             return Ok(AzureCredentials::WorkloadIdentity {
-                tenant_id: need("AZURE_TENANT_ID", why)?,
+                tenant_id: tenant(),
                 client_id: need("AZURE_CLIENT_ID", why)?,
                 token_file: PathBuf::from(file),
             });
@@ -204,6 +206,37 @@ impl AzureCredentials {
             AzureCredentials::ManagedIdentity { client_id: None } => "managed identity".to_owned(),
             AzureCredentials::Custom { identity, .. } => identity.clone(),
         }
+    }
+
+    /// The Entra tenant, for the flows that have one.
+    pub fn tenant_id(&self) -> Option<&str> {
+        match self {
+            AzureCredentials::ClientSecret { tenant_id, .. }
+            | AzureCredentials::ClientCertificate { tenant_id, .. }
+            | AzureCredentials::WorkloadIdentity { tenant_id, .. }
+            | AzureCredentials::WorkloadIdentityAssertion { tenant_id, .. } => Some(tenant_id),
+            AzureCredentials::ManagedIdentity { .. } | AzureCredentials::Custom { .. } => None,
+        }
+    }
+
+    /// Fills an empty tenant with `tenant` (the store's `tenantId`); a tenant already given wins.
+    #[must_use]
+    pub fn with_default_tenant(mut self, tenant: Option<&str>) -> Self {
+        let Some(default) = tenant.map(str::trim).filter(|t| !t.is_empty()) else {
+            return self;
+        };
+        match &mut self {
+            AzureCredentials::ClientSecret { tenant_id, .. }
+            | AzureCredentials::ClientCertificate { tenant_id, .. }
+            | AzureCredentials::WorkloadIdentity { tenant_id, .. }
+            | AzureCredentials::WorkloadIdentityAssertion { tenant_id, .. }
+                if tenant_id.trim().is_empty() =>
+            {
+                *tenant_id = default.to_owned();
+            }
+            _ => {}
+        }
+        self
     }
 
     /// Whether these credentials fit a store's `authType` (`Custom` fits any).
@@ -507,11 +540,20 @@ mod tests {
             Ok(AzureCredentials::ManagedIdentity { client_id: Some(ref c) }) if c == "c"
         ));
         let missing =
-            AzureCredentials::from_vars(vars(&[("AZURE_CLIENT_SECRET", "s"), ("AZURE_CLIENT_ID", "c")]));
+            AzureCredentials::from_vars(vars(&[("AZURE_CLIENT_SECRET", "s"), ("AZURE_TENANT_ID", "t")]));
         assert!(
-            matches!(missing, Err(ProviderError::Invalid { ref detail }) if detail.contains("AZURE_TENANT_ID")),
+            matches!(missing, Err(ProviderError::Invalid { ref detail }) if detail.contains("AZURE_CLIENT_ID")),
             "{missing:?}"
         );
+        // No AZURE_TENANT_ID: left empty for the store's tenantId to fill.
+        let no_tenant =
+            AzureCredentials::from_vars(vars(&[("AZURE_CLIENT_SECRET", "s"), ("AZURE_CLIENT_ID", "c")]))
+                .expect("credentials");
+        assert_eq!(no_tenant.tenant_id(), Some(""));
+        let filled = no_tenant.with_default_tenant(Some("spec-tenant"));
+        assert_eq!(filled.tenant_id(), Some("spec-tenant"));
+        let kept = filled.with_default_tenant(Some("other"));
+        assert_eq!(kept.tenant_id(), Some("spec-tenant"), "an explicit tenant wins");
         let none = AzureCredentials::from_vars(vars(&[]));
         assert!(matches!(none, Err(ProviderError::Invalid { .. })));
         let empty_is_unset =

@@ -194,7 +194,16 @@ impl AzureProvider {
                 client_id: spec.identity_id.clone().filter(|s| !s.is_empty()),
             },
             other => other,
-        };
+        }
+        .with_default_tenant(spec.tenant_id.as_deref());
+        if credentials.tenant_id().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ProviderError::Invalid {
+                detail: format!(
+                    "no tenant for {}: set the store's tenantId (or AZURE_TENANT_ID)",
+                    credentials.identity()
+                ),
+            });
+        }
         let authority = options.resolve_authority(spec);
         let authority_url = Url::parse(&authority).map_err(|e| ProviderError::Invalid {
             detail: format!("authority host {authority:?} is not a URL: {e}"),
