@@ -584,6 +584,17 @@ async fn check_store(
                         Rule::Missing,
                         format!("{}: {subject} does not exist", u.path),
                     )),
+                    // Existence checks cover secrets; a key or certificate the provider cannot
+                    // check is said so, not failed.
+                    Some(Outcome::Failed(CallError::Provider(ProviderError::Invalid { detail })))
+                        if split_remote_key(&lookup.key).0 != ObjectType::Secret =>
+                    {
+                        out.push(finding(
+                            u,
+                            Rule::Unchecked,
+                            format!("{}: {subject} not checked: {detail}", u.path),
+                        ))
+                    }
                     Some(Outcome::Failed(e)) => out.push(call_finding(u, &subject, e, options)),
                     None => {}
                 }

@@ -126,6 +126,8 @@ rules! {
     StoreConfig = ("KF110", "store-config", Error, Config);
     /// The vault called a reference invalid.
     InvalidReference = ("KF111", "invalid-reference", Error, Finding);
+    /// A `key/` or `cert/` reference the provider cannot check from properties.
+    Unchecked = ("KF112", "unchecked", Warning, Finding);
 }
 
 impl Rule {

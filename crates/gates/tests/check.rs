@@ -1,5 +1,6 @@
 //! `check` against FakeStore: every vault state reported with its rule, request discipline
 //! (dedupe, one listing, concurrency, budget), exit codes, and no value in any output.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -187,6 +188,7 @@ async fn every_vault_state_has_its_rule() {
     let report = run("check", Probe::new(seeded("check")), &options()).await;
     let expected = [
         format!("{JENKINS}:11 error KF100"),
+        format!("{JENKINS}:13 warning KF112"),
         format!("{NETBOX}:11 error KF100"),
         format!("{NETBOX}:13 error KF101"),
         format!("{NETBOX}:15 error KF102"),
@@ -269,18 +271,22 @@ async fn each_distinct_key_is_asked_once_and_values_are_not_read() {
     // A `find` needs the listing anyway; then only names absent from it (netbox-db-user,
     // netbox-ldap-password) and the pinned version are asked one by one.
     assert_eq!(c.lists.load(Ordering::SeqCst), 1);
-    assert_eq!(c.exists.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        c.exists.load(Ordering::SeqCst),
+        4,
+        "+ cert/jenkins-tls, which is not in listings"
+    );
     assert_eq!(
         c.gets.load(Ordering::SeqCst),
         0,
         "no value is read without --deep"
     );
-    assert_eq!(report.stats.references, 14);
+    assert_eq!(report.stats.references, 15);
     assert_eq!(
-        report.stats.distinct_lookups, 10,
+        report.stats.distinct_lookups, 11,
         "NETBOX-DB-PASSWORD and netbox-db-password are one key"
     );
-    assert_eq!(report.stats.requests, 4);
+    assert_eq!(report.stats.requests, 5);
 }
 
 #[tokio::test]
@@ -360,7 +366,7 @@ async fn an_unreachable_vault_exits_3_after_retries() {
     assert_eq!(probe.counts.lists.load(Ordering::SeqCst), 3);
     assert_eq!(probe.counts.exists.load(Ordering::SeqCst), 0);
     assert_eq!(report.stats.requests, 3);
-    assert_eq!(report.findings.len(), 14, "every use is reported");
+    assert_eq!(report.findings.len(), 15, "every use is reported");
 }
 
 #[tokio::test]
@@ -411,16 +417,19 @@ async fn the_request_budget_is_a_hard_cap() {
 
 #[tokio::test]
 async fn stale_secrets_warn() {
-    let report = run(
-        "good",
-        Probe::new(seeded("good")),
-        &CheckOptions {
-            max_age_days: Some(30),
-            ..options()
-        },
-    )
-    .await;
-    // Every present key is stale at NOW: 7 uses, minus the find (no single secret).
+    // FakeStore stamps versions with the real time: look 40 days (and an hour) ahead.
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let later = i64::try_from(real_now).unwrap() + 40 * 86_400 + 3_600;
+    let opts = CheckOptions {
+        max_age_days: Some(30),
+        now: later,
+        ..options()
+    };
+    let report = run("good", Probe::new(seeded("good")), &opts).await;
+    // Every present key is stale then: 7 uses, minus the find (no single secret).
     assert_eq!(report.findings.len(), 6, "{}", render(&report, Format::Human));
     assert!(
         report
@@ -430,12 +439,17 @@ async fn stale_secrets_warn() {
     );
     let first = &report.findings[0].message;
     assert!(
-        first.ends_with("days old (policy: rotate within 30 days)"),
+        first.ends_with("current version is 40 days old (policy: rotate within 30 days)"),
         "{first}"
     );
-    // FakeStore stamps versions a few seconds after 2026-01-01: 58 whole days before NOW.
-    assert!(first.contains("current version is 58 days old"), "{first}");
-    assert_eq!(report.exit_status(), 0);
+    assert_eq!(report.exit_status(), 0, "staleness warns, never fails");
+
+    let fresh = CheckOptions {
+        max_age_days: Some(60),
+        now: later,
+        ..options()
+    };
+    assert_eq!(run("good", Probe::new(seeded("good")), &fresh).await.findings, []);
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
 //! `validate` over the fixture repositories: exact findings, rule ids, exit codes and formats.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
