@@ -128,7 +128,12 @@ impl RetryPolicy for KeyferryRetry {
     async fn wait(&self, retry_count: u32, retry_after: Option<azure_core::time::Duration>) {
         let delay = match retry_after.and_then(|d| Duration::try_from(d).ok()) {
             // The server said when; a little jitter on top so throttled clients don't return together.
-            Some(ra) => ra.min(self.config.max_retry_after) + jitter(Duration::from_millis(20)),
+            // A `Retry-After: 0` gets a small floor so a struggling server is not hit in a tight loop.
+            Some(ra) => {
+                ra.min(self.config.max_retry_after)
+                    .max(self.config.initial_delay / 4)
+                    + jitter(Duration::from_millis(20))
+            }
             None => jitter(self.config.backoff(retry_count)),
         };
         tokio::time::sleep(delay).await;
