@@ -88,6 +88,18 @@ pub fn discover(paths: &[PathBuf], policy: &Policy) -> Result<Discovery, GatesEr
         }
     };
 
+    // A directory below the root with its own keyferry.toml is another project (a vendored repo,
+    // examples, test fixtures): its own policy governs it, so it is left to a run there.
+    let nested: Vec<String> = candidates
+        .iter()
+        .filter_map(|rel| rel.strip_suffix(&format!("/{}", crate::policy::POLICY_FILE)))
+        .map(|dir| format!("{dir}/"))
+        .collect();
+    let candidates: BTreeSet<String> = candidates
+        .into_iter()
+        .filter(|rel| !nested.iter().any(|n| rel.starts_with(n.as_str())))
+        .collect();
+
     let mut out = Discovery {
         root: root.clone(),
         in_git,
@@ -294,6 +306,9 @@ mod tests {
         std::fs::write(root.join(".hidden/x.yaml"), "a: 1\n").unwrap();
         std::fs::write(root.join(".env"), "A=1\n").unwrap();
         std::fs::write(root.join("README.md"), "hi\n").unwrap();
+        std::fs::create_dir_all(root.join("vendor/other/deploy")).unwrap();
+        std::fs::write(root.join("vendor/other/keyferry.toml"), "").unwrap();
+        std::fs::write(root.join("vendor/other/deploy/x.yaml"), "a: 1\n").unwrap();
         // tempdirs live outside any Git work tree on CI and here; skip if that is not so.
         if git_files(root).is_some() {
             return;
