@@ -467,10 +467,17 @@ async fn untrusted_ca_is_a_clear_tls_error() {
     let emu = emulator(EmulatorConfig::default()).await;
     let opts = ConnectOptions {
         extra_ca_pems: Vec::new(),
-        ..options(&emu, RetryConfig::fast(1))
+        // Production retries: a trust failure must still surface at once (retrying cannot fix it).
+        ..options(&emu, RetryConfig::default())
     };
     let p = AzureProvider::new(&spec(&emu), client_secret(&emu, CLIENT_SECRET), &opts).expect("provider");
+    let start = Instant::now();
     let err = p.validate().await.expect_err("untrusted");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "TLS failure was retried: {:?}",
+        start.elapsed()
+    );
     let line = common::one_clear_line(&err, &[CLIENT_SECRET]);
     assert!(
         matches!(err, ProviderError::Unavailable { .. }) && line.contains("UnknownIssuer"),

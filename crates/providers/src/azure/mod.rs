@@ -227,12 +227,16 @@ impl AzureProvider {
         let vault_options = || ClientOptions {
             transport: Some(transport.clone()),
             retry: retry.clone(),
-            per_try_policies: vec![Arc::new(budget::BudgetPolicy(budget.clone())) as Arc<dyn Policy>],
+            per_try_policies: vec![
+                Arc::new(budget::BudgetPolicy(budget.clone())) as Arc<dyn Policy>,
+                Arc::new(transport::TlsFailFast),
+            ],
             ..ClientOptions::default()
         };
         let credential_options = ClientOptions {
             transport: Some(transport.clone()),
             retry: retry.clone(),
+            per_try_policies: vec![Arc::new(transport::TlsFailFast) as Arc<dyn Policy>],
             ..ClientOptions::default()
         };
 

@@ -5,8 +5,13 @@
 //! fail with `UnknownIssuer`. Extra CA certificates are *merged* with the platform roots.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
+use azure_core::error::ErrorKind;
+use azure_core::http::policies::{Policy, PolicyResult};
+use azure_core::http::{Context, Request};
 use url::Url;
 
 use crate::ProviderError;
@@ -61,6 +66,56 @@ pub(crate) fn http_client(
     builder.build().map_err(|e| ProviderError::Invalid {
         detail: format!("cannot build the HTTPS client: {e}"),
     })
+}
+
+/// Makes certificate-trust failures final. The SDK retries every connection error, so an
+/// untrusted or mismatched server certificate would otherwise cost the whole backoff (31 s by
+/// default) before the caller learns what is wrong — and retrying cannot fix it.
+#[derive(Debug)]
+pub(crate) struct TlsFailFast;
+
+/// Whether an error's source chain shows a certificate the client refused.
+pub(crate) fn is_certificate_failure(err: &azure_core::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if text.contains("invalid peer certificate")
+            || text.contains("UnknownIssuer")
+            || text.contains("NotValidForName")
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+#[async_trait]
+impl Policy for TlsFailFast {
+    // The trait's own signature elides `Context`'s lifetime; spelling it out breaks async_trait.
+    #[allow(elided_lifetimes_in_paths)]
+    async fn send(&self, ctx: &Context, request: &mut Request, next: &[Arc<dyn Policy>]) -> PolicyResult {
+        let Some((first, rest)) = next.split_first() else {
+            return Err(azure_core::Error::with_message(
+                ErrorKind::Other,
+                "TLS policy is last in the pipeline",
+            ));
+        };
+        match first.send(ctx, request, rest).await {
+            Err(e)
+                if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Io)
+                    && is_certificate_failure(&e) =>
+            {
+                // `Other` is not retried; the original error stays in the chain for the message.
+                Err(azure_core::Error::with_error(
+                    ErrorKind::Other,
+                    e,
+                    "server certificate not trusted",
+                ))
+            }
+            other => other,
+        }
+    }
 }
 
 #[cfg(test)]
