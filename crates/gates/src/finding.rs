@@ -154,6 +154,7 @@ impl Serialize for Rule {
 
 /// One thing a gate found, located in a file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Finding {
     /// The file, relative to the repository root, with `/` separators.
     pub file: String,
@@ -227,6 +228,7 @@ impl fmt::Display for Gate {
 
 /// Counts for the summary line.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Stats {
     /// Files read.
     pub files: usize,

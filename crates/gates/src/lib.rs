@@ -123,6 +123,7 @@ pub fn validate_repo(repo: &model::Repo, env_files: &[discover::SourceFile], pol
     }
     raw.extend(rules::targets::duplicate_targets(&views));
     for doc in &repo.docs {
+        raw.extend(rules::schema::missing_name(&doc.located));
         raw.extend(rules::webhook::unsupported_provider(&doc.located));
         raw.extend(rules::plaintext::plaintext_secret(&doc.located, policy));
     }

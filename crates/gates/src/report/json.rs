@@ -30,7 +30,7 @@ mod tests {
         assert_eq!(v["gate"], "validate");
         assert_eq!(v["exitCode"], 1);
         assert_eq!(v["findings"][0]["rule"], "KF010");
-        assert_eq!(v["findings"][0]["rule_name"], "akv-name");
+        assert_eq!(v["findings"][0]["ruleName"], "akv-name");
         assert_eq!(v["findings"][0]["line"], 7);
         assert_eq!(v["findings"][1]["severity"], "warning");
         assert_eq!(v["stats"]["references"], 3);
