@@ -95,7 +95,10 @@ pub async fn run_with_client(
     stop: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
     keyferry_providers::azure::install_crypto_provider();
-    let mut connect = ConnectOptions::default();
+    let mut connect = ConnectOptions {
+        retry: controller_retry(),
+        ..ConnectOptions::default()
+    };
     if let Some(ca) = &args.ca_file {
         connect = connect.with_ca_file(ca).map_err(RunError::CaFile)?;
     }
@@ -244,6 +247,18 @@ pub async fn run_with_client(
     futures::join!(es, stores, ces, watches);
     ctx.metrics.set_leader(false);
     finish(elector_task, http_task).await
+}
+
+/// Retries inside one vault call are short: the reconciler requeues failed objects with its own
+/// per-object backoff, and a long in-call retry would hold a worker slot through an outage.
+pub fn controller_retry() -> keyferry_providers::azure::RetryConfig {
+    keyferry_providers::azure::RetryConfig {
+        max_retries: 2,
+        initial_delay: std::time::Duration::from_millis(500),
+        max_delay: std::time::Duration::from_secs(2),
+        max_retry_after: std::time::Duration::from_secs(10),
+        max_elapsed: std::time::Duration::from_secs(15),
+    }
 }
 
 async fn finish(

@@ -83,7 +83,13 @@ pub fn provider_name(store: &StoreObject) -> &'static str {
 pub fn vault_label(store: &StoreObject) -> String {
     match store.spec().provider.kind() {
         Ok(ProviderKind::AzureKv(az)) => super::instrument::vault_label(&az.vault_url),
-        _ => format!("fake:{}", store.key().name),
+        _ => {
+            let key = store.key();
+            match key.namespace {
+                Some(ns) => format!("fake:{ns}/{}", key.name),
+                None => format!("fake:{}", key.name),
+            }
+        }
     }
 }
 

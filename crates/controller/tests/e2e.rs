@@ -1,0 +1,571 @@
+//! End-to-end tests of the controller on a real kube-apiserver (testenv or `$KUBECONFIG`), with the
+//! fake provider for most behaviours and keyferry's emulator for vault faults.
+//!
+//! Run: `scripts/testenv up` (prints KUBECONFIG=...), then
+//! `KUBECONFIG=... cargo test -p keyferry-controller --test e2e`. Without KUBECONFIG the testkit
+//! builds and starts testenv itself. `KEYFERRY_E2E_LOGS=1` echoes the controller's logs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{apply, env, fake_store, run, wait_ready, wait_secret_value, yaml};
+use k8s_openapi::api::core::v1::Secret;
+use keyferry_api::{ClusterSecretStore, ExternalSecret, SecretStore};
+use keyferry_testkit::{TestNamespace, eventually};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+fn es_yaml(ns: &str, name: &str, store: &str, extra: &str, data: &[(&str, &str)]) -> ExternalSecret {
+    let entries: Vec<String> = data
+        .iter()
+        .map(|(k, r)| format!("    - secretKey: {k}\n      remoteRef:\n        key: {r}"))
+        .collect();
+    yaml(&format!(
+        "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  secretStoreRef:\n    name: {store}\n{extra}  data:\n{}\n",
+        entries.join("\n")
+    ))
+}
+
+/// The platform repo's netbox ExternalSecrets (v1 and v1beta1, data, templates, extract + rewrite)
+/// sync unchanged from a ClusterSecretStore holding the example seed.
+#[test]
+fn netbox_example_syncs() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "netbox", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let css_name = format!("akv-{}", ns.name);
+
+        // The example seed, as a fake ClusterSecretStore admitting only this namespace.
+        let seed = keyferry_providers::seed::VaultSeed::parse(
+            "seed.yaml",
+            &common::repo_file("examples/vault/seed.yaml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let data: Vec<serde_json::Value> = seed
+            .secrets
+            .iter()
+            .map(|(k, s)| serde_json::json!({"key": k, "value": s.value}))
+            .collect();
+        let css: ClusterSecretStore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore",
+            "metadata": {"name": css_name},
+            "spec": {"provider": {"fake": {"data": data}}, "conditions": [{"namespaces": [ns.name]}]}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        apply(&Api::<ClusterSecretStore>::all(client.clone()), &css).await;
+
+        for file in [
+            "examples/deploy/netbox/secrets/externalsecret-netbox-db-password.yaml",
+            "examples/deploy/netbox/secrets/externalsecret-netbox-db-dsn.yaml",
+            "examples/deploy/netbox/secrets/externalsecret-netbox-config.yaml",
+        ] {
+            let mut obj: serde_json::Value = yaml(&common::repo_file(file));
+            obj["metadata"]["namespace"] = ns.name.clone().into();
+            obj["spec"]["secretStoreRef"]["name"] = css_name.clone().into();
+            // Created as written, including the v1beta1 apiVersion.
+            let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_owned();
+            let version = api_version.rsplit('/').next().unwrap_or("v1").to_owned();
+            let gvk = GroupVersionKind::gvk("external-secrets.io", &version, "ExternalSecret");
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &ns.name, &ApiResource::from_gvk(&gvk));
+            let dynamic: DynamicObject = serde_json::from_value(obj).unwrap_or_else(|e| panic!("{e}"));
+            apply(&api, &dynamic).await;
+        }
+
+        // Expected values come from the seed itself, so the test follows the example data.
+        let seed_value = |k: &str| seed.secrets.get(k).map(|s| s.value.clone()).unwrap_or_default();
+        let config: serde_json::Value =
+            serde_json::from_str(&seed_value("netbox-config")).unwrap_or_default();
+        let field = |path: &[&str]| {
+            path.iter()
+                .fold(&config, |v, k| &v[*k])
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let password = seed_value("netbox-db-password");
+        let s = wait_secret_value(
+            &client,
+            &ns.name,
+            "netbox-db-credentials",
+            "DB_PASSWORD",
+            &password,
+        )
+        .await;
+        assert_eq!(
+            s.labels()
+                .get("reconcile.external-secrets.io/managed")
+                .map(String::as_str),
+            Some("true")
+        );
+        let owners = s.owner_references();
+        assert!(owners.iter().any(|o| o.kind == "ExternalSecret"
+            && o.name == "netbox-db-password"
+            && o.controller == Some(true)));
+        let dsn = format!(
+            "postgres://{}:{password}@{}:5432/netbox?sslmode=require",
+            field(&["db", "user"]),
+            field(&["db", "host"])
+        );
+        wait_secret_value(&client, &ns.name, "netbox-db-dsn", "DATABASE_URL", &dsn).await;
+        wait_secret_value(
+            &client,
+            &ns.name,
+            "netbox-config",
+            "NETBOX_superuser",
+            &field(&["superuser"]),
+        )
+        .await;
+
+        let es = wait_ready(&client, &ns.name, "netbox-db-password", "True", "SecretSynced").await;
+        let status = es.status.clone().unwrap_or_default();
+        assert!(status.refresh_time.is_some());
+        assert!(status.synced_resource_version.is_some());
+        assert_eq!(status.observed_generation, es.metadata.generation);
+        assert_eq!(
+            status.binding.map(|b| b.name),
+            Some("netbox-db-credentials".to_owned())
+        );
+        // The template's labels reach the Secret.
+        let dsn: Secret = Api::namespaced(client.clone(), &ns.name)
+            .get("netbox-db-dsn")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dsn.labels().get("hyops.app").map(String::as_str), Some("netbox"));
+
+        let _ = Api::<ClusterSecretStore>::all(client.clone())
+            .delete(&css_name, &DeleteParams::default())
+            .await;
+        ns.cleanup().await;
+    });
+}
+
+/// A new value in the store reaches the Secret at the next (short) refresh; with a long refresh
+/// interval, changing the `force-sync` annotation syncs at once.
+#[test]
+fn new_versions_reach_the_secret() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "rotate", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stores: Api<SecretStore> = Api::namespaced(client.clone(), &ns.name);
+        apply(&stores, &fake_store(&ns.name, "vault", &[("db", "v1")])).await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "fast",
+                "vault",
+                "  refreshInterval: 2s\n",
+                &[("password", "db")],
+            ),
+        )
+        .await;
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "slow",
+                "vault",
+                "  refreshInterval: 1h\n",
+                &[("password", "db")],
+            ),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "fast", "password", "v1").await;
+        wait_secret_value(&client, &ns.name, "slow", "password", "v1").await;
+
+        // New version in the store.
+        apply(&stores, &fake_store(&ns.name, "vault", &[("db", "v2")])).await;
+        wait_secret_value(&client, &ns.name, "fast", "password", "v2").await;
+
+        // The hourly one keeps v1 until forced.
+        let slow: Secret = Api::namespaced(client.clone(), &ns.name)
+            .get("slow")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            slow.data.and_then(|d| d.get("password").map(|v| v.0.clone())),
+            Some(b"v1".to_vec())
+        );
+        let patch = serde_json::json!({"metadata": {"annotations": {"force-sync": "1"}}});
+        ess.patch("slow", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_secret_value(&client, &ns.name, "slow", "password", "v2").await;
+        ns.cleanup().await;
+    });
+}
+
+/// A namespaced ExternalSecret cannot use a SecretStore of another namespace: it is not found in its
+/// own, Ready=False, no Secret, and the other namespace's vault is never called.
+#[test]
+fn cross_namespace_secretstore_is_refused() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let a = TestNamespace::create(&client, "xns-a", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = TestNamespace::create(&client, "xns-b", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &b.name),
+            &fake_store(&b.name, "team-b-vault", &[("db", "b-secret")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &a.name);
+        apply(
+            &ess,
+            &es_yaml(&a.name, "steal", "team-b-vault", "", &[("password", "db")]),
+        )
+        .await;
+
+        let es = wait_ready(&client, &a.name, "steal", "False", "SecretSyncedError").await;
+        let msg = es
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.message);
+        assert!(
+            msg.as_deref()
+                .unwrap_or_default()
+                .contains("not found in namespace"),
+            "{msg:?}"
+        );
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &a.name);
+        assert!(secrets.get_opt("steal").await.ok().flatten().is_none());
+        let metrics = env.metrics().await;
+        let b_reads = format!("vault=\"fake:{}/team-b-vault\",operation=\"get_secret\"", b.name);
+        assert!(!metrics.contains(&b_reads), "team B's vault was read");
+        a.cleanup().await;
+        b.cleanup().await;
+    });
+}
+
+/// A ClusterSecretStore's conditions decide which namespaces may use it.
+#[test]
+fn cluster_store_conditions_exclude_a_namespace() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let allowed = TestNamespace::create(&client, "css-in", &[("tier", "apps")])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let denied = TestNamespace::create(&client, "css-out", &[("tier", "other")])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name = format!("shared-{}", allowed.name);
+        let css: ClusterSecretStore = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata:\n  name: {name}\nspec:\n  provider:\n    fake:\n      data:\n      - key: token\n        value: shared-token\n  conditions:\n  - namespaceSelector:\n      matchLabels:\n        tier: apps\n"
+        ));
+        apply(&Api::<ClusterSecretStore>::all(client.clone()), &css).await;
+        let extra = "";
+        for ns in [&allowed.name, &denied.name] {
+            let mut es = es_yaml(ns, "token", &name, extra, &[("token", "token")]);
+            if let Some(r) = es.spec.secret_store_ref.as_mut() {
+                r.kind = Some(keyferry_api::external_secret::StoreKind::ClusterSecretStore);
+            }
+            apply(&Api::<ExternalSecret>::namespaced(client.clone(), ns), &es).await;
+        }
+        wait_secret_value(&client, &allowed.name, "token", "token", "shared-token").await;
+        let es = wait_ready(&client, &denied.name, "token", "False", "StoreNotAllowed").await;
+        let msg = es
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.message);
+        assert!(
+            msg.as_deref()
+                .unwrap_or_default()
+                .contains(&format!("does not admit namespace {}", denied.name)),
+            "{msg:?}"
+        );
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &denied.name);
+        assert!(secrets.get_opt("token").await.ok().flatten().is_none());
+        let _ = Api::<ClusterSecretStore>::all(client.clone())
+            .delete(&name, &DeleteParams::default())
+            .await;
+        allowed.cleanup().await;
+        denied.cleanup().await;
+    });
+}
+
+/// Against the emulator: a vault outage leaves the Secret as it was and says Ready=False; when the
+/// vault answers again, the ExternalSecret recovers and a version set meanwhile arrives.
+#[test]
+fn vault_failure_leaves_the_secret_then_recovers() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "fault", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let remote = format!("{}-db", ns.name);
+        env.emulator
+            .set_secret(&remote, "before-outage")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let creds: Secret = yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: akv-sp\n  namespace: {}\nstringData:\n  client-id: keyferry-e2e\n  client-secret: emulator-accepts-any\n",
+            ns.name
+        ));
+        apply(&Api::namespaced(client.clone(), &ns.name), &creds).await;
+        let store: SecretStore = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: akv\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: akv-sp, key: client-id}}\n        clientSecret: {{name: akv-sp, key: client-secret}}\n",
+            ns = ns.name,
+            url = env.emulator.vault_url(),
+            tenant = env.emulator.tenant_id(),
+        ));
+        apply(&Api::namespaced(client.clone(), &ns.name), &store).await;
+        let store_ready = eventually(Duration::from_secs(60), || {
+            let api: Api<SecretStore> = Api::namespaced(client.clone(), &ns.name);
+            async move {
+                let s = api.get("akv").await.ok()?;
+                s.status?
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True")
+                    .then_some(())
+            }
+        })
+        .await;
+        assert!(
+            store_ready.is_some(),
+            "the store never validated against the emulator"
+        );
+
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "db",
+                "akv",
+                "  refreshInterval: 2s\n",
+                &[("password", &remote)],
+            ),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "db", "password", "before-outage").await;
+
+        // Outage: every data-plane request answers 503.
+        let fault = env
+            .emulator
+            .inject_fault(keyferry_emulator::FaultSpec::new(
+                keyferry_emulator::FaultKind::Unavailable,
+            ))
+            .unwrap_or_else(|e| panic!("{e}"));
+        env.emulator
+            .set_secret(&remote, "after-outage")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let es = wait_ready(&client, &ns.name, "db", "False", "SecretSyncedError").await;
+        let msg = es
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.message);
+        assert!(
+            msg.as_deref().unwrap_or_default().contains("unavailable"),
+            "{msg:?}"
+        );
+        let kept: Secret = Api::namespaced(client.clone(), &ns.name)
+            .get("db")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            kept.data.and_then(|d| d.get("password").map(|v| v.0.clone())),
+            Some(b"before-outage".to_vec()),
+            "a vault error must never blank or change the Secret"
+        );
+
+        // Recovery.
+        env.emulator.remove_fault(fault);
+        wait_secret_value(&client, &ns.name, "db", "password", "after-outage").await;
+        wait_ready(&client, &ns.name, "db", "True", "SecretSynced").await;
+        let metrics = env.metrics().await;
+        assert!(
+            metrics.contains("operation=\"get_secret\",status=\"unavailable\""),
+            "vault errors are counted"
+        );
+        ns.cleanup().await;
+    });
+}
+
+/// Deleting an ExternalSecret garbage-collects its Owner Secret and leaves an Orphan one.
+#[test]
+fn deleting_the_external_secret_collects_owner_and_keeps_orphan() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "gc", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &[("k", "v")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(&ess, &es_yaml(&ns.name, "owned", "vault", "", &[("k", "k")])).await;
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "orphan",
+                "vault",
+                "  target:\n    creationPolicy: Orphan\n",
+                &[("k", "k")],
+            ),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "owned", "k", "v").await;
+        let orphan = wait_secret_value(&client, &ns.name, "orphan", "k", "v").await;
+        assert!(orphan.owner_references().is_empty());
+
+        for name in ["owned", "orphan"] {
+            ess.delete(name, &DeleteParams::foreground())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let gone = eventually(Duration::from_secs(60), || {
+            let secrets = secrets.clone();
+            async move { secrets.get_opt("owned").await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        assert!(gone.is_some(), "the Owner Secret was not garbage-collected");
+        let es_gone = eventually(Duration::from_secs(60), || {
+            let ess = ess.clone();
+            async move { ess.get_opt("orphan").await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        assert!(es_gone.is_some());
+        assert!(
+            secrets.get_opt("orphan").await.ok().flatten().is_some(),
+            "the Orphan Secret must stay"
+        );
+        ns.cleanup().await;
+    });
+}
+
+/// Canary values appear in the Secret and nowhere else: not in logs, events, status or metrics,
+/// including when a sync fails on that value.
+#[test]
+fn canary_values_never_leak() {
+    run(async {
+        const CANARY: &str = "kf-canary-7f3a9c2e51";
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "canary", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &[("plain", CANARY), ("json", CANARY)]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(&ns.name, "good", "vault", "", &[("value", "plain")]),
+        )
+        .await;
+        // Fails on the value: a property of something that is not JSON.
+        let bad: ExternalSecret = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata:\n  name: bad\n  namespace: {}\nspec:\n  secretStoreRef: {{name: vault}}\n  data:\n  - secretKey: x\n    remoteRef: {{key: json, property: a.b}}\n",
+            ns.name
+        ));
+        apply(&ess, &bad).await;
+        wait_secret_value(&client, &ns.name, "good", "value", CANARY).await;
+        wait_ready(&client, &ns.name, "good", "True", "SecretSynced").await;
+        wait_ready(&client, &ns.name, "bad", "False", "SecretSyncedError").await;
+
+        // Events are written asynchronously: give them a moment.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let events: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &ns.name,
+            &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
+        );
+        let events = events
+            .list(&Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let events_text = serde_json::to_string(&events.items).unwrap_or_default();
+        assert!(
+            events_text.contains("UpdateFailed"),
+            "the failure produced an event: {events_text}"
+        );
+        let statuses = serde_json::to_string(
+            &ess.list(&Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .items,
+        )
+        .unwrap_or_default();
+        for (what, text) in [
+            ("logs", env.logs()),
+            ("events", events_text),
+            ("status", statuses),
+            ("metrics", env.metrics().await),
+        ] {
+            assert!(!text.contains(CANARY), "canary value leaked into {what}");
+        }
+        ns.cleanup().await;
+    });
+}
+
+/// Only Secrets carrying keyferry's label are touched; a Merge target keeps keys others own.
+#[test]
+fn merge_policy_adds_only_our_keys() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "merge", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &[("k", "from-vault")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "merge",
+                "vault",
+                "  target:\n    name: app\n    creationPolicy: Merge\n",
+                &[("ours", "k")],
+            ),
+        )
+        .await;
+        wait_ready(&client, &ns.name, "merge", "False", "SecretMissing").await;
+        let theirs: Secret = yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app\n  namespace: {}\nstringData:\n  theirs: keep-me\n",
+            ns.name
+        ));
+        apply(&Api::namespaced(client.clone(), &ns.name), &theirs).await;
+        let patch = serde_json::json!({"metadata": {"annotations": {"force-sync": "now"}}});
+        ess.patch("merge", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = wait_secret_value(&client, &ns.name, "app", "ours", "from-vault").await;
+        assert!(s.owner_references().is_empty());
+        let data: BTreeMap<String, Vec<u8>> = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        assert_eq!(data.get("theirs").map(Vec::as_slice), Some(b"keep-me".as_slice()));
+        ns.cleanup().await;
+    });
+}
