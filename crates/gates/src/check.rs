@@ -298,7 +298,7 @@ pub async fn check_repo(
                 store,
                 target,
                 file: es.file().to_owned(),
-                line: site.line,
+                line: site.line(),
                 path: site.path.clone(),
                 object: es.object(),
             });

@@ -87,6 +87,9 @@ rules! {
     PolicyConflict = ("KF006", "policy-conflict", Error, Finding);
     /// A store selects no provider, several, or one keyferry does not support (ESO webhook).
     UnsupportedProvider = ("KF007", "unsupported-provider", Error, Finding);
+    /// A `secretKey` is not a valid Secret data key (`[-._a-zA-Z0-9]+`), or the target Secret's name
+    /// is not a valid Kubernetes object name: the sync would fail when the Secret is written.
+    K8sName = ("KF008", "k8s-name", Error, Finding);
     /// A remote key breaks Azure Key Vault's object-name rule (1-127 of `0-9a-zA-Z-`).
     AkvName = ("KF010", "akv-name", Error, Finding);
     /// A remote key breaks the naming convention (default `<service>-<purpose>`, lowercase).

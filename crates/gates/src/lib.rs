@@ -113,6 +113,7 @@ pub fn validate_repo(repo: &model::Repo, env_files: &[discover::SourceFile], pol
         raw.extend(rules::schema::refresh_interval(es));
         raw.extend(rules::webhook::no_data(es));
         raw.extend(rules::webhook::duplicate_secret_keys(es));
+        raw.extend(rules::webhook::k8s_names(es));
         raw.extend(rules::webhook::invalid_regexps(es));
         raw.extend(rules::webhook::datafrom_shape(es));
         raw.extend(rules::webhook::policy_conflict(es));

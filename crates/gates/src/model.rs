@@ -245,7 +245,8 @@ impl<'a> EsView<'a> {
             let n = occurrence(&d.remote_ref.key);
             out.push(RefSite {
                 path: format!("spec.data[{i}].remoteRef.key"),
-                line: self.line_of_key("key", &d.remote_ref.key, n),
+                doc: &self.doc.located,
+                anchor: ("key", &d.remote_ref.key, n),
                 store,
                 what: RefKind::Key(&d.remote_ref),
             });
@@ -260,20 +261,21 @@ impl<'a> EsView<'a> {
                 let n = occurrence(&extract.key);
                 out.push(RefSite {
                     path: format!("spec.dataFrom[{i}].extract.key"),
-                    line: self.line_of_key("key", &extract.key, n),
+                    doc: &self.doc.located,
+                    anchor: ("key", &extract.key, n),
                     store,
                     what: RefKind::Key(extract),
                 });
             }
             if let Some(find) = &df.find {
-                let regexp = find.name.as_ref().map(|n| n.regexp.as_str());
-                let line = match regexp {
-                    Some(r) => self.line_of_key("regexp", r, 0),
-                    None => line_of_field(&self.doc.located, "find", "", 0),
+                let anchor = match find.name.as_ref() {
+                    Some(n) => ("regexp", n.regexp.as_str(), 0),
+                    None => ("find", "", 0),
                 };
                 out.push(RefSite {
                     path: format!("spec.dataFrom[{i}].find"),
-                    line,
+                    doc: &self.doc.located,
+                    anchor,
                     store,
                     what: RefKind::Find(find),
                 });
@@ -297,12 +299,22 @@ pub enum RefKind<'a> {
 pub struct RefSite<'a> {
     /// Field path, e.g. `spec.data[0].remoteRef.key`.
     pub path: String,
-    /// 1-based line.
-    pub line: usize,
     /// The store it reads from (`sourceRef.storeRef` or `spec.secretStoreRef`).
     pub store: Option<&'a SecretStoreRef>,
     /// What it reads.
     pub what: RefKind<'a>,
+    doc: &'a Located<Manifest>,
+    /// `(field, value, occurrence)` locating the reference in the document's text.
+    anchor: (&'static str, &'a str, usize),
+}
+
+impl RefSite<'_> {
+    /// 1-based line of the reference. Computed on demand: only findings need it, and scanning the
+    /// text for every reference of a clean repository would be wasted work.
+    pub fn line(&self) -> usize {
+        let (field, value, occurrence) = self.anchor;
+        line_of_field(self.doc, field, value, occurrence)
+    }
 }
 
 /// The 1-based line of the `occurrence`-th `field: value` (quotes allowed, flow or block style),

@@ -21,7 +21,7 @@ pub fn akv_names(es: &EsView<'_>) -> Vec<RawFinding> {
                 RawFinding::new(
                     Rule::AkvName,
                     es.file(),
-                    site.line,
+                    site.line(),
                     format!(
                         "{}: {:?} is not a valid Key Vault name: {e}",
                         site.path, remote.key
@@ -49,7 +49,7 @@ pub fn naming_convention(es: &EsView<'_>, convention: &Regex) -> Vec<RawFinding>
                 RawFinding::new(
                     Rule::NamingConvention,
                     es.file(),
-                    site.line,
+                    site.line(),
                     format!(
                         "{}: {name:?} does not follow the naming convention {} (lowercase <service>-<purpose>, e.g. netbox-db-password)",
                         site.path,

@@ -166,7 +166,7 @@ pub fn unresolved_stores(es: &EsView<'_>, index: &StoreIndex) -> Vec<RawFinding>
                 RawFinding::new(
                     Rule::UnresolvedStore,
                     es.file(),
-                    site.line,
+                    site.line(),
                     format!(
                         "{}: no store: set spec.secretStoreRef or sourceRef.storeRef",
                         site.path

@@ -48,6 +48,71 @@ pub fn duplicate_secret_keys(es: &EsView<'_>) -> Vec<RawFinding> {
     out
 }
 
+/// `KF008`: every `secretKey` is a valid Secret data key, and the target Secret's name a valid
+/// object name (a DNS subdomain), or the API server refuses the Secret at sync time.
+pub fn k8s_names(es: &EsView<'_>) -> Vec<RawFinding> {
+    let mut out = Vec::new();
+    // With a template that replaces the data, secretKeys are only template variables and never
+    // reach the Secret.
+    let template = es.spec.target.as_ref().and_then(|t| t.template.as_ref());
+    let replaced = template.is_some_and(|t| {
+        (!t.data.is_empty() || !t.template_from.is_empty())
+            && t.merge_policy != Some(keyferry_api::external_secret::TemplateMergePolicy::Merge)
+    });
+    for (i, d) in es.spec.data.iter().enumerate().filter(|_| !replaced) {
+        let key = d.secret_key.as_str();
+        let valid = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            out.push(
+                RawFinding::new(
+                    Rule::K8sName,
+                    es.file(),
+                    es.line_of_key("secretKey", key, 0),
+                    format!(
+                        "spec.data[{i}].secretKey: {key:?} is not a valid Secret key (1-253 characters of a-z, A-Z, 0-9, '-', '_' and '.')"
+                    ),
+                )
+                .with_object(es.object()),
+            );
+        }
+    }
+    if let Some(name) = es.spec.target.as_ref().and_then(|t| t.name.as_deref())
+        && !is_dns_subdomain(name)
+    {
+        out.push(
+            RawFinding::new(
+                Rule::K8sName,
+                es.file(),
+                es.line_of_key("name", name, usize::from(name == es.name)),
+                format!(
+                    "spec.target.name: {name:?} is not a valid Secret name (lowercase a-z, 0-9, '-' and '.', at most 253, starting and ending alphanumeric)"
+                ),
+            )
+            .with_object(es.object()),
+        );
+    }
+    out
+}
+
+/// RFC 1123 subdomain: what Kubernetes requires of a Secret's name.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// `KF004`: `find.name.regexp` and `rewrite[].regexp.source` must compile.
 ///
 /// ESO compiles them with Go's RE2; Rust's `regex` accepts the same syntax for everything RE2
@@ -204,6 +269,35 @@ mod tests {
                 "spec.data[2].secretKey: duplicate secretKey \"A\"".into()
             )]
         );
+    }
+
+    #[test]
+    fn secret_keys_and_target_names() {
+        let f = run(
+            k8s_names,
+            "  target: {name: Netbox_Creds}\n  data:\n  - {secretKey: DB PASSWORD, remoteRef: {key: a-b}}\n  - {secretKey: db.password-1_A, remoteRef: {key: a-c}}\n",
+        );
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!((f[0].0, f[0].1), (Rule::K8sName, 7));
+        assert!(
+            f[0].2
+                .starts_with("spec.data[0].secretKey: \"DB PASSWORD\" is not a valid Secret key")
+        );
+        assert_eq!(f[1].1, 5);
+        assert!(
+            f[1].2
+                .starts_with("spec.target.name: \"Netbox_Creds\" is not a valid Secret name")
+        );
+        let templated = run(
+            k8s_names,
+            "  target:\n    template: {data: {DSN: \"{{ index . \\\"DB PASSWORD\\\" }}\"}}\n  data:\n  - {secretKey: DB PASSWORD, remoteRef: {key: a-b}}\n",
+        );
+        assert!(
+            templated.is_empty(),
+            "template variables are not Secret keys: {templated:?}"
+        );
+        assert!(is_dns_subdomain("netbox-db-credentials.v1"));
+        assert!(!is_dns_subdomain("-a") && !is_dns_subdomain("a..b") && !is_dns_subdomain(""));
     }
 
     #[test]
