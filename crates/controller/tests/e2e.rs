@@ -569,3 +569,95 @@ fn merge_policy_adds_only_our_keys() {
         ns.cleanup().await;
     });
 }
+
+/// Two candidates on one Lease: only one leads; after it releases, the other takes over.
+#[test]
+fn only_one_replica_leads() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let lease = format!("kf-e2e-elect-{:06x}", rand::random::<u32>() % 0xff_ffff);
+        let timings = keyferry_controller::leader::LeaseTimings {
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(1),
+        };
+        let a = keyferry_controller::leader::Elector::new(
+            client.clone(),
+            "default",
+            &lease,
+            "replica-a",
+            timings,
+        );
+        let b = keyferry_controller::leader::Elector::new(
+            client.clone(),
+            "default",
+            &lease,
+            "replica-b",
+            timings,
+        );
+        assert!(
+            a.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")),
+            "a acquires the free Lease"
+        );
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")),
+            "b must not lead while a holds it"
+        );
+        assert!(
+            a.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")),
+            "a renews"
+        );
+        a.release().await;
+        assert!(
+            b.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")),
+            "b takes over after a released"
+        );
+        assert!(
+            !a.try_acquire_or_renew().await.unwrap_or_else(|e| panic!("{e}")),
+            "a is now a standby"
+        );
+        let _ = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client, "default")
+            .delete(&lease, &DeleteParams::default())
+            .await;
+    });
+}
+
+/// A ClusterExternalSecret stamps its ExternalSecret into each selected namespace, which syncs.
+#[test]
+fn cluster_external_secret_provisions_selected_namespaces() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "ces", &[("kf-e2e-ces", "yes")])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let css_name = format!("ces-{}", ns.name);
+        let css: ClusterSecretStore = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata:\n  name: {css_name}\nspec:\n  provider:\n    fake:\n      data:\n      - key: shared\n        value: everywhere\n"
+        ));
+        apply(&Api::<ClusterSecretStore>::all(client.clone()), &css).await;
+        let ces: keyferry_api::ClusterExternalSecret = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: ClusterExternalSecret\nmetadata:\n  name: {css_name}\nspec:\n  externalSecretName: shared\n  namespaceSelectors:\n  - matchLabels:\n      kf-e2e-ces: \"yes\"\n  externalSecretSpec:\n    secretStoreRef:\n      kind: ClusterSecretStore\n      name: {css_name}\n    data:\n    - secretKey: value\n      remoteRef:\n        key: shared\n"
+        ));
+        let ces_api: Api<keyferry_api::ClusterExternalSecret> = Api::all(client.clone());
+        apply(&ces_api, &ces).await;
+        wait_secret_value(&client, &ns.name, "shared", "value", "everywhere").await;
+        let provisioned = eventually(Duration::from_secs(30), || {
+            let ces_api = ces_api.clone();
+            let name = css_name.clone();
+            let want = ns.name.clone();
+            async move {
+                let c = ces_api.get(&name).await.ok()?;
+                c.status?.provisioned_namespaces.contains(&want).then_some(())
+            }
+        })
+        .await;
+        assert!(provisioned.is_some(), "status lists the namespace");
+        let _ = ces_api.delete(&css_name, &DeleteParams::default()).await;
+        let _ = Api::<ClusterSecretStore>::all(client.clone())
+            .delete(&css_name, &DeleteParams::default())
+            .await;
+        ns.cleanup().await;
+    });
+}

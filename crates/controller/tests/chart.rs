@@ -1,0 +1,50 @@
+//! The Helm chart stays in step with the code: its CRDs are exactly what `keyferry crds` prints, and
+//! the Deployment keeps the restricted security context.
+
+fn chart_file(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../charts/keyferry")
+        .join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+#[test]
+fn chart_crds_match_the_api_types() {
+    let generated = keyferry_api::crds::all_yaml().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        chart_file("crds/external-secrets.io.yaml") == generated,
+        "charts/keyferry/crds/external-secrets.io.yaml is stale; regenerate it with \
+         `cargo run -p keyferry -- crds > charts/keyferry/crds/external-secrets.io.yaml`"
+    );
+}
+
+#[test]
+fn deployment_is_restricted() {
+    let d = chart_file("templates/deployment.yaml");
+    for needle in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "drop: [\"ALL\"]",
+        "type: RuntimeDefault",
+        "path: /healthz",
+        "path: /readyz",
+    ] {
+        assert!(d.contains(needle), "deployment.yaml lacks {needle}");
+    }
+}
+
+#[test]
+fn token_requests_are_opt_in() {
+    let rbac = chart_file("templates/rbac.yaml");
+    let gate = rbac
+        .find("if .Values.workloadIdentity.perStoreServiceAccounts")
+        .unwrap_or(usize::MAX);
+    let token = rbac.find("serviceaccounts/token").unwrap_or(0);
+    assert!(
+        gate < token,
+        "serviceaccounts/token must sit behind the workloadIdentity toggle"
+    );
+    let values = chart_file("values.yaml");
+    assert!(values.contains("perStoreServiceAccounts: false"));
+}
