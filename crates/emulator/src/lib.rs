@@ -21,6 +21,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 mod admin;
 mod cli;
 mod config;
@@ -44,7 +46,7 @@ pub use error::{ApiError, EmulatorError};
 pub use faults::{ActiveFault, FaultKind, FaultSpec};
 pub use identity::MANAGED_IDENTITY_CLIENT_ID;
 pub use route::Operation;
-pub use seed::{ScalarString, Seed, SeedSecret};
+pub use seed::{Seed, SeedSecret};
 pub use server::Emulator;
 pub use store::{MAX_TAGS, MAX_VALUE_BYTES, NewVersion};
 pub use tls::install_crypto_provider;

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use crate::error::EmulatorError;
 use crate::model::RECOVERABLE_DAYS;
 use crate::route::validate_name;
-use crate::store::{DeletedSecret, Secret, SecretVersion, now, validate_properties};
+use crate::store::{DeletedSecret, Redacted, Secret, SecretVersion, now, validate_properties};
 
 /// A parsed seed document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -35,8 +35,8 @@ pub struct Seed {
     pub secrets: BTreeMap<String, SeedSecret>,
 }
 
-/// One seeded secret.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One seeded secret (`Debug` leaves the values out).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SeedSecret {
     /// The current (latest) version's value.
@@ -58,11 +58,26 @@ pub struct SeedSecret {
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires: Option<OffsetDateTime>,
     /// Older versions' values, oldest first.
-    #[serde(default)]
-    pub previous: Vec<ScalarString>,
+    #[serde(default, deserialize_with = "scalar_vec")]
+    pub previous: Vec<String>,
     /// Seed the secret as soft-deleted.
     #[serde(default)]
     pub deleted: bool,
+}
+
+impl fmt::Debug for SeedSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SeedSecret")
+            .field("value", &Redacted)
+            .field("content_type", &self.content_type)
+            .field("tags", &self.tags)
+            .field("enabled", &self.enabled)
+            .field("not_before", &self.not_before)
+            .field("expires", &self.expires)
+            .field("previous", &format_args!("[{} redacted]", self.previous.len()))
+            .field("deleted", &self.deleted)
+            .finish()
+    }
 }
 
 fn yes() -> bool {
@@ -70,8 +85,7 @@ fn yes() -> bool {
 }
 
 /// A string that YAML may have written as a number or boolean (`1234`, `true`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScalarString(pub String);
+struct ScalarString(String);
 
 impl<'de> Deserialize<'de> for ScalarString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -103,6 +117,11 @@ impl<'de> Deserialize<'de> for ScalarString {
 
 fn scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     ScalarString::deserialize(d).map(|s| s.0)
+}
+
+fn scalar_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let items = Vec::<ScalarString>::deserialize(d)?;
+    Ok(items.into_iter().map(|s| s.0).collect())
 }
 
 fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
@@ -149,7 +168,7 @@ impl Seed {
             validate_properties(Some(&s.value), s.content_type.as_deref(), Some(&s.tags))
                 .map_err(|e| format!("secrets.{name}: {}", e.message))?;
             for p in &s.previous {
-                validate_properties(Some(&p.0), None, None)
+                validate_properties(Some(p), None, None)
                     .map_err(|e| format!("secrets.{name}.previous: {}", e.message))?;
             }
         }
@@ -178,7 +197,7 @@ impl Seed {
                 .previous
                 .iter()
                 .enumerate()
-                .map(|(i, p)| make(p.0.clone(), count - i64::try_from(i).unwrap_or(0)))
+                .map(|(i, p)| make(p.clone(), count - i64::try_from(i).unwrap_or(0)))
                 .collect();
             let mut current = make(s.value, 0);
             current.enabled = s.enabled;
@@ -225,6 +244,7 @@ secrets:
     #[test]
     fn parses_the_shared_format() {
         let seed = Seed::from_yaml_str(EXAMPLE).unwrap();
+        assert!(!format!("{seed:?}").contains("s3cret"), "Debug redacts values");
         let s = &seed.secrets["netbox-db-password"];
         assert_eq!(s.tags["tier"], "1");
         assert_eq!(s.previous.len(), 2);

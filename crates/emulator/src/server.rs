@@ -82,6 +82,8 @@ where
         }
         let app = self.app.clone();
         let op = route::classify(req.method(), path);
+        // Paths carry secret names, never values.
+        let log = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.method().clone(), path.to_owned()));
         app.counters.request(op);
         let fault = app.faults.decide(op);
         Box::pin(async move {
@@ -114,6 +116,9 @@ where
                 None => unwrap_infallible(router.oneshot(req).await),
             };
             app.counters.status(op, response.status().as_u16());
+            if let Some((method, path)) = log {
+                tracing::debug!(%method, path, %op, status = response.status().as_u16(), "request");
+            }
             Ok(response)
         })
     }
@@ -225,6 +230,9 @@ impl Emulator {
                 .map_err(EmulatorError::Server)?
                 .handle(handle.clone());
         let task = tokio::spawn(server.serve(axum::ServiceExt::<Request>::into_make_service(front)));
+        // The socket is already bound; this waits until the accept loop runs, so that an early
+        // shutdown notification is not lost.
+        handle.listening().await;
         tracing::info!(vault_url = %app.vault_url, "emulator listening on {addr}");
 
         Ok(Emulator {
@@ -379,11 +387,16 @@ impl Emulator {
 
     /// Stops accepting connections, lets in-flight requests finish (up to 2 s) and waits.
     pub async fn shutdown(mut self) -> Result<(), EmulatorError> {
-        self.handle.graceful_shutdown(Some(Duration::from_secs(2)));
         let result = match self.task.take() {
-            Some(task) => match task.await {
-                Ok(r) => r.map_err(EmulatorError::Server),
-                Err(e) => Err(EmulatorError::Server(std::io::Error::other(e))),
+            Some(mut task) => loop {
+                // The server only hears notifications while it waits for them, so repeat until
+                // the task ends (connections get at most 2 s to finish).
+                self.handle.graceful_shutdown(Some(Duration::from_secs(2)));
+                match tokio::time::timeout(Duration::from_millis(100), &mut task).await {
+                    Ok(Ok(r)) => break r.map_err(EmulatorError::Server),
+                    Ok(Err(e)) => break Err(EmulatorError::Server(std::io::Error::other(e))),
+                    Err(_) => continue,
+                }
             },
             None => Ok(()),
         };

@@ -19,8 +19,17 @@ pub const MAX_TAGS: usize = 15;
 const MAX_TAG_LEN: usize = 256;
 const MAX_CONTENT_TYPE_LEN: usize = 255;
 
-/// One version of a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Stands in for a secret value in `Debug` output.
+pub(crate) struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One version of a secret (`Debug` leaves the value out).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretVersion {
     /// 32 lowercase hex characters.
@@ -45,6 +54,22 @@ pub struct SecretVersion {
     pub created: i64,
     /// Last update time, Unix seconds.
     pub updated: i64,
+}
+
+impl std::fmt::Debug for SecretVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretVersion")
+            .field("version", &self.version)
+            .field("value", &Redacted)
+            .field("content_type", &self.content_type)
+            .field("tags", &self.tags)
+            .field("enabled", &self.enabled)
+            .field("not_before", &self.not_before)
+            .field("expires", &self.expires)
+            .field("created", &self.created)
+            .field("updated", &self.updated)
+            .finish()
+    }
 }
 
 /// A secret: its name as first created and its versions, oldest first.
@@ -85,8 +110,8 @@ pub struct DeletedSecret {
     pub scheduled_purge_date: i64,
 }
 
-/// Properties of a new version.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Properties of a new version (`Debug` leaves the value out).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct NewVersion {
     /// The value.
     pub value: String,
@@ -100,6 +125,19 @@ pub struct NewVersion {
     pub not_before: Option<i64>,
     /// `exp`, Unix seconds.
     pub expires: Option<i64>,
+}
+
+impl std::fmt::Debug for NewVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewVersion")
+            .field("value", &Redacted)
+            .field("content_type", &self.content_type)
+            .field("tags", &self.tags)
+            .field("enabled", &self.enabled)
+            .field("not_before", &self.not_before)
+            .field("expires", &self.expires)
+            .finish()
+    }
 }
 
 /// A property update (`None` leaves a field unchanged; tags, when given, replace all tags).
@@ -125,10 +163,17 @@ pub(crate) struct VaultState {
 }
 
 /// The vault store: a lock around [`VaultState`] plus the persistence target.
-#[derive(Debug)]
 pub(crate) struct Store {
     state: RwLock<VaultState>,
     persist_to: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("persist_to", &self.persist_to)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Current time in Unix seconds.

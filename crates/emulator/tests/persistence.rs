@@ -218,5 +218,33 @@ async fn cli_arguments_and_printed_lines() {
             .contains("BEGIN CERTIFICATE")
     );
     assert_eq!(emu.faults().len(), 1);
+    let started = std::time::Instant::now();
     emu.shutdown().await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn immediate_shutdown_does_not_hang() {
+    immediate_shutdown_does_not_hang_inner().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_shutdown_does_not_hang_multi_thread() {
+    immediate_shutdown_does_not_hang_inner().await;
+}
+
+async fn immediate_shutdown_does_not_hang_inner() {
+    for _ in 0..20 {
+        let emu = keyferry_emulator::Emulator::start(EmulatorConfig::default())
+            .await
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), emu.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
