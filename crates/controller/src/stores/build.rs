@@ -218,7 +218,7 @@ pub struct TokenRequestSource {
 #[async_trait]
 impl AssertionSource for TokenRequestSource {
     async fn assertion(&self) -> Result<SecretValue, String> {
-        super::credentials::request_token(&self.client, &self.namespace, &self.name, &self.audiences)
+        super::credentials::request_token(&self.client, &self.namespace, &self.name, &self.audiences, 600)
             .await
             .map_err(|e| {
                 format!(

@@ -205,12 +205,13 @@ pub async fn request_token(
     namespace: &str,
     name: &str,
     audiences: &[String],
+    expiration_seconds: i64,
 ) -> Result<SecretValue, kube::Error> {
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let req = TokenRequest {
         spec: TokenRequestSpec {
             audiences: audiences.to_vec(),
-            expiration_seconds: Some(600),
+            expiration_seconds: Some(expiration_seconds.max(600)),
             bound_object_ref: None,
         },
         ..TokenRequest::default()

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod rbac;
+
 use std::io::Write;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -108,20 +110,23 @@ pub async fn env() -> &'static Env {
             Ok(e) => e,
             Err(e) => panic!("emulator did not start: {e}"),
         };
+        // The controller runs as the chart's ServiceAccount, under the chart's RBAC.
+        let (controller_client, system_ns) =
+            rbac::controller_client(&cluster.admin, &cluster.kubeconfig).await;
         let port = free_port();
         let args = keyferry_controller::ControllerArgs {
             metrics_addr: ([127, 0, 0, 1], port).into(),
             skip_logging_init: true,
             concurrency: 8,
             leader_election: true,
-            lease_namespace: Some("default".into()),
+            lease_namespace: Some(system_ns),
             lease_name: format!("keyferry-e2e-{:08x}", rand::random::<u32>()),
             lease_retry_period_secs: 1,
             ca_file: Some(emulator.ca_file().to_path_buf()),
             azure_authority_host: Some(emulator.authority_host().to_owned()),
             ..keyferry_controller::ControllerArgs::default()
         };
-        let client = cluster.admin.clone();
+        let client = controller_client;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         // The controller lives as long as the test process.
         std::mem::forget(stop_tx);
