@@ -304,6 +304,7 @@ fn cluster_store_conditions_exclude_a_namespace() {
 fn vault_failure_leaves_the_secret_then_recovers() {
     run(async {
         let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
         let client = env.client();
         let ns = TestNamespace::create(&client, "fault", &[])
             .await
@@ -658,6 +659,131 @@ fn cluster_external_secret_provisions_selected_namespaces() {
         let _ = Api::<ClusterSecretStore>::all(client.clone())
             .delete(&css_name, &DeleteParams::default())
             .await;
+        ns.cleanup().await;
+    });
+}
+
+/// The platform's real ClusterSecretStore (azurekv, service principal from a Secret in another
+/// namespace) pointed at the emulator: the netbox password syncs through the Azure provider.
+#[test]
+fn platform_cluster_store_syncs_through_the_azure_provider() {
+    run(async {
+        let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
+        let client = env.client();
+        let creds_ns = TestNamespace::create(&client, "creds", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let app_ns = TestNamespace::create(&client, "app", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let remote = format!("{}-password", app_ns.name);
+        env.emulator
+            .set_secret(&remote, "through-azure")
+            .unwrap_or_else(|e| panic!("{e}"));
+
+        let mut creds: serde_json::Value =
+            yaml(&common::repo_file("examples/credentials/akv-sp-credentials.yaml"));
+        creds["metadata"]["namespace"] = creds_ns.name.clone().into();
+        let creds: Secret = serde_json::from_value(creds).unwrap_or_else(|e| panic!("{e}"));
+        apply(&Api::namespaced(client.clone(), &creds_ns.name), &creds).await;
+
+        let mut css: serde_json::Value = yaml(&common::repo_file(
+            "examples/platform/secret-stores/clustersecretstore-akv-hybridops.yaml",
+        ));
+        let css_name = format!("akv-{}", app_ns.name);
+        css["metadata"]["name"] = css_name.clone().into();
+        let az = &mut css["spec"]["provider"]["azurekv"];
+        az["vaultUrl"] = env.emulator.vault_url().into();
+        az["tenantId"] = env.emulator.tenant_id().into();
+        for field in ["clientId", "clientSecret"] {
+            az["authSecretRef"][field]["namespace"] = creds_ns.name.clone().into();
+        }
+        css["spec"]["conditions"] = serde_json::json!([{"namespaces": [app_ns.name]}]);
+        let css: ClusterSecretStore = serde_json::from_value(css).unwrap_or_else(|e| panic!("{e}"));
+        let css_api: Api<ClusterSecretStore> = Api::all(client.clone());
+        apply(&css_api, &css).await;
+
+        let mut es = es_yaml(&app_ns.name, "db", &css_name, "", &[("DB_PASSWORD", &remote)]);
+        if let Some(r) = es.spec.secret_store_ref.as_mut() {
+            r.kind = Some(keyferry_api::external_secret::StoreKind::ClusterSecretStore);
+        }
+        apply(
+            &Api::<ExternalSecret>::namespaced(client.clone(), &app_ns.name),
+            &es,
+        )
+        .await;
+        wait_secret_value(&client, &app_ns.name, "db", "DB_PASSWORD", "through-azure").await;
+        let valid = eventually(Duration::from_secs(30), || {
+            let css_api = css_api.clone();
+            let name = css_name.clone();
+            async move {
+                let c = css_api.get(&name).await.ok()?;
+                c.status?
+                    .conditions
+                    .iter()
+                    .any(|c| c.reason.as_deref() == Some("Valid"))
+                    .then_some(())
+            }
+        })
+        .await;
+        assert!(valid.is_some(), "the store says Valid after the vault answered");
+        let _ = css_api.delete(&css_name, &DeleteParams::default()).await;
+        creds_ns.cleanup().await;
+        app_ns.cleanup().await;
+    });
+}
+
+/// A store whose credentials cannot be read is not Ready (InvalidProviderConfig), and its
+/// ExternalSecrets say StoreNotReady without calling any vault.
+#[test]
+fn a_broken_store_shows_on_the_store_and_blocks_its_external_secrets() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "broken", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store: SecretStore = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: akv\n  namespace: {}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: https://kv-missing.vault.azure.net/\n      tenantId: t\n      authSecretRef:\n        clientId: {{name: nope, key: client-id}}\n        clientSecret: {{name: nope, key: client-secret}}\n",
+            ns.name
+        ));
+        let stores: Api<SecretStore> = Api::namespaced(client.clone(), &ns.name);
+        apply(&stores, &store).await;
+        let reason = eventually(Duration::from_secs(30), || {
+            let stores = stores.clone();
+            async move {
+                let s = stores.get("akv").await.ok()?;
+                let ready = s.status?.conditions.into_iter().find(|c| c.type_ == "Ready")?;
+                Some((
+                    format!("{:?}", ready.status),
+                    ready.reason.unwrap_or_default(),
+                    ready.message.unwrap_or_default(),
+                ))
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("the store never got a status"));
+        assert_eq!(
+            (reason.0.as_str(), reason.1.as_str()),
+            ("False", "InvalidProviderConfig"),
+            "{reason:?}"
+        );
+        assert!(
+            reason.2.contains("Secret") && reason.2.contains("nope"),
+            "{reason:?}"
+        );
+        apply(
+            &Api::<ExternalSecret>::namespaced(client.clone(), &ns.name),
+            &es_yaml(&ns.name, "db", "akv", "", &[("k", "k")]),
+        )
+        .await;
+        wait_ready(&client, &ns.name, "db", "False", "StoreNotReady").await;
+        let metrics = env.metrics().await;
+        assert!(
+            !metrics.contains("vault=\"kv-missing.vault.azure.net\""),
+            "no vault call for a store that is not ready"
+        );
         ns.cleanup().await;
     });
 }

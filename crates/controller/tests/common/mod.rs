@@ -70,6 +70,10 @@ impl Env {
 
 static ENV: OnceCell<Env> = OnceCell::const_new();
 
+/// Tests that use the (shared) emulator take this lock: one of them injects faults that would make
+/// the others fail.
+pub static EMULATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[derive(Clone)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 
