@@ -214,12 +214,23 @@ impl<'a> Eval<'a> {
     }
 
     fn write(&mut self, pos: Pos, v: &Value) -> Result<(), TemplateError> {
-        v.write_to(&mut self.out);
-        self.check_size(pos)
+        // Check before appending, so the output never exceeds the bound.
+        match v {
+            Value::Str(_) | Value::Bytes(_) => {
+                self.reserve(pos, v.size())?;
+                v.write_to(&mut self.out);
+            }
+            other => {
+                let text = other.to_text();
+                self.reserve(pos, text.len())?;
+                self.out.extend_from_slice(text.as_bytes());
+            }
+        }
+        Ok(())
     }
 
-    fn check_size(&self, pos: Pos) -> Result<(), TemplateError> {
-        if self.out.len() > MAX_VALUE {
+    fn reserve(&self, pos: Pos, more: usize) -> Result<(), TemplateError> {
+        if self.out.len().saturating_add(more) > MAX_VALUE {
             return Err(err(pos, format!("template output exceeds {MAX_VALUE} bytes")));
         }
         Ok(())
@@ -229,8 +240,8 @@ impl<'a> Eval<'a> {
         for node in nodes {
             match node {
                 Node::Text(t) => {
+                    self.reserve(Pos::default(), t.len())?;
                     self.out.extend_from_slice(t.as_bytes());
-                    self.check_size(Pos::default())?;
                 }
                 Node::Action(pipe) => {
                     self.step(pipe.pos)?;
