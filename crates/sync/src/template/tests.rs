@@ -289,3 +289,11 @@ fn value_debug_is_redacted() {
     let shown = format!("{v:?} {:?}", Value::List(vec![v.clone()]));
     assert!(!shown.contains("canary"), "{shown}");
 }
+
+#[test]
+fn readme_lists_every_function() {
+    let readme = include_str!("../../README.md");
+    for name in super::function_names() {
+        assert!(readme.contains(&format!("`{name}`")), "README.md does not document `{name}`");
+    }
+}
