@@ -89,6 +89,18 @@ impl Context {
         self.retries.reset(uid);
     }
 
+    /// Drops bookkeeping of objects that no longer exist (deleted objects are not reconciled again,
+    /// so nothing else would remove them), and the clients of deleted stores.
+    pub fn prune(&self, live_uids: &HashSet<String>, live_stores: &HashSet<crate::stores::StoreKey>) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|uid| live_uids.contains(uid));
+        self.retries.retain(|uid| live_uids.contains(uid));
+        self.clients.retain(|key| live_stores.contains(key));
+        self.metrics.set_provider_clients(self.clients.len());
+    }
+
     /// Retry bookkeeping.
     pub fn retries(&self) -> &RetryTracker {
         &self.retries
@@ -171,6 +183,14 @@ impl RetryTracker {
         let map = self.state.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key)
             .map(|st| st.not_before.saturating_duration_since(Instant::now()))
+    }
+
+    /// Keeps only the entries whose key passes `keep`.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| keep(k));
     }
 
     /// Clears the count after a success.

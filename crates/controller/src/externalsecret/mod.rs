@@ -105,7 +105,10 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
 
     // dereference: the target Secret (client required)
     let target = &validated.target;
-    let current = dereference::observe_target(ctx, &target.namespace, &target.name).await?;
+    let current = match dereference::observe_target(ctx, &target.namespace, &target.name).await {
+        Ok(c) => c,
+        Err(e) => return fail(ctx, es, &meta, e).await,
+    };
 
     // schedule (no client required)
     let reason = match schedule(es, &validated, &current, first_seen) {
@@ -164,10 +167,12 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
             field_manager,
             action,
         } => {
-            let changed =
-                apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref())
-                    .await?;
-            changed.then_some(action)
+            match apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref()).await
+            {
+                Ok(changed) => changed.then_some(action),
+                // e.g. the API refused a type change: the status says so, the Secret is as it was.
+                Err(e) => return fail(ctx, es, &meta, e).await,
+            }
         }
         WritePlan::Unchanged | WritePlan::Skip => None,
     };
@@ -238,7 +243,9 @@ async fn remove(
     let target = &v.target;
     match build::plan_removal(es, target, current) {
         RemovalPlan::Delete { uid } => {
-            apply::delete_secret(ctx, &target.namespace, &target.name, &uid).await?;
+            if let Err(e) = apply::delete_secret(ctx, &target.namespace, &target.name, &uid).await {
+                return fail(ctx, es, &v.meta_version, e).await;
+            }
             ctx.metrics.secret_write("deleted");
             let note = format!(
                 "every remote secret is gone; deleted Secret {} (deletionPolicy Delete)",
@@ -251,7 +258,11 @@ async fn remove(
             secret,
             field_manager,
         } => {
-            apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref()).await?;
+            if let Err(e) =
+                apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref()).await
+            {
+                return fail(ctx, es, &v.meta_version, e).await;
+            }
             ctx.metrics.secret_write("keys_removed");
             let note = format!(
                 "every remote secret is gone; removed keyferry's keys from Secret {} (deletionPolicy Merge)",
@@ -439,6 +450,27 @@ pub async fn run(
             },
         );
     }
+    // Forget deleted objects and the clients of deleted stores every few minutes.
+    let pruner = {
+        let (reader, ctx) = (reader.clone(), ctx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PRUNE_EVERY).await;
+                let mut live: std::collections::HashSet<String> =
+                    reader.state().iter().filter_map(|o| o.uid()).collect();
+                let mut stores = std::collections::HashSet::new();
+                for s in ctx.secret_stores.state() {
+                    live.extend(s.uid());
+                    stores.insert(crate::stores::StoreObject::Namespaced(s).key());
+                }
+                for s in ctx.cluster_stores.state() {
+                    live.extend(s.uid());
+                    stores.insert(crate::stores::StoreObject::Cluster(s).key());
+                }
+                ctx.prune(&live, &stores);
+            }
+        })
+    };
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -448,7 +480,11 @@ pub async fn run(
             }
         })
         .await;
+    pruner.abort();
 }
+
+/// How often deleted objects' bookkeeping is dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 #[cfg(test)]
 mod tests {

@@ -88,6 +88,14 @@ impl ClientCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
+    /// Keeps only the clients of stores that pass `keep`.
+    pub fn retain(&self, keep: impl Fn(&StoreKey) -> bool) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| keep(k));
+    }
+
     /// How many clients are held.
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -137,6 +145,8 @@ mod tests {
             cache.get_exact(&key(), "uid-1", 3, "creds@2").is_none(),
             "rotated credentials must rebuild"
         );
+        assert_eq!(cache.len(), 1);
+        cache.retain(|_| true);
         assert_eq!(cache.len(), 1);
         cache.invalidate(&key());
         assert!(cache.is_empty());
