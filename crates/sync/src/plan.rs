@@ -19,8 +19,9 @@ use regex::Regex;
 use crate::error::{EsRef, SyncError};
 use crate::template::Template;
 
-/// What to read and how to shape it: the output of [`plan()`].
-#[derive(Debug)]
+/// What to read and how to shape it: the output of [`plan()`]. Cheap enough to build per sync, and
+/// `Clone` so a caller may cache it per ExternalSecret generation.
+#[derive(Clone, Debug)]
 pub struct Plan {
     /// The ExternalSecret, for errors.
     pub es: EsRef,
@@ -81,7 +82,7 @@ pub struct DataPlan {
 }
 
 /// One `spec.dataFrom` entry.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct DataFromPlan {
     /// Position in `spec.dataFrom`.
     pub index: usize,
@@ -117,7 +118,7 @@ pub enum DataFromSource {
 }
 
 /// A compiled rewrite step.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum RewriteStep {
     /// `rewrite[j].regexp`: replace all matches; the target is already in Rust `${1}` syntax.
     Regexp { re: Regex, target: String },
@@ -126,7 +127,7 @@ pub(crate) enum RewriteStep {
 }
 
 /// The compiled `spec.target.template`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct TemplatePlan {
     /// `template.data`: Secret key → template.
     pub data: Vec<(String, Template)>,
