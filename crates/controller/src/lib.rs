@@ -161,8 +161,14 @@ pub async fn run_with_client(
         let mut stop = stop.clone();
         let halt_tx = halt_tx.clone();
         tokio::spawn(async move {
+            let lost = async {
+                // Without leader election the sender is gone at once: that is not a loss.
+                if leader_rx.wait_for(|l| !*l).await.is_err() {
+                    futures::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
-                _ = leader_rx.wait_for(|l| !*l) => {}
+                _ = lost => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
             let _ = halt_tx.send(true);

@@ -787,3 +787,67 @@ fn a_broken_store_shows_on_the_store_and_blocks_its_external_secrets() {
         ns.cleanup().await;
     });
 }
+
+/// A second controller, scoped with --namespace and --controller-class and without leader election,
+/// handles exactly the stores of its class; the main controller leaves them alone.
+#[test]
+fn a_scoped_controller_class_runs_beside_the_main_one() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "solo", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let args = keyferry_controller::ControllerArgs {
+            namespace: Some(ns.name.clone()),
+            controller_class: Some("solo".into()),
+            leader_election: false,
+            enable_cluster_stores: false,
+            enable_cluster_external_secrets: false,
+            metrics_addr: ([127, 0, 0, 1], port).into(),
+            skip_logging_init: true,
+            ..keyferry_controller::ControllerArgs::default()
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let solo = tokio::spawn(keyferry_controller::run_with_client(
+            args,
+            client.clone(),
+            stop_rx,
+        ));
+
+        let mut store = fake_store(&ns.name, "vault", &[("k", "from-solo")]);
+        store.spec.controller = Some("solo".into());
+        apply(&Api::namespaced(client.clone(), &ns.name), &store).await;
+        apply(
+            &Api::<ExternalSecret>::namespaced(client.clone(), &ns.name),
+            &es_yaml(&ns.name, "solo", "vault", "", &[("k", "k")]),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "solo", "k", "from-solo").await;
+        let solo_metrics = common::http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+        assert!(
+            solo_metrics.contains(&format!(
+                "vault=\"fake:{}/vault\",operation=\"get_secret\",status=\"ok\"",
+                ns.name
+            )),
+            "{solo_metrics}"
+        );
+        let main_metrics = env.metrics().await;
+        assert!(
+            !main_metrics.contains(&format!("fake:{}/vault", ns.name)),
+            "the main controller must not touch another class's store"
+        );
+
+        let _ = stop_tx.send(true);
+        let stopped = tokio::time::timeout(Duration::from_secs(30), solo).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "the scoped controller stops cleanly: {stopped:?}"
+        );
+        ns.cleanup().await;
+    });
+}
