@@ -165,6 +165,7 @@ enum Target {
         property: Option<String>,
         metadata_fetch: bool,
         pinned: bool,
+        extract: bool,
     },
     Find(FindRef),
 }
@@ -190,12 +191,17 @@ enum Outcome {
     Failed(CallError),
 }
 
-/// Whether a `deep` property check found the property.
+/// What `deep` proves about a value: that a JSON property exists (`Some(path)`), or, for
+/// `dataFrom.extract`, that the whole value is a JSON object (`None`).
+type DeepWant = Option<String>;
+
+/// The verdict of one `deep` check.
 #[derive(Debug)]
 enum Deep {
     Found,
     Absent,
     NotJson,
+    NotObject,
     Failed(CallError),
 }
 
@@ -291,6 +297,7 @@ pub async fn check_repo(
                     property: remote.property.clone(),
                     metadata_fetch: remote.metadata_policy == Some(MetadataPolicy::Fetch),
                     pinned: remote.version.is_some(),
+                    extract: site.extract,
                 },
                 RefKind::Find(find) => Target::Find(find.clone()),
             };
@@ -486,23 +493,25 @@ async fn check_store(
         .await;
     outcomes.extend(asked);
 
-    // --deep: read each present, enabled secret that a `property` reference uses, once.
-    let mut deep: BTreeMap<(LookupKey, String), Deep> = BTreeMap::new();
+    // --deep: read each present, enabled secret that a `property` or `extract` reference uses, once.
+    let mut deep: BTreeMap<(LookupKey, DeepWant), Deep> = BTreeMap::new();
     if options.deep {
-        let mut wanted: BTreeMap<LookupKey, BTreeSet<String>> = BTreeMap::new();
+        let mut wanted: BTreeMap<LookupKey, BTreeSet<DeepWant>> = BTreeMap::new();
         for u in &uses {
             if let Target::Key {
                 lookup,
-                property: Some(p),
+                property,
                 metadata_fetch: false,
+                extract,
                 ..
             } = &u.target
+                && (property.is_some() || *extract)
                 && matches!(outcomes.get(lookup), Some(Outcome::Present(props)) if props.enabled)
             {
-                wanted.entry(lookup.clone()).or_default().insert(p.clone());
+                wanted.entry(lookup.clone()).or_default().insert(property.clone());
             }
         }
-        let results: Vec<Vec<((LookupKey, String), Deep)>> = futures::stream::iter(wanted)
+        let results: Vec<Vec<((LookupKey, DeepWant), Deep)>> = futures::stream::iter(wanted)
             .map(|(k, props)| {
                 let remote = lookups.get(&k).cloned().unwrap_or_default();
                 async move {
@@ -514,10 +523,15 @@ async fn check_store(
                                 // The value is parsed here and dropped with `read`; only the verdict
                                 // leaves this block.
                                 Ok(v) => {
-                                    match serde_json::from_slice::<serde_json::Value>(v.value.expose()) {
-                                        Ok(json) if json_has_property(&json, &p) => Deep::Found,
-                                        Ok(_) => Deep::Absent,
-                                        Err(_) => Deep::NotJson,
+                                    match (serde_json::from_slice::<serde_json::Value>(v.value.expose()), &p)
+                                    {
+                                        (Ok(json), Some(path)) if json_has_property(&json, path) => {
+                                            Deep::Found
+                                        }
+                                        (Ok(_), Some(_)) => Deep::Absent,
+                                        (Ok(json), None) if json.is_object() => Deep::Found,
+                                        (Ok(_), None) => Deep::NotObject,
+                                        (Err(_), _) => Deep::NotJson,
                                     }
                                 }
                                 Err(CallError::Budget) => Deep::Failed(CallError::Budget),
@@ -543,6 +557,7 @@ async fn check_store(
                 property,
                 metadata_fetch,
                 pinned,
+                ..
             } => {
                 let shown = lookups
                     .get(lookup)
@@ -554,8 +569,8 @@ async fn check_store(
                 match outcomes.get(lookup) {
                     Some(Outcome::Present(p)) => {
                         out.extend(property_findings(u, &subject, p, options, *pinned));
-                        if let Some(prop) = property {
-                            if *metadata_fetch {
+                        match property {
+                            Some(prop) if *metadata_fetch => {
                                 if !p.tags.contains_key(prop) {
                                     out.push(finding(
                                         u,
@@ -566,8 +581,11 @@ async fn check_store(
                                         ),
                                     ));
                                 }
-                            } else if let Some(d) = deep.get(&(lookup.clone(), prop.clone())) {
-                                out.extend(deep_finding(u, &subject, prop, d, options));
+                            }
+                            _ => {
+                                if let Some(d) = deep.get(&(lookup.clone(), property.clone())) {
+                                    out.extend(deep_finding(u, &subject, property.as_deref(), d, options));
+                                }
                             }
                         }
                     }
@@ -678,25 +696,31 @@ fn property_findings(
     out
 }
 
-fn deep_finding(u: &Use, subject: &str, prop: &str, d: &Deep, options: &CheckOptions) -> Option<RawFinding> {
-    match d {
-        Deep::Found => None,
-        Deep::Absent => Some(finding(
+fn deep_finding(
+    u: &Use,
+    subject: &str,
+    prop: Option<&str>,
+    d: &Deep,
+    options: &CheckOptions,
+) -> Option<RawFinding> {
+    let missing = |what: String| {
+        Some(finding(
             u,
             Rule::PropertyMissing,
-            format!("{}: {subject} has no JSON property {prop:?}", u.path),
-        )),
-        Deep::NotJson => Some(finding(
-            u,
-            Rule::PropertyMissing,
-            format!(
-                "{}: {subject} is not JSON, so property {prop:?} cannot be read",
-                u.path
-            ),
-        )),
+            format!("{}: {subject} {what}", u.path),
+        ))
+    };
+    match (d, prop) {
+        (Deep::Found, _) => None,
+        (Deep::Absent, Some(p)) => missing(format!("has no JSON property {p:?}")),
+        (Deep::NotJson, Some(p)) => missing(format!("is not JSON, so property {p:?} cannot be read")),
+        (Deep::NotJson, None) => missing("is not JSON, so extract cannot expand it into keys".to_owned()),
+        (Deep::NotObject | Deep::Absent, None) | (Deep::NotObject, Some(_)) => {
+            missing("is JSON but not an object, so extract cannot expand it into keys".to_owned())
+        }
         // Disabled is already reported from the properties.
-        Deep::Failed(CallError::Provider(ProviderError::Disabled { .. })) => None,
-        Deep::Failed(e) => Some(call_finding(u, subject, e, options)),
+        (Deep::Failed(CallError::Provider(ProviderError::Disabled { .. })), _) => None,
+        (Deep::Failed(e), _) => Some(call_finding(u, subject, e, options)),
     }
 }
 

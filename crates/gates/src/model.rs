@@ -247,6 +247,7 @@ impl<'a> EsView<'a> {
                 path: format!("spec.data[{i}].remoteRef.key"),
                 doc: &self.doc.located,
                 anchor: ("key", &d.remote_ref.key, n),
+                extract: false,
                 store,
                 what: RefKind::Key(&d.remote_ref),
             });
@@ -263,6 +264,7 @@ impl<'a> EsView<'a> {
                     path: format!("spec.dataFrom[{i}].extract.key"),
                     doc: &self.doc.located,
                     anchor: ("key", &extract.key, n),
+                    extract: true,
                     store,
                     what: RefKind::Key(extract),
                 });
@@ -276,6 +278,7 @@ impl<'a> EsView<'a> {
                     path: format!("spec.dataFrom[{i}].find"),
                     doc: &self.doc.located,
                     anchor,
+                    extract: false,
                     store,
                     what: RefKind::Find(find),
                 });
@@ -303,6 +306,8 @@ pub struct RefSite<'a> {
     pub store: Option<&'a SecretStoreRef>,
     /// What it reads.
     pub what: RefKind<'a>,
+    /// Whether it is a `dataFrom.extract` (the value must be a JSON object).
+    pub extract: bool,
     doc: &'a Located<Manifest>,
     /// `(field, value, occurrence)` locating the reference in the document's text.
     anchor: (&'static str, &'a str, usize),

@@ -246,6 +246,10 @@ async fn deep_proves_json_properties() {
         deep,
         [
             (
+                16,
+                "spec.dataFrom[1].extract.key: secret \"jenkins-banner\" in ClusterSecretStore akv-hybridops is not JSON, so extract cannot expand it into keys"
+            ),
+            (
                 25,
                 "spec.data[8].remoteRef.key: secret \"netbox-smtp-config\" in ClusterSecretStore akv-hybridops has no JSON property \"port2\""
             ),
@@ -259,8 +263,9 @@ async fn deep_proves_json_properties() {
             ),
         ]
     );
-    // One read per secret, however many properties: smtp-config (3 properties) and banner.
-    assert_eq!(probe.counts.gets.load(Ordering::SeqCst), 2);
+    // One read per secret, however many properties: smtp-config (3 properties), netbox-banner,
+    // and the two extracted secrets (jenkins-config is a JSON object: fine).
+    assert_eq!(probe.counts.gets.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]
@@ -281,9 +286,9 @@ async fn each_distinct_key_is_asked_once_and_values_are_not_read() {
         0,
         "no value is read without --deep"
     );
-    assert_eq!(report.stats.references, 15);
+    assert_eq!(report.stats.references, 17);
     assert_eq!(
-        report.stats.distinct_lookups, 11,
+        report.stats.distinct_lookups, 13,
         "NETBOX-DB-PASSWORD and netbox-db-password are one key"
     );
     assert_eq!(report.stats.requests, 5);
@@ -366,7 +371,7 @@ async fn an_unreachable_vault_exits_3_after_retries() {
     assert_eq!(probe.counts.lists.load(Ordering::SeqCst), 3);
     assert_eq!(probe.counts.exists.load(Ordering::SeqCst), 0);
     assert_eq!(report.stats.requests, 3);
-    assert_eq!(report.findings.len(), 15, "every use is reported");
+    assert_eq!(report.findings.len(), 17, "every use is reported");
 }
 
 #[tokio::test]
@@ -479,7 +484,7 @@ async fn a_store_without_a_client_is_a_configuration_error() {
 async fn no_value_reaches_any_output() {
     let dir = tempfile::tempdir().unwrap();
     let canaries = canaries("check");
-    assert_eq!(canaries.len(), 9, "{canaries:?}");
+    assert_eq!(canaries.len(), 11, "{canaries:?}");
     for format in [Format::Human, Format::Json, Format::Junit, Format::Github] {
         let out = dir.path().join(format!("report-{format:?}"));
         let args = CheckArgs {

@@ -103,6 +103,7 @@ async fn every_vault_state_matches_the_fake_provider() {
     let expected = [
         format!("{jenkins}:11 error KF100"),
         format!("{jenkins}:13 warning KF112"),
+        format!("{jenkins}:16 error KF108"),
         format!("{netbox}:11 error KF100"),
         format!("{netbox}:13 error KF101"),
         format!("{netbox}:15 error KF102"),
