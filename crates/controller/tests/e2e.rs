@@ -851,3 +851,63 @@ fn a_scoped_controller_class_runs_beside_the_main_one() {
         ns.cleanup().await;
     });
 }
+
+/// deletionPolicy acts only on a confirmed "gone": Delete removes the Secret, Retain keeps it and
+/// says so.
+#[test]
+fn deletion_policy_applies_when_the_remote_secret_is_gone() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "gone", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stores: Api<SecretStore> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &stores,
+            &fake_store(&ns.name, "vault", &[("old", "v"), ("other", "x")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        let delete = "  refreshInterval: 1s\n  target:\n    deletionPolicy: Delete\n";
+        apply(
+            &ess,
+            &es_yaml(&ns.name, "delete", "vault", delete, &[("k", "old")]),
+        )
+        .await;
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "retain",
+                "vault",
+                "  refreshInterval: 1s\n",
+                &[("k", "old")],
+            ),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "delete", "k", "v").await;
+        wait_secret_value(&client, &ns.name, "retain", "k", "v").await;
+
+        // The remote secret disappears.
+        apply(&stores, &fake_store(&ns.name, "vault", &[("other", "x")])).await;
+        wait_ready(&client, &ns.name, "delete", "False", "SecretDeleted").await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let gone = eventually(Duration::from_secs(30), || {
+            let secrets = secrets.clone();
+            async move { secrets.get_opt("delete").await.ok()?.is_none().then_some(()) }
+        })
+        .await;
+        assert!(gone.is_some(), "deletionPolicy Delete removes the Secret");
+        wait_ready(&client, &ns.name, "retain", "False", "SecretSyncedError").await;
+        let kept = secrets.get("retain").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            kept.data.and_then(|d| d.get("k").map(|v| v.0.clone())),
+            Some(b"v".to_vec())
+        );
+        // No delete/recreate loop: the deleted Secret stays deleted.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(secrets.get_opt("delete").await.ok().flatten().is_none());
+        ns.cleanup().await;
+    });
+}

@@ -494,6 +494,65 @@ mod tests {
         serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn synced_es(synced: bool) -> (ExternalSecret, Validated) {
+        let mut e = es(r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: a, namespace: team, uid: u1, generation: 1}
+spec:
+  secretStoreRef: {name: main}
+  refreshInterval: 1h
+  data:
+    - secretKey: k
+      remoteRef: {key: r}
+"#);
+        let v = validate::validate(&e).unwrap_or_else(|err| panic!("{err}"));
+        let outcome = if synced {
+            status::Outcome::Synced {
+                secret: Some("a".into()),
+                keys: 1,
+                missing: vec![],
+            }
+        } else {
+            status::Outcome::Removed {
+                secret: "a".into(),
+                policy: DeletionPolicy::Delete,
+            }
+        };
+        e.status = Some(status::next_status(
+            None,
+            Some(1),
+            &v.meta_version,
+            &outcome,
+            &conditions::now_rfc3339(),
+        ));
+        (e, v)
+    }
+
+    #[test]
+    fn schedule_waits_after_a_sync_and_resyncs_a_deleted_secret() {
+        let (e, v) = synced_es(true);
+        let present = TargetState {
+            exists: true,
+            ..TargetState::default()
+        };
+        assert!(matches!(schedule(&e, &v, &present, false), Decision::WaitFor(_)));
+        // Someone deleted the Secret: sync at once.
+        assert_eq!(
+            schedule(&e, &v, &TargetState::default(), false),
+            Decision::SyncNow(refresh::SyncReason::SecretMissing)
+        );
+    }
+
+    #[test]
+    fn a_secret_removed_by_deletion_policy_is_not_recreated_in_a_loop() {
+        let (e, v) = synced_es(false);
+        assert!(matches!(
+            schedule(&e, &v, &TargetState::default(), false),
+            Decision::WaitFor(_)
+        ));
+    }
+
     #[test]
     fn store_references_are_found_everywhere() {
         let e = es(r#"
