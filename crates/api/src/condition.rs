@@ -43,7 +43,11 @@ impl Condition {
             Some(old) if old.status == self.status => old.last_transition_time.clone(),
             _ => Some(now_rfc3339.to_owned()),
         };
-        let mut merged: Vec<Condition> = previous.iter().filter(|c| c.type_ != self.type_).cloned().collect();
+        let mut merged: Vec<Condition> = previous
+            .iter()
+            .filter(|c| c.type_ != self.type_)
+            .cloned()
+            .collect();
         merged.push(self);
         merged.sort_by(|a, b| a.type_.cmp(&b.type_));
         merged

@@ -10,10 +10,15 @@ use crate::{ClusterExternalSecret, ClusterSecretStore, ExternalSecret, SecretSto
 
 /// All CRDs, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    [ExternalSecret::crd(), SecretStore::crd(), ClusterSecretStore::crd(), ClusterExternalSecret::crd()]
-        .into_iter()
-        .map(finish)
-        .collect()
+    [
+        ExternalSecret::crd(),
+        SecretStore::crd(),
+        ClusterSecretStore::crd(),
+        ClusterExternalSecret::crd(),
+    ]
+    .into_iter()
+    .map(finish)
+    .collect()
 }
 
 /// All CRDs as one multi-document YAML stream, as `keyferry crds` prints and `deploy/crds/` holds.
@@ -29,7 +34,11 @@ pub fn all_yaml() -> Result<String, serde_yaml_ng::Error> {
 /// Adds the served `v1beta1` version and removes every `default:` marker from the schemas.
 fn finish(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
     for version in &mut crd.spec.versions {
-        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
             strip_defaults(schema);
         }
     }
@@ -57,14 +66,18 @@ fn strip_defaults(schema: &mut JSONSchemaProps) {
     for child in children {
         strip_defaults(child);
     }
-    if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(
-        items,
-    )) = schema.items.as_mut()
+    if let Some(
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(
+            items,
+        ),
+    ) = schema.items.as_mut()
     {
         strip_defaults(items);
     }
     if let Some(
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(extra),
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrBool::Schema(
+            extra,
+        ),
     ) = schema.additional_properties.as_mut()
     {
         strip_defaults(extra);
@@ -78,9 +91,18 @@ mod tests {
     #[test]
     fn every_kind_serves_v1_and_v1beta1_with_v1_stored() {
         for crd in all() {
-            let versions: Vec<(&str, bool, bool)> =
-                crd.spec.versions.iter().map(|v| (v.name.as_str(), v.served, v.storage)).collect();
-            assert_eq!(versions, vec![("v1", true, true), ("v1beta1", true, false)], "{}", crd.spec.names.kind);
+            let versions: Vec<(&str, bool, bool)> = crd
+                .spec
+                .versions
+                .iter()
+                .map(|v| (v.name.as_str(), v.served, v.storage))
+                .collect();
+            assert_eq!(
+                versions,
+                vec![("v1", true, true), ("v1beta1", true, false)],
+                "{}",
+                crd.spec.names.kind
+            );
             assert_eq!(crd.spec.group, "external-secrets.io");
         }
     }
@@ -88,7 +110,10 @@ mod tests {
     #[test]
     fn schemas_carry_no_defaults() {
         let yaml = all_yaml().unwrap();
-        assert!(!yaml.contains("default:"), "a default: marker leaked into the CRD schema");
+        assert!(
+            !yaml.contains("default:"),
+            "a default: marker leaked into the CRD schema"
+        );
     }
 
     #[test]
@@ -97,7 +122,8 @@ mod tests {
             for (name, child) in s.properties.iter().flatten() {
                 let p = format!("{path}.{name}");
                 // metadata, apiVersion and kind are documented by Kubernetes itself.
-                if child.description.is_none() && !matches!(name.as_str(), "metadata" | "apiVersion" | "kind") {
+                if child.description.is_none() && !matches!(name.as_str(), "metadata" | "apiVersion" | "kind")
+                {
                     missing.push(p.clone());
                 }
                 walk(&p, child, missing);
@@ -113,7 +139,13 @@ mod tests {
         }
         let mut missing = Vec::new();
         for crd in all() {
-            let schema = crd.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap();
+            let schema = crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap();
             walk(&crd.spec.names.kind, schema, &mut missing);
         }
         // LabelSelector internals come from Kubernetes' own types.

@@ -110,7 +110,9 @@ impl SecretStoreRef {
 }
 
 /// The kind of store a reference points to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum StoreKind {
     /// A namespaced store; only ExternalSecrets in the same namespace may use it.
     #[default]
@@ -342,7 +344,9 @@ pub struct RemoteRef {
 }
 
 /// Whether a reference reads the value or the metadata of a remote secret.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum MetadataPolicy {
     /// Read the value.
     #[default]
@@ -352,7 +356,9 @@ pub enum MetadataPolicy {
 }
 
 /// Key conversion (kept for ESO compatibility).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum ConversionStrategy {
     /// Keys as they are.
     #[default]
@@ -362,7 +368,9 @@ pub enum ConversionStrategy {
 }
 
 /// How to decode a fetched value.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum DecodingStrategy {
     /// Use the value as it is.
     #[default]
@@ -377,7 +385,9 @@ pub enum DecodingStrategy {
 }
 
 /// What to do with NUL bytes in values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum NullBytePolicy {
     /// Keep them.
     #[default]

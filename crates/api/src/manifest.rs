@@ -25,7 +25,11 @@ pub struct Origin {
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {} (line {})", self.file, self.document, self.line)
+        write!(
+            f,
+            "{}: document {} (line {})",
+            self.file, self.document, self.line
+        )
     }
 }
 
@@ -107,7 +111,9 @@ pub enum ManifestError {
         field: &'static str,
     },
     /// A keyferry kind at an apiVersion that is not served.
-    #[error("{origin}: apiVersion: {api_version} is not served for {kind} (use external-secrets.io/v1 or external-secrets.io/v1beta1)")]
+    #[error(
+        "{origin}: apiVersion: {api_version} is not served for {kind} (use external-secrets.io/v1 or external-secrets.io/v1beta1)"
+    )]
     WrongApiVersion {
         /// Where.
         origin: Origin,
@@ -170,24 +176,36 @@ pub fn parse_documents(file: &str, text: &str) -> Vec<Result<Located<Manifest>, 
         .into_iter()
         .enumerate()
         .map(|(index, (line, doc))| {
-            let origin = Origin { file: file.to_owned(), document: index + 1, line };
-            parse_document(origin.clone(), &doc).map(|value| Located { origin, text: doc, value })
+            let origin = Origin {
+                file: file.to_owned(),
+                document: index + 1,
+                line,
+            };
+            parse_document(origin.clone(), &doc).map(|value| Located {
+                origin,
+                text: doc,
+                value,
+            })
         })
         .collect()
 }
 
 /// Parses one YAML document.
 pub fn parse_document(origin: Origin, doc: &str) -> Result<Manifest, ManifestError> {
-    let value: serde_json::Value = serde_yaml_ng::from_str(doc).map_err(|e| ManifestError::MalformedYaml {
-        origin: origin.clone(),
-        message: yaml_message(&e, origin.line),
-    })?;
+    let value: serde_json::Value =
+        serde_yaml_ng::from_str(doc).map_err(|e| ManifestError::MalformedYaml {
+            origin: origin.clone(),
+            message: yaml_message(&e, origin.line),
+        })?;
     let field = |name: &'static str| {
         value
             .get(name)
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned)
-            .ok_or(ManifestError::MissingTypeField { origin: origin.clone(), field: name })
+            .ok_or(ManifestError::MissingTypeField {
+                origin: origin.clone(),
+                field: name,
+            })
     };
     let api_version = field("apiVersion")?;
     let kind = field("kind")?;
@@ -198,7 +216,11 @@ pub fn parse_document(origin: Origin, doc: &str) -> Result<Manifest, ManifestErr
     );
     if ours {
         if api_version != "external-secrets.io/v1" && api_version != "external-secrets.io/v1beta1" {
-            return Err(ManifestError::WrongApiVersion { origin, api_version, kind });
+            return Err(ManifestError::WrongApiVersion {
+                origin,
+                api_version,
+                kind,
+            });
         }
     } else if group == GROUP {
         return Err(ManifestError::InvalidField {
@@ -211,7 +233,11 @@ pub fn parse_document(origin: Origin, doc: &str) -> Result<Manifest, ManifestErr
             ),
         });
     }
-    let typed = |v: serde_json::Value| TypedParse { origin: &origin, kind: &kind, value: v };
+    let typed = |v: serde_json::Value| TypedParse {
+        origin: &origin,
+        kind: &kind,
+        value: v,
+    };
     Ok(match (kind.as_str(), api_version.as_str()) {
         ("ExternalSecret", _) => Manifest::ExternalSecret(typed(value).parse()?),
         ("SecretStore", _) => Manifest::SecretStore(typed(value).parse()?),
@@ -231,16 +257,18 @@ struct TypedParse<'a> {
 impl TypedParse<'_> {
     fn parse<T: DeserializeOwned>(self) -> Result<Box<T>, ManifestError> {
         let name = name_of(&self.value);
-        serde_path_to_error::deserialize(self.value).map(Box::new).map_err(|e| {
-            let path = e.path().to_string();
-            ManifestError::InvalidField {
-                origin: self.origin.clone(),
-                kind: self.kind.to_owned(),
-                name,
-                path: if path == "." { "(document)".into() } else { path },
-                message: e.into_inner().to_string(),
-            }
-        })
+        serde_path_to_error::deserialize(self.value)
+            .map(Box::new)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                ManifestError::InvalidField {
+                    origin: self.origin.clone(),
+                    kind: self.kind.to_owned(),
+                    name,
+                    path: if path == "." { "(document)".into() } else { path },
+                    message: e.into_inner().to_string(),
+                }
+            })
     }
 }
 
@@ -259,7 +287,11 @@ fn yaml_message(e: &serde_yaml_ng::Error, doc_start_line: usize) -> String {
     // serde_yaml_ng appends " at line L column C"; report the file's line instead.
     let base = text.split(" at line ").next().unwrap_or(&text).to_owned();
     match e.location() {
-        Some(loc) => format!("{base} (line {}, column {})", doc_start_line + loc.line() - 1, loc.column()),
+        Some(loc) => format!(
+            "{base} (line {}, column {})",
+            doc_start_line + loc.line() - 1,
+            loc.column()
+        ),
         None => base,
     }
 }
@@ -287,7 +319,9 @@ spec:
 
     #[test]
     fn parses_the_netbox_example() {
-        let Manifest::ExternalSecret(es) = one(NETBOX).unwrap() else { panic!("wrong kind") };
+        let Manifest::ExternalSecret(es) = one(NETBOX).unwrap() else {
+            panic!("wrong kind")
+        };
         assert_eq!(es.target_secret_name(), "netbox-db-credentials");
         assert_eq!(es.spec.data[0].remote_ref.key, "netbox-db-password");
     }
@@ -312,14 +346,20 @@ spec:
     fn wrong_enum_value_names_the_path() {
         let text = NETBOX.replace("creationPolicy: Owner", "creationPolicy: Sometimes");
         let err = one(&text).unwrap_err().to_string();
-        assert!(err.contains("spec.target.creationPolicy: unknown variant `Sometimes`"), "{err}");
+        assert!(
+            err.contains("spec.target.creationPolicy: unknown variant `Sometimes`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn wrong_api_version_is_named() {
         let text = NETBOX.replace("external-secrets.io/v1beta1", "external-secrets.io/v1alpha1");
         let err = one(&text).unwrap_err().to_string();
-        assert!(err.contains("apiVersion: external-secrets.io/v1alpha1 is not served for ExternalSecret"), "{err}");
+        assert!(
+            err.contains("apiVersion: external-secrets.io/v1alpha1 is not served for ExternalSecret"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -339,14 +379,22 @@ spec:
     #[test]
     fn malformed_yaml_names_file_document_and_line() {
         let err = one("a: [1, 2\n").unwrap_err().to_string();
-        assert!(err.starts_with("f.yaml: document 1 (line 1): malformed YAML:"), "{err}");
+        assert!(
+            err.starts_with("f.yaml: document 1 (line 1): malformed YAML:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unsupported_provider_is_a_clear_error_not_a_drop() {
         let text = "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: aws}\nspec:\n  provider:\n    aws: {service: SecretsManager, region: eu-west-1}\n";
-        let Manifest::ClusterSecretStore(store) = one(text).unwrap() else { panic!() };
+        let Manifest::ClusterSecretStore(store) = one(text).unwrap() else {
+            panic!()
+        };
         let err = store.spec.provider.kind().unwrap_err().to_string();
-        assert_eq!(err, "provider aws is not supported (keyferry supports: azurekv, fake)");
+        assert_eq!(
+            err,
+            "provider aws is not supported (keyferry supports: azurekv, fake)"
+        );
     }
 }

@@ -64,7 +64,10 @@ mod tests {
 
     #[test]
     fn prefixes_pick_the_object_type() {
-        assert_eq!(split_remote_key("netbox-db-password"), (ObjectType::Secret, "netbox-db-password"));
+        assert_eq!(
+            split_remote_key("netbox-db-password"),
+            (ObjectType::Secret, "netbox-db-password")
+        );
         assert_eq!(split_remote_key("secret/a"), (ObjectType::Secret, "a"));
         assert_eq!(split_remote_key("key/signing"), (ObjectType::Key, "signing"));
         assert_eq!(split_remote_key("cert/tls"), (ObjectType::Certificate, "tls"));
@@ -74,9 +77,18 @@ mod tests {
     fn vault_name_rules() {
         assert!(check_vault_name("netbox-db-password").is_ok());
         assert_eq!(check_vault_name(""), Err(NameError::Empty));
-        assert_eq!(check_vault_name("a_b"), Err(NameError::BadCharacter { found: '_' }));
-        assert_eq!(check_vault_name("prod/x"), Err(NameError::BadCharacter { found: '/' }));
-        assert_eq!(check_vault_name(&"a".repeat(128)), Err(NameError::TooLong { len: 128 }));
+        assert_eq!(
+            check_vault_name("a_b"),
+            Err(NameError::BadCharacter { found: '_' })
+        );
+        assert_eq!(
+            check_vault_name("prod/x"),
+            Err(NameError::BadCharacter { found: '/' })
+        );
+        assert_eq!(
+            check_vault_name(&"a".repeat(128)),
+            Err(NameError::TooLong { len: 128 })
+        );
         assert!(check_vault_name(&"a".repeat(127)).is_ok());
     }
 }

@@ -195,8 +195,12 @@ impl StoreProvider {
             ([], _, _) => Err(ProviderSpecError::Missing),
             ([_], Some(az), _) => Ok(ProviderKind::AzureKv(az)),
             ([_], _, Some(fake)) => Ok(ProviderKind::Fake(fake)),
-            ([other], _, _) => Err(ProviderSpecError::Unsupported { name: (*other).to_owned() }),
-            _ => Err(ProviderSpecError::Several { names: names.join(", ") }),
+            ([other], _, _) => Err(ProviderSpecError::Unsupported {
+                name: (*other).to_owned(),
+            }),
+            _ => Err(ProviderSpecError::Several {
+                names: names.join(", "),
+            }),
         }
     }
 }

@@ -19,7 +19,10 @@ pub const JSON_VALUE: &str =
 /// The secrets the suite expects, by name.
 pub fn fixture_seed() -> VaultSeed {
     let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     };
     let secret = |value: &str, t: BTreeMap<String, String>| SeedSecret {
         value: value.to_owned(),
@@ -34,24 +37,43 @@ pub fn fixture_seed() -> VaultSeed {
             ..secret("plain-value", tags(&[("suite", "conformance"), ("team", "a")]))
         },
     );
-    secrets.insert("conf-json".to_owned(), secret(JSON_VALUE, tags(&[("suite", "conformance")])));
+    secrets.insert(
+        "conf-json".to_owned(),
+        secret(JSON_VALUE, tags(&[("suite", "conformance")])),
+    );
     secrets.insert(
         "conf-disabled".to_owned(),
-        SeedSecret { enabled: Some(false), ..secret("disabled-value", tags(&[("suite", "conformance")])) },
+        SeedSecret {
+            enabled: Some(false),
+            ..secret("disabled-value", tags(&[("suite", "conformance")]))
+        },
     );
     for (name, value) in [("conf-tagged-1", "t1"), ("conf-tagged-2", "t2")] {
-        secrets.insert(name.to_owned(), secret(value, tags(&[("suite", "conformance"), ("group", "blue")])));
+        secrets.insert(
+            name.to_owned(),
+            secret(value, tags(&[("suite", "conformance"), ("group", "blue")])),
+        );
     }
     secrets.insert(
         "conf-deleted".to_owned(),
-        SeedSecret { deleted: true, ..secret("deleted-value", tags(&[("suite", "conformance")])) },
+        SeedSecret {
+            deleted: true,
+            ..secret("deleted-value", tags(&[("suite", "conformance")]))
+        },
     );
     VaultSeed { secrets }
 }
 
 /// Names of the fixture secrets.
 pub fn fixture_names() -> Vec<&'static str> {
-    vec!["conf-plain", "conf-json", "conf-disabled", "conf-tagged-1", "conf-tagged-2", "conf-deleted"]
+    vec![
+        "conf-plain",
+        "conf-json",
+        "conf-disabled",
+        "conf-tagged-1",
+        "conf-tagged-2",
+        "conf-deleted",
+    ]
 }
 
 /// What seeding produced: version ids per secret, oldest first.
@@ -88,7 +110,10 @@ impl fmt::Display for Report {
 }
 
 fn remote(key: &str) -> RemoteRef {
-    RemoteRef { key: key.to_owned(), ..RemoteRef::default() }
+    RemoteRef {
+        key: key.to_owned(),
+        ..RemoteRef::default()
+    }
 }
 
 fn expect_value(got: Result<SecretValue, ProviderError>, want: &str) -> Result<(), String> {
@@ -105,36 +130,65 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     let plain_versions = seeded.versions.get("conf-plain").cloned().unwrap_or_default();
 
     let latest = client.get_secret(&remote("conf-plain")).await;
-    r.checks.push(("get latest", expect_value(latest.clone().map(|v| v.value), "plain-value")));
+    r.checks.push((
+        "get latest",
+        expect_value(latest.clone().map(|v| v.value), "plain-value"),
+    ));
     r.checks.push((
         "get latest reports the current version",
         match (&latest, plain_versions.last()) {
-            (Ok(v), Some(want)) if v.version.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(want)) => Ok(()),
+            (Ok(v), Some(want)) if v.version.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(want)) => {
+                Ok(())
+            }
             (Ok(v), want) => Err(format!("version {:?}, want {want:?}", v.version)),
             (Err(e), _) => Err(e.to_string()),
         },
     ));
-    r.checks.push(("get with secret/ prefix", expect_value(get(client, "secret/conf-plain").await, "plain-value")));
-    r.checks.push(("names are case-insensitive", expect_value(get(client, "CONF-Plain").await, "plain-value")));
+    r.checks.push((
+        "get with secret/ prefix",
+        expect_value(get(client, "secret/conf-plain").await, "plain-value"),
+    ));
+    r.checks.push((
+        "names are case-insensitive",
+        expect_value(get(client, "CONF-Plain").await, "plain-value"),
+    ));
 
     let old = match plain_versions.first() {
         Some(id) => {
-            let got = client.get_secret(&RemoteRef { version: Some(id.clone()), ..remote("conf-plain") }).await;
+            let got = client
+                .get_secret(&RemoteRef {
+                    version: Some(id.clone()),
+                    ..remote("conf-plain")
+                })
+                .await;
             expect_value(got.map(|v| v.value), "plain-old")
         }
         None => Err("harness reported no versions for conf-plain".to_owned()),
     };
     r.checks.push(("get by version", old));
 
-    r.checks.push(("JSON value returned verbatim (property/extract input)", expect_value(get(client, "conf-json").await, JSON_VALUE)));
+    r.checks.push((
+        "JSON value returned verbatim (property/extract input)",
+        expect_value(get(client, "conf-json").await, JSON_VALUE),
+    ));
 
-    r.checks.push(("missing secret is NotFound", expect_not_found(get(client, "conf-does-not-exist").await)));
+    r.checks.push((
+        "missing secret is NotFound",
+        expect_not_found(get(client, "conf-does-not-exist").await),
+    ));
     let missing_version = client
-        .get_secret(&RemoteRef { version: Some("0123456789abcdef0123456789abcdef".into()), ..remote("conf-plain") })
+        .get_secret(&RemoteRef {
+            version: Some("0123456789abcdef0123456789abcdef".into()),
+            ..remote("conf-plain")
+        })
         .await
         .map(|v| v.value);
-    r.checks.push(("missing version is NotFound", expect_not_found(missing_version)));
-    r.checks.push(("soft-deleted secret is NotFound", expect_not_found(get(client, "conf-deleted").await)));
+    r.checks
+        .push(("missing version is NotFound", expect_not_found(missing_version)));
+    r.checks.push((
+        "soft-deleted secret is NotFound",
+        expect_not_found(get(client, "conf-deleted").await),
+    ));
     r.checks.push((
         "disabled secret is Disabled",
         match get(client, "conf-disabled").await {
@@ -144,16 +198,33 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     ));
 
     let by_regexp = FindRef {
-        name: Some(FindName { regexp: "^conf-tagged-".into() }),
+        name: Some(FindName {
+            regexp: "^conf-tagged-".into(),
+        }),
         ..FindRef::default()
     };
-    r.checks.push(("find by name regexp", expect_tagged(client.get_all_secrets(&by_regexp).await)));
+    r.checks.push((
+        "find by name regexp",
+        expect_tagged(client.get_all_secrets(&by_regexp).await),
+    ));
     let by_tags = FindRef {
-        tags: [("group".to_owned(), "blue".to_owned()), ("suite".to_owned(), "conformance".to_owned())].into(),
+        tags: [
+            ("group".to_owned(), "blue".to_owned()),
+            ("suite".to_owned(), "conformance".to_owned()),
+        ]
+        .into(),
         ..FindRef::default()
     };
-    r.checks.push(("find by tags", expect_tagged(client.get_all_secrets(&by_tags).await)));
-    let disabled_excluded = FindRef { name: Some(FindName { regexp: "^conf-disabled$".into() }), ..FindRef::default() };
+    r.checks.push((
+        "find by tags",
+        expect_tagged(client.get_all_secrets(&by_tags).await),
+    ));
+    let disabled_excluded = FindRef {
+        name: Some(FindName {
+            regexp: "^conf-disabled$".into(),
+        }),
+        ..FindRef::default()
+    };
     r.checks.push((
         "find skips disabled secrets",
         match client.get_all_secrets(&disabled_excluded).await {
@@ -162,7 +233,10 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
             Err(e) => Err(e.to_string()),
         },
     ));
-    let bad_regexp = FindRef { name: Some(FindName { regexp: "(".into() }), ..FindRef::default() };
+    let bad_regexp = FindRef {
+        name: Some(FindName { regexp: "(".into() }),
+        ..FindRef::default()
+    };
     r.checks.push((
         "invalid find regexp is Invalid",
         match client.get_all_secrets(&bad_regexp).await {
@@ -172,7 +246,10 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     ));
 
     let fetched = client
-        .get_secret(&RemoteRef { metadata_policy: Some(MetadataPolicy::Fetch), ..remote("conf-plain") })
+        .get_secret(&RemoteRef {
+            metadata_policy: Some(MetadataPolicy::Fetch),
+            ..remote("conf-plain")
+        })
         .await;
     r.checks.push((
         "metadataPolicy Fetch returns tags as JSON",
@@ -189,7 +266,9 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     r.checks.push((
         "exists: present",
         match client.secret_exists(&remote("conf-plain")).await {
-            Ok(Existence::Present(p)) if p.enabled && p.tags.get("team").map(String::as_str) == Some("a") => Ok(()),
+            Ok(Existence::Present(p)) if p.enabled && p.tags.get("team").map(String::as_str) == Some("a") => {
+                Ok(())
+            }
             other => Err(format!("got {other:?}")),
         },
     ));
@@ -257,7 +336,8 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
         },
     ));
 
-    r.checks.push(("validate", client.validate().await.map_err(|e| e.to_string())));
+    r.checks
+        .push(("validate", client.validate().await.map_err(|e| e.to_string())));
     r
 }
 
@@ -275,7 +355,8 @@ fn expect_not_found(got: Result<SecretValue, ProviderError>) -> Result<(), Strin
 
 fn expect_tagged(got: Result<BTreeMap<String, SecretValue>, ProviderError>) -> Result<(), String> {
     let map = got.map_err(|e| e.to_string())?;
-    let lower: BTreeMap<String, &SecretValue> = map.iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    let lower: BTreeMap<String, &SecretValue> =
+        map.iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
     let keys: Vec<&String> = lower.keys().collect();
     if keys != ["conf-tagged-1", "conf-tagged-2"] {
         return Err(format!("matched {keys:?}"));

@@ -61,7 +61,10 @@ pub enum ProviderError {
 impl ProviderError {
     /// Whether retrying later may succeed without anyone changing anything.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ProviderError::Throttled { .. } | ProviderError::Unavailable { .. })
+        matches!(
+            self,
+            ProviderError::Throttled { .. } | ProviderError::Unavailable { .. }
+        )
     }
 
     /// A short, stable label for metrics and events.

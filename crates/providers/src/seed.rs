@@ -94,7 +94,10 @@ impl VaultSeed {
     /// Loads a YAML (or JSON) seed file.
     pub fn load(path: &Path) -> Result<Self, SeedError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| SeedError::Read {
+            path: shown.clone(),
+            source,
+        })?;
         Self::parse(&shown, &text)
     }
 
@@ -109,7 +112,11 @@ impl VaultSeed {
                 Some((head, rest)) if path_in_file.starts_with(head) => rest.to_owned(),
                 _ => message,
             };
-            SeedError::Parse { path: origin.to_owned(), path_in_file, message }
+            SeedError::Parse {
+                path: origin.to_owned(),
+                path_in_file,
+                message,
+            }
         })
     }
 }
@@ -139,6 +146,9 @@ mod tests {
     fn unknown_field_is_named() {
         let err = VaultSeed::parse("s.yaml", "secrets:\n  a:\n    value: v\n    colour: red\n").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("s.yaml: invalid seed file: secrets.a.colour: unknown field `colour`"), "{msg}");
+        assert!(
+            msg.starts_with("s.yaml: invalid seed file: secrets.a.colour: unknown field `colour`"),
+            "{msg}"
+        );
     }
 }
