@@ -90,6 +90,10 @@ rules! {
     /// A `secretKey` is not a valid Secret data key (`[-._a-zA-Z0-9]+`), or the target Secret's name
     /// is not a valid Kubernetes object name: the sync would fail when the Secret is written.
     K8sName = ("KF008", "k8s-name", Error, Finding);
+    /// A store's provider settings are refused by ESO's store validation: a vault URL that is not
+    /// https, a service principal without `authSecretRef`, a namespace set in a namespaced
+    /// SecretStore, an invalid `namespaceRegexes` entry.
+    StoreSpec = ("KF009", "store-spec", Error, Finding);
     /// A remote key breaks Azure Key Vault's object-name rule (1-127 of `0-9a-zA-Z-`).
     AkvName = ("KF010", "akv-name", Error, Finding);
     /// A remote key breaks the naming convention (default `<service>-<purpose>`, lowercase).

@@ -126,6 +126,7 @@ pub fn validate_repo(repo: &model::Repo, env_files: &[discover::SourceFile], pol
     for doc in &repo.docs {
         raw.extend(rules::schema::missing_name(&doc.located));
         raw.extend(rules::webhook::unsupported_provider(&doc.located));
+        raw.extend(rules::webhook::store_spec(&doc.located));
         raw.extend(rules::plaintext::plaintext_secret(&doc.located, policy));
     }
     raw.extend(rules::plaintext::dotenv_files(env_files, policy));

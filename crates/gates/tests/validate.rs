@@ -49,6 +49,7 @@ const BAD: &[&str] = &[
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:9 error KF010",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:11 error KF010",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:13 error KF011",
+    "platform/stores.yaml:6 error KF009",
     "platform/stores.yaml:12 warning KF007",
 ];
 
@@ -75,7 +76,7 @@ fn bad_repo_reports_every_problem_with_its_rule() {
     let report = run("bad");
     assert_eq!(lines(&report), BAD, "{}", render(&report, Format::Human));
     assert_eq!(report.exit_status(), 1);
-    assert_eq!(report.errors(), 15);
+    assert_eq!(report.errors(), 16);
     assert_eq!(report.warnings(), 2);
 }
 
@@ -126,6 +127,7 @@ KF003 = "off"
 KF004 = "off"
 KF005 = "off"
 KF006 = "off"
+store-spec = "off"
 KF010 = "warning"
 KF011 = "off"
 KF020 = "off"
@@ -221,7 +223,7 @@ fn run_validate_writes_every_format_and_exits_by_result() {
                 assert!(text.contains(
                     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:9: error KF010 akv-name: spec.data[0].remoteRef.key"
                 ));
-                assert!(text.ends_with("keyferry validate: 15 errors, 2 warnings (9 files, 7 ExternalSecrets, 11 references)\n"), "{text}");
+                assert!(text.ends_with("keyferry validate: 16 errors, 2 warnings (9 files, 7 ExternalSecrets, 11 references)\n"), "{text}");
             }
             Format::Json => {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -231,7 +233,7 @@ fn run_validate_writes_every_format_and_exits_by_result() {
             }
             Format::Junit => {
                 assert!(text.starts_with("<?xml"));
-                assert_eq!(text.matches("<failure ").count(), 15);
+                assert_eq!(text.matches("<failure ").count(), 16);
                 assert!(text.contains("<testcase classname=\"keyferry.validate\" name=\"deploy/netbox/secrets/externalsecret-netbox-db-password.yaml\">"));
             }
             Format::Github => {

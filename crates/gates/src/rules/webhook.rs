@@ -228,6 +228,94 @@ pub fn unsupported_provider(doc: &Located<Manifest>) -> Vec<RawFinding> {
     }
 }
 
+/// `KF009`: the store settings ESO's webhook checks for `azurekv`, plus compilable
+/// `conditions[].namespaceRegexes`.
+pub fn store_spec(doc: &Located<Manifest>) -> Vec<RawFinding> {
+    let (kind, meta, spec, namespaced) = match &doc.value {
+        Manifest::SecretStore(s) => ("SecretStore", &s.metadata, &s.spec.provider, true),
+        Manifest::ClusterSecretStore(s) => ("ClusterSecretStore", &s.metadata, &s.spec.provider, false),
+        _ => return Vec::new(),
+    };
+    let conditions = match &doc.value {
+        Manifest::SecretStore(s) => &s.spec.conditions,
+        Manifest::ClusterSecretStore(s) => &s.spec.conditions,
+        _ => return Vec::new(),
+    };
+    let object = format!("{kind} {}", meta.name.as_deref().unwrap_or("<unnamed>"));
+    let mut problems: Vec<(String, String)> = Vec::new();
+    if let Some(az) = &spec.azurekv {
+        if !az.vault_url.starts_with("https://") {
+            problems.push((
+                "vaultUrl".into(),
+                format!(
+                    "spec.provider.azurekv.vaultUrl: {:?} must be an https:// URL",
+                    az.vault_url
+                ),
+            ));
+        }
+        let auth = az.auth_type_or_default();
+        if auth == keyferry_api::secret_store::AzureAuthType::ServicePrincipal {
+            let r = az.auth_secret_ref.as_ref();
+            let has_id = r.is_some_and(|r| r.client_id.is_some());
+            let has_secret = r.is_some_and(|r| r.client_secret.is_some() || r.client_certificate.is_some());
+            if !(has_id && has_secret) {
+                problems.push((
+                    "azurekv".into(),
+                    "spec.provider.azurekv.authSecretRef: authType ServicePrincipal needs clientId and clientSecret (or clientCertificate)".into(),
+                ));
+            }
+        }
+        if namespaced {
+            let mut selectors = Vec::new();
+            if let Some(r) = &az.auth_secret_ref {
+                for (name, sel) in [
+                    ("clientId", &r.client_id),
+                    ("clientSecret", &r.client_secret),
+                    ("clientCertificate", &r.client_certificate),
+                    ("tenantId", &r.tenant_id),
+                ] {
+                    if sel.as_ref().is_some_and(|s| s.namespace.is_some()) {
+                        selectors.push((name, format!("authSecretRef.{name}")));
+                    }
+                }
+            }
+            if az
+                .service_account_ref
+                .as_ref()
+                .is_some_and(|s| s.namespace.is_some())
+            {
+                selectors.push(("serviceAccountRef", "serviceAccountRef".to_owned()));
+            }
+            for (needle, field) in selectors {
+                problems.push((
+                    format!("{needle}:"),
+                    format!("spec.provider.azurekv.{field}.namespace: a namespaced SecretStore reads only from its own namespace"),
+                ));
+            }
+        }
+    }
+    for (i, c) in conditions.iter().enumerate() {
+        for re in &c.namespace_regexes {
+            if let Err(e) = regex::Regex::new(re) {
+                problems.push((
+                    "namespaceRegexes".into(),
+                    format!(
+                        "spec.conditions[{i}].namespaceRegexes: {re:?} is not a valid regular expression: {}",
+                        crate::policy::regex_reason(&e)
+                    ),
+                ));
+            }
+        }
+    }
+    problems
+        .into_iter()
+        .map(|(needle, message)| {
+            RawFinding::new(Rule::StoreSpec, &doc.origin.file, doc.line_of(&needle), message)
+                .with_object(object.clone())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +440,40 @@ mod tests {
                 &format!("  target: {{creationPolicy: Owner, deletionPolicy: Delete}}\n{data}")
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn store_settings_eso_refuses() {
+        let d = docs(
+            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata: {name: local, namespace: netbox}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: http://kv.vault.azure.net/\n      authSecretRef:\n        clientId: {name: sp, key: id, namespace: other}\n  conditions: [{namespaceRegexes: [\"net(\"]}]\n---\napiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: ok}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: https://kv.vault.azure.net/\n      authType: WorkloadIdentity\n      serviceAccountRef: {name: eso, namespace: external-secrets}\n",
+        );
+        let f = store_spec(&d[0].located);
+        let got: Vec<_> = f.iter().map(|f| (f.line, f.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    7,
+                    "spec.provider.azurekv.vaultUrl: \"http://kv.vault.azure.net/\" must be an https:// URL"
+                ),
+                (
+                    6,
+                    "spec.provider.azurekv.authSecretRef: authType ServicePrincipal needs clientId and clientSecret (or clientCertificate)"
+                ),
+                (
+                    9,
+                    "spec.provider.azurekv.authSecretRef.clientId.namespace: a namespaced SecretStore reads only from its own namespace"
+                ),
+                (
+                    10,
+                    "spec.conditions[0].namespaceRegexes: \"net(\" is not a valid regular expression: unclosed group"
+                ),
+            ]
+        );
+        assert!(
+            store_spec(&d[1].located).is_empty(),
+            "a ClusterSecretStore may name namespaces"
         );
     }
 
