@@ -167,3 +167,51 @@ impl Clients {
         Ok(Clients::Allowed(file.clients))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_file_parses_and_names_bad_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.yaml");
+        std::fs::write(
+            &path,
+            "clients:\n  - clientId: a\n    clientSecret: s\n  - clientId: b\n    federated: true\n",
+        )
+        .unwrap();
+        let Clients::Allowed(list) = Clients::from_file(&path).unwrap() else {
+            panic!("restricted")
+        };
+        assert_eq!(list.len(), 2);
+        assert!(list[1].federated && list[1].client_secret.is_none());
+
+        std::fs::write(&path, "clients:\n  - clientId: a\n    secret: s\n").unwrap();
+        let err = Clients::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("clients.yaml") && err.contains("secret"), "{err}");
+        std::fs::write(&path, "clients:\n  - clientId: ''\n").unwrap();
+        assert!(
+            Clients::from_file(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("clients[0].clientId")
+        );
+    }
+
+    #[test]
+    fn vault_names_are_dns_labels() {
+        let bad = |name: &str| {
+            EmulatorConfig {
+                vault_name: name.into(),
+                ..EmulatorConfig::default()
+            }
+            .validate()
+        };
+        assert!(bad("keyferry").is_ok());
+        assert!(bad("Key").is_err());
+        assert!(bad("-x").is_err());
+        assert!(bad("a.b").is_err());
+        assert!(bad("").is_err());
+    }
+}

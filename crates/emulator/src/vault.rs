@@ -20,7 +20,7 @@ use crate::server::AppState;
 use crate::store::{NewVersion, PropertyUpdate, Secret};
 
 /// API versions the emulator answers.
-pub const SUPPORTED_API_VERSIONS: [&str; 9] = [
+pub const SUPPORTED_API_VERSIONS: [&str; 10] = [
     "7.0",
     "7.1",
     "7.2",
@@ -30,6 +30,7 @@ pub const SUPPORTED_API_VERSIONS: [&str; 9] = [
     "7.6",
     "2025-06-01",
     "2025-07-01",
+    "2026-03-01-preview",
 ];
 /// Largest page (`maxresults`) AKV allows.
 pub const MAX_PAGE: usize = 25;
