@@ -23,7 +23,7 @@ pub struct EmulatorArgs {
     /// State file: loaded at start if present, rewritten after every change.
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// Vault name; the vault URL is https://NAME.vault.localhost:PORT.
+    /// Vault name; the vault URL is `https://NAME.vault.localhost:PORT`.
     #[arg(long, value_name = "NAME", default_value = "keyferry")]
     pub vault_name: String,
     /// Tenant id announced in the bearer challenge.

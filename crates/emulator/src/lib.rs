@@ -50,5 +50,5 @@ pub use seed::{Seed, SeedSecret};
 pub use server::Emulator;
 pub use store::{MAX_TAGS, MAX_VALUE_BYTES, NewVersion};
 pub use tls::install_crypto_provider;
-pub use tokens::{TokenError, VAULT_RESOURCE};
+pub use tokens::VAULT_RESOURCE;
 pub use vault::{MAX_PAGE, SUPPORTED_API_VERSIONS};

@@ -31,7 +31,7 @@ impl std::fmt::Debug for Redacted {
 /// One version of a secret (`Debug` leaves the value out).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretVersion {
+pub(crate) struct SecretVersion {
     /// 32 lowercase hex characters.
     pub version: String,
     /// The secret value.
@@ -74,7 +74,7 @@ impl std::fmt::Debug for SecretVersion {
 
 /// A secret: its name as first created and its versions, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Secret {
+pub(crate) struct Secret {
     /// Name with the case it was created with.
     pub name: String,
     /// Versions, oldest first; the last one is the current version.
@@ -83,7 +83,7 @@ pub struct Secret {
 
 impl Secret {
     /// The current (latest) version.
-    pub fn latest(&self) -> Option<&SecretVersion> {
+    pub(crate) fn latest(&self) -> Option<&SecretVersion> {
         self.versions.last()
     }
 
@@ -101,7 +101,7 @@ impl Secret {
 /// A soft-deleted secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeletedSecret {
+pub(crate) struct DeletedSecret {
     /// The secret as it was when deleted.
     pub secret: Secret,
     /// Deletion time, Unix seconds.

@@ -18,7 +18,7 @@ pub const VAULT_RESOURCE: &str = "https://vault.localhost";
 
 /// Claims inside an emulator token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     /// Audience (resource).
     pub aud: String,
     /// Issuer.
@@ -37,7 +37,7 @@ pub struct Claims {
 
 /// Why a bearer token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// Not three base64url parts or not valid JSON.
     #[error("AKV10000: The bearer token is malformed.")]
     Malformed,
