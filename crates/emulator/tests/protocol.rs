@@ -387,10 +387,10 @@ async fn faults_throttle_unavailable_latency_drop() {
     assert_eq!(get().await.unwrap().status(), 200);
 
     // A time window.
-    emu.inject_fault(FaultSpec::new(FaultKind::Unavailable).duration(Duration::from_millis(200)))
+    emu.inject_fault(FaultSpec::new(FaultKind::Unavailable).duration(Duration::from_secs(1)))
         .unwrap();
     assert_eq!(get().await.unwrap().status(), 503);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(get().await.unwrap().status(), 200);
     assert!(emu.faults().is_empty());
 
