@@ -574,3 +574,52 @@ async fn certificate_names_pass_webpki() {
     }
     emu.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn secret_values_never_appear_in_errors_or_debug_output() {
+    const CANARY: &str = "canary-7f3a9c1e";
+    let emu = common::start().await;
+    let http = http_client(&emu);
+    let token = emu.issue_token(VAULT_RESOURCE, 600);
+    emu.set_secret("c", CANARY).unwrap();
+    let url = format!("{}/secrets/c?{API}", emu.vault_url());
+    let bodies = [
+        format!(r#"{{"value": "{CANARY}", "tags": "{CANARY}"}}"#),
+        format!(r#"{{"value": ["{CANARY}"]}}"#),
+        format!(r#"{{"value": "{CANARY}", "attributes": {{"enabled": "{CANARY}"}}}}"#),
+        CANARY.to_owned(),
+        format!(r#"{{"value": "{}"}}"#, CANARY.repeat(2_000)),
+    ];
+    for body in bodies {
+        let response = http
+            .put(&url)
+            .bearer_auth(&token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400);
+        let text = response.text().await.unwrap();
+        assert!(!text.contains(CANARY), "{text}");
+    }
+    let restore = format!(r#"{{"value": "{CANARY}"}}"#);
+    let response = http
+        .post(format!("{}/secrets/restore?{API}", emu.vault_url()))
+        .bearer_auth(&token)
+        .body(restore)
+        .send()
+        .await
+        .unwrap();
+    assert!(!response.text().await.unwrap().contains(CANARY));
+    assert!(!format!("{emu:?}").contains(CANARY));
+    let admin: Value = http
+        .get(format!("{}/counters", emu.admin_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!admin.to_string().contains(CANARY));
+    emu.shutdown().await.unwrap();
+}
