@@ -17,7 +17,7 @@ fn generate(root: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(root.join("platform"))?;
     std::fs::write(
         root.join("platform/clustersecretstore.yaml"),
-        "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: akv-hybridops}\nspec:\n  provider:\n    azurekv: {vaultUrl: \"https://kv-hybridops.vault.azure.net/\"}\n",
+        "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: akv-hybridops}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: \"https://kv-hybridops.vault.azure.net/\"\n      authSecretRef:\n        clientId: {name: sp, key: client-id, namespace: external-secrets}\n        clientSecret: {name: sp, key: client-secret, namespace: external-secrets}\n",
     )?;
     for a in 0..APPS {
         let dir = root.join(format!("deploy/app{a}/secrets"));
