@@ -1,5 +1,7 @@
 //! The `keyferry` binary as a user runs it: exit codes, output, and no value where none may appear.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,6 +1,8 @@
 //! Proves the e2e bed itself: the CRDs load on a real API server (structural schemas), both versions
 //! are served, the schema is enforced, garbage collection runs, and RBAC applies to the plain user.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
