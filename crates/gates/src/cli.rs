@@ -37,8 +37,8 @@ pub struct CommonArgs {
 /// `keyferry validate`: offline checks of the manifests in a repository.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct ValidateArgs {
+    /// Paths, policy and report options.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub common: CommonArgs,
 }
 
@@ -46,11 +46,11 @@ pub struct ValidateArgs {
 /// reading values.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct CheckArgs {
+    /// Paths, policy and report options.
     #[command(flatten)]
-    #[allow(missing_docs)]
     pub common: CommonArgs,
-    /// For references with a `property`, read the value to prove the JSON property exists. Values
-    /// are never printed.
+    /// For references with a `property` (or `dataFrom.extract`), read the value to prove the JSON
+    /// property exists (or that it is a JSON object). Values are never printed.
     #[arg(long)]
     pub deep: bool,
     /// Requests in flight at once (default: policy [check] concurrency, else 8).
