@@ -525,3 +525,27 @@ async fn no_value_reaches_any_output() {
         }
     }
 }
+
+#[tokio::test]
+async fn cluster_external_secrets_are_checked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("stores.yaml"),
+        "apiVersion: external-secrets.io/v1\nkind: ClusterSecretStore\nmetadata: {name: akv-hybridops}\nspec:\n  provider: {fake: {}}\n---\napiVersion: external-secrets.io/v1\nkind: ClusterExternalSecret\nmetadata: {name: shared-ca}\nspec:\n  namespaces: [netbox, jenkins]\n  externalSecretSpec:\n    secretStoreRef: {kind: ClusterSecretStore, name: akv-hybridops}\n    data:\n      - secretKey: ca.crt\n        remoteRef: {key: platform-ca-bundle}\n      - secretKey: DB\n        remoteRef: {key: netbox-db-password}\n",
+    )
+    .unwrap();
+    let paths = vec![dir.path().to_path_buf()];
+    let policy = Policy::defaults(dir.path());
+    let resolver = MapResolver::new().with("akv-hybridops", seeded("check"));
+    let report = check(&paths, &policy, &resolver, &options()).await.unwrap();
+    let got: Vec<_> = report
+        .findings
+        .iter()
+        .map(|f| (f.line, f.rule.id(), f.object.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [(15, "KF100", Some("ClusterExternalSecret shared-ca".to_owned()))]
+    );
+    assert_eq!(report.stats.external_secrets, 1);
+}

@@ -277,3 +277,27 @@ fn configuration_errors_exit_2() {
         ExitCode::from(2)
     );
 }
+
+/// Every prefix of a real manifest (cut at each character, as an editor or a bad merge might leave
+/// it) yields a report, never a panic, and a document that no longer parses is a KF001 finding.
+#[test]
+fn truncated_manifests_never_panic() {
+    let source =
+        std::fs::read_to_string(fixture("good").join("deploy/netbox/secrets/externalsecret-netbox-app.yaml"))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("deploy/netbox/secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let file = secrets.join("externalsecret-netbox-app.yaml");
+    let policy = Policy::defaults(dir.path());
+    let mut schema_errors = 0;
+    for (cut, _) in source.char_indices().step_by(3) {
+        std::fs::write(&file, &source[..cut]).unwrap();
+        let report = validate(&[dir.path().to_path_buf()], &policy).unwrap();
+        schema_errors += report.findings.iter().filter(|f| f.rule.id() == "KF001").count();
+        for f in &report.findings {
+            assert!(f.line >= 1, "{f:?}");
+        }
+    }
+    assert!(schema_errors > 0, "some prefixes must fail the schema");
+}
