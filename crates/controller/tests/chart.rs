@@ -48,3 +48,31 @@ fn token_requests_are_opt_in() {
     let values = chart_file("values.yaml");
     assert!(values.contains("perStoreServiceAccounts: false"));
 }
+
+#[test]
+fn every_flag_the_chart_passes_exists() {
+    use clap::{CommandFactory, Parser};
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: keyferry_controller::ControllerArgs,
+    }
+    let cmd = Cli::command();
+    let known: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(String::from))
+        .collect();
+    let d = chart_file("templates/deployment.yaml");
+    let flags: Vec<&str> = d
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- --"))
+        .map(|f| f.split(['=', ' ']).next().unwrap_or_default())
+        .collect();
+    assert!(flags.len() > 10, "{flags:?}");
+    for flag in flags {
+        assert!(
+            known.iter().any(|k| k == flag),
+            "the chart passes --{flag}, which `keyferry controller` does not know"
+        );
+    }
+}
