@@ -545,7 +545,7 @@ async fn cluster_external_secrets_are_checked_too() {
         .collect();
     assert_eq!(
         got,
-        [(15, "KF100", Some("ClusterExternalSecret shared-ca".to_owned()))]
+        [(16, "KF100", Some("ClusterExternalSecret shared-ca".to_owned()))]
     );
     assert_eq!(report.stats.external_secrets, 1);
 }
