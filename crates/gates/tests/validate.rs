@@ -65,10 +65,9 @@ fn good_repo_is_clean() {
             .files
             .contains(&"deploy/netbox/secrets/externalsecret-netbox-app.yaml".to_owned())
     );
-    assert!(
-        !report.files.iter().any(|f| f.contains("templates")) || report.findings.is_empty(),
-        "the Helm template is skipped quietly"
-    );
+    // The Helm template is read (it is YAML by name) but, not being YAML until rendered and outside
+    // the ExternalSecret layout, it is skipped quietly: no finding above.
+    assert!(report.files.contains(&"charts/netbox/templates/secret.yaml".to_owned()));
 }
 
 #[test]
