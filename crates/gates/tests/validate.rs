@@ -67,7 +67,11 @@ fn good_repo_is_clean() {
     );
     // The Helm template is read (it is YAML by name) but, not being YAML until rendered and outside
     // the ExternalSecret layout, it is skipped quietly: no finding above.
-    assert!(report.files.contains(&"charts/netbox/templates/secret.yaml".to_owned()));
+    assert!(
+        report
+            .files
+            .contains(&"charts/netbox/templates/secret.yaml".to_owned())
+    );
 }
 
 #[test]
@@ -232,7 +236,10 @@ fn run_validate_writes_every_format_and_exits_by_result() {
             }
             Format::Junit => {
                 assert!(text.starts_with("<?xml"));
-                assert_eq!(text.matches("<failure ").count(), 16);
+                // One failing case per file with errors, each listing all of that file's errors.
+                assert_eq!(text.matches("<failure ").count(), 8);
+                assert_eq!(text.matches(": error KF").count(), 16);
+                assert!(text.contains("<failure message=\"7 errors; first: "), "{text}");
                 assert!(text.contains("<testcase classname=\"keyferry.validate\" name=\"deploy/netbox/secrets/externalsecret-netbox-db-password.yaml\">"));
             }
             Format::Github => {

@@ -1,5 +1,5 @@
-//! JUnit XML for Jenkins' `junit` step: one test case per file examined, failing with one
-//! `<failure>` per error in it; warnings go to the case's `<system-out>`. Clean files show up as
+//! JUnit XML for Jenkins' `junit` step: one test case per file examined, failing (one `<failure>`
+//! listing every error of the file) when it has errors; warnings go to the case's `<system-out>`. Clean files show up as
 //! passing cases, so the trend graph counts what was checked, not only what broke.
 
 use std::collections::BTreeMap;
@@ -65,22 +65,31 @@ pub fn render(report: &Report) -> String {
             continue;
         }
         out.push_str(">\n");
-        let mut warnings = String::new();
-        for f in findings {
-            let line = format!("{}:{}: {} {}: {}", f.file, f.line, f.severity, f.rule, f.message);
-            match f.severity {
-                Severity::Error => out.push_str(&format!(
-                    "      <failure message=\"{}\" type=\"{}\">{}</failure>\n",
-                    escape(&f.message),
-                    f.rule.id(),
-                    escape(&line)
-                )),
-                Severity::Warning => {
-                    warnings.push_str(&escape(&line));
-                    warnings.push_str("&#10;");
-                }
-            }
+        // JUnit allows one <failure> per test case (Jenkins reads only the first), so every error of
+        // the file goes into one, each on its own line.
+        let line = |f: &Finding| format!("{}:{}: {} {}: {}", f.file, f.line, f.severity, f.rule, f.message);
+        let errors: Vec<&&Finding> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .collect();
+        if let Some(first) = errors.first() {
+            let message = match errors.len() {
+                1 => first.message.clone(),
+                n => format!("{n} errors; first: {}", first.message),
+            };
+            let body: Vec<String> = errors.iter().map(|f| escape(&line(f))).collect();
+            out.push_str(&format!(
+                "      <failure message=\"{}\" type=\"{}\">{}</failure>\n",
+                escape(&message),
+                first.rule.id(),
+                body.join("&#10;")
+            ));
         }
+        let warnings: String = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Warning)
+            .map(|f| format!("{}&#10;", escape(&line(f))))
+            .collect();
         if !warnings.is_empty() {
             out.push_str(&format!("      <system-out>{warnings}</system-out>\n"));
         }
