@@ -330,6 +330,11 @@ impl Report {
         ExitCode::from(self.exit_status())
     }
 
+    /// Renders the report in `format` (same as [`crate::render`]).
+    pub fn render(&self, format: crate::report::Format) -> String {
+        crate::report::render(self, format)
+    }
+
     /// The one-line summary every format ends with.
     pub fn summary(&self) -> String {
         let s = &self.stats;

@@ -22,7 +22,7 @@ pub fn render(report: &Report) -> String {
 mod tests {
     #[test]
     fn one_line_per_finding_then_summary() {
-        let text = super::render(&crate::report::sample());
+        let text = crate::report::sample().render(crate::report::Format::Human);
         assert_eq!(
             text,
             "deploy/a.yaml:7: error KF010 akv-name: spec.data[0].remoteRef.key: \"a_b\" is <bad> & 'odd'\n\
