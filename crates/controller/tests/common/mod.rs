@@ -126,6 +126,8 @@ pub async fn env() -> &'static Env {
             lease_namespace: Some(system_ns),
             lease_name: format!("keyferry-e2e-{:08x}", rand::random::<u32>()),
             lease_retry_period_secs: 1,
+            label_selector: Some(format!("{RUN_LABEL}={}", *RUN)),
+            controller_class: Some(RUN.clone()),
             ca_file: Some(emulator.ca_file().to_path_buf()),
             azure_authority_host: Some(emulator.authority_host().to_owned()),
             ..keyferry_controller::ControllerArgs::default()
@@ -189,14 +191,39 @@ pub fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
     serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("bad test manifest: {e}\n{text}"))
 }
 
-/// Server-side applies an object as the test.
+/// This test process's id: its controller reconciles only ExternalSecrets labelled
+/// `keyferry-e2e=<RUN>` and only stores of controller class `<RUN>` (plus class-less ones, as in ESO),
+/// so other test processes running keyferry controllers on the same cluster do not interfere.
+pub static RUN: LazyLock<String> = LazyLock::new(|| format!("e2e-{:08x}", rand::random::<u32>()));
+
+/// The label marking this process's ExternalSecrets.
+pub const RUN_LABEL: &str = "keyferry-e2e";
+
+/// Marks an object for this test process: ExternalSecrets get the run label, stores the run's
+/// controller class (unless they name one), ClusterExternalSecrets label what they create.
+fn mark(obj: &mut serde_json::Value) {
+    match obj["kind"].as_str().unwrap_or_default() {
+        "ExternalSecret" => obj["metadata"]["labels"][RUN_LABEL] = RUN.clone().into(),
+        "SecretStore" | "ClusterSecretStore" if obj["spec"]["controller"].is_null() => {
+            obj["spec"]["controller"] = RUN.clone().into();
+        }
+        "ClusterExternalSecret" => {
+            obj["spec"]["externalSecretMetadata"]["labels"][RUN_LABEL] = RUN.clone().into();
+        }
+        _ => {}
+    }
+}
+
+/// Server-side applies an object as the test (marked for this test process, see [`RUN`]).
 pub async fn apply<K>(api: &Api<K>, obj: &K) -> K
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
+    let mut value = serde_json::to_value(obj).unwrap_or_else(|e| panic!("{e}"));
+    mark(&mut value);
     let pp = kube::api::PatchParams::apply("keyferry-e2e").force();
-    api.patch(&name, &pp, &kube::api::Patch::Apply(obj))
+    api.patch(&name, &pp, &kube::api::Patch::Apply(&value))
         .await
         .unwrap_or_else(|e| panic!("applying {name}: {e}"))
 }
