@@ -260,7 +260,9 @@ pub async fn check(
 ) -> Result<Report, GatesError> {
     let found = discover::discover(paths, policy)?;
     let repo = model::load(&found.yaml, policy);
-    Ok(check_repo(&repo, policy, resolver, options).await)
+    let mut report = check_repo(&repo, policy, resolver, options).await;
+    report.path_prefix = found.repo_prefix;
+    Ok(report)
 }
 
 /// [`check`] over an already-loaded repository.

@@ -33,6 +33,9 @@ pub struct Discovery {
     pub root: PathBuf,
     /// Whether the root is inside a Git work tree (and `tracked` therefore means `git ls-files`).
     pub in_git: bool,
+    /// The root's path inside the Git work tree (`""` at the top, else `dir/sub/`): GitHub
+    /// annotations need paths from the repository's top.
+    pub repo_prefix: String,
     /// YAML files (`*.yaml`, `*.yml`) under the root and the paths asked for, sorted; those outside
     /// the paths are marked out of scope.
     pub yaml: Vec<SourceFile>,
@@ -79,6 +82,11 @@ pub fn discover(paths: &[PathBuf], policy: &Policy) -> Result<Discovery, GatesEr
 
     let git = git_files(&root);
     let in_git = git.is_some();
+    let repo_prefix = if in_git {
+        git_prefix(&root).unwrap_or_default()
+    } else {
+        String::new()
+    };
     let (candidates, tracked): (BTreeSet<String>, BTreeSet<String>) = match git {
         Some(g) => g,
         None => {
@@ -103,6 +111,7 @@ pub fn discover(paths: &[PathBuf], policy: &Policy) -> Result<Discovery, GatesEr
     let mut out = Discovery {
         root: root.clone(),
         in_git,
+        repo_prefix,
         ..Discovery::default()
     };
     for rel in &candidates {
@@ -221,6 +230,19 @@ fn git_files(root: &Path) -> Option<(BTreeSet<String>, BTreeSet<String>)> {
     let others = list(&["ls-files", "-z", "--others", "--exclude-standard"])?;
     let candidates = tracked.union(&others).cloned().collect();
     Some((candidates, tracked))
+}
+
+/// `git rev-parse --show-prefix`: the root's path from the work tree's top, with a trailing `/`.
+fn git_prefix(root: &Path) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["rev-parse", "--show-prefix"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Walks `dir`, collecting paths relative to `base`; skips hidden directories and excluded paths,
@@ -349,6 +371,8 @@ mod tests {
         let policy = Policy::defaults(root);
         let d = discover(&[], &policy).unwrap();
         assert!(d.in_git);
+        assert_eq!(d.repo_prefix, "", "the root is the top of its work tree");
+        assert_eq!(d.repo_prefix, "");
         let env: Vec<_> = d.env_files.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(env, [".env"], "untracked local.env is a developer's own business");
         let yaml: Vec<_> = d.yaml.iter().map(|f| f.rel.as_str()).collect();

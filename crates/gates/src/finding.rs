@@ -262,6 +262,10 @@ pub struct Report {
     pub files: Vec<String>,
     /// Counts.
     pub stats: Stats,
+    /// The root's path from the Git work tree's top (`""` or `dir/`); GitHub annotations prepend
+    /// it, since GitHub resolves them from the repository's top.
+    #[serde(skip)]
+    pub path_prefix: String,
 }
 
 impl Report {
@@ -272,6 +276,7 @@ impl Report {
             findings: Vec::new(),
             files: Vec::new(),
             stats: Stats::default(),
+            path_prefix: String::new(),
         }
     }
 

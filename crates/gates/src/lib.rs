@@ -101,7 +101,9 @@ pub(crate) fn apply_policy(raw: Vec<RawFinding>, policy: &Policy) -> Vec<Finding
 pub fn validate(paths: &[PathBuf], policy: &Policy) -> Result<Report, GatesError> {
     let found = discover::discover(paths, policy)?;
     let repo = model::load(&found.yaml, policy);
-    Ok(validate_repo(&repo, &found.env_files, policy))
+    let mut report = validate_repo(&repo, &found.env_files, policy);
+    report.path_prefix = found.repo_prefix;
+    Ok(report)
 }
 
 /// [`validate`] over an already-loaded repository (the bench uses this to leave out disk I/O).

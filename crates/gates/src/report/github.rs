@@ -17,13 +17,18 @@ fn escape_property(s: &str) -> String {
 pub fn render(report: &Report) -> String {
     let mut out = String::new();
     for f in &report.findings {
+        let file = if f.file.starts_with('/') {
+            f.file.clone()
+        } else {
+            format!("{}{}", report.path_prefix, f.file)
+        };
         let level = match f.severity {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
         out.push_str(&format!(
             "::{level} file={},line={},title={}::{}\n",
-            escape_property(&f.file),
+            escape_property(&file),
             f.line,
             escape_property(&f.rule.to_string()),
             escape_data(&f.message)
@@ -49,5 +54,12 @@ mod tests {
             "::warning file=deploy/a.yaml,line=9,title=KF050 layout::100%25, really:%0Ayes"
         );
         assert!(lines[2].starts_with("keyferry validate: 1 error, 1 warning"));
+    }
+
+    #[test]
+    fn paths_are_from_the_repository_top() {
+        let mut report = crate::report::sample();
+        report.path_prefix = "platform/".into();
+        assert!(super::render(&report).starts_with("::error file=platform/deploy/a.yaml,line=7,"));
     }
 }

@@ -69,5 +69,6 @@ pub(crate) fn sample() -> Report {
             references: 3,
             ..Stats::default()
         },
+        path_prefix: String::new(),
     }
 }
