@@ -911,3 +911,107 @@ fn deletion_policy_applies_when_the_remote_secret_is_gone() {
         ns.cleanup().await;
     });
 }
+
+fn builds(metrics: &str, provider: &str) -> u64 {
+    let needle = format!("keyferry_provider_client_builds_total{{provider=\"{provider}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Stores in different namespaces with the same vault and the same credentials share one client
+/// (one token), instead of one per store — and never one per reconcile.
+#[test]
+fn stores_with_one_identity_share_one_vault_client() {
+    run(async {
+        let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
+        let client = env.client();
+        let before = builds(&env.metrics().await, "azurekv");
+        let remote = format!("shared-{:06x}", rand::random::<u32>() % 0xff_ffff);
+        env.emulator
+            .set_secret(&remote, "one-client")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut namespaces = Vec::new();
+        for prefix in ["share-a", "share-b"] {
+            let ns = TestNamespace::create(&client, prefix, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let creds: Secret = yaml(&format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sp\n  namespace: {}\nstringData:\n  client-id: keyferry-e2e-shared\n  client-secret: same-everywhere\n",
+                ns.name
+            ));
+            apply(&Api::namespaced(client.clone(), &ns.name), &creds).await;
+            let store: SecretStore = yaml(&format!(
+                "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: akv\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: sp, key: client-id}}\n        clientSecret: {{name: sp, key: client-secret}}\n",
+                ns = ns.name,
+                url = env.emulator.vault_url(),
+                tenant = env.emulator.tenant_id(),
+            ));
+            apply(&Api::namespaced(client.clone(), &ns.name), &store).await;
+            let es = es_yaml(
+                &ns.name,
+                "db",
+                "akv",
+                "  refreshInterval: 1s\n",
+                &[("v", &remote)],
+            );
+            apply(&Api::<ExternalSecret>::namespaced(client.clone(), &ns.name), &es).await;
+            namespaces.push(ns);
+        }
+        for ns in &namespaces {
+            wait_secret_value(&client, &ns.name, "db", "v", "one-client").await;
+        }
+        // Several refreshes later, still one build for both stores.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = builds(&env.metrics().await, "azurekv");
+        assert_eq!(
+            after - before,
+            1,
+            "two stores of one identity must share one client"
+        );
+        for ns in namespaces {
+            ns.cleanup().await;
+        }
+    });
+}
+
+/// Keys the ExternalSecret no longer produces disappear from its Secret (server-side apply drops
+/// fields keyferry stopped sending).
+#[test]
+fn keys_no_longer_produced_are_removed() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "drop", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &[("a", "1"), ("b", "2")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(&ns.name, "two", "vault", "", &[("a", "a"), ("b", "b")]),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "two", "b", "2").await;
+        apply(&ess, &es_yaml(&ns.name, "two", "vault", "", &[("a", "a")])).await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let dropped = eventually(Duration::from_secs(30), || {
+            let secrets = secrets.clone();
+            async move {
+                let s = secrets.get("two").await.ok()?;
+                let data = s.data?;
+                (data.contains_key("a") && !data.contains_key("b")).then_some(())
+            }
+        })
+        .await;
+        assert!(dropped.is_some(), "key b must be gone, key a kept");
+        ns.cleanup().await;
+    });
+}

@@ -8,7 +8,7 @@
 //! invalidates the entry so the next use re-reads the credentials).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use keyferry_providers::SecretsClient;
 
@@ -23,10 +23,14 @@ struct Entry {
     client: Arc<dyn SecretsClient>,
 }
 
-/// Long-lived provider clients by store.
+/// Long-lived provider clients by store, shared between stores with the same identity (same
+/// provider settings and the same credentials): 50 namespaces with a SecretStore for the same vault
+/// and service principal hold one client and one token, not 50.
 #[derive(Default)]
 pub struct ClientCache {
     entries: Mutex<HashMap<StoreKey, Entry>>,
+    /// Identity digest → client; weak, so a client goes away with the last store using it.
+    identities: Mutex<HashMap<String, Weak<dyn SecretsClient>>>,
     /// Serialises builds so concurrent reconciles of ExternalSecrets using a new store build one client.
     build_lock: tokio::sync::Mutex<()>,
 }
@@ -81,6 +85,21 @@ impl ClientCache {
                 client,
             },
         );
+    }
+
+    /// A live client built for the same identity by another store, if any.
+    pub fn shared(&self, identity: &str) -> Option<Arc<dyn SecretsClient>> {
+        let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        ids.retain(|_, w| w.strong_count() > 0);
+        ids.get(identity).and_then(Weak::upgrade)
+    }
+
+    /// Remembers the client of an identity for other stores.
+    pub fn remember(&self, identity: &str, client: &Arc<dyn SecretsClient>) {
+        self.identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(identity.to_owned(), Arc::downgrade(client));
     }
 
     /// Drops a store's client (store deleted, or its credentials were refused).
@@ -150,6 +169,21 @@ mod tests {
         assert_eq!(cache.len(), 1);
         cache.invalidate(&key());
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn identities_share_clients_while_a_store_holds_them() {
+        let cache = ClientCache::default();
+        let client: Arc<dyn SecretsClient> = Arc::new(FakeStore::new("s"));
+        cache.insert(key(), "u", 1, "", client.clone());
+        cache.remember("id-1", &client);
+        drop(client);
+        let shared = cache.shared("id-1");
+        assert!(shared.is_some(), "held by the store entry");
+        drop(shared);
+        assert!(cache.shared("id-2").is_none());
+        cache.invalidate(&key());
+        assert!(cache.shared("id-1").is_none(), "gone with the last store");
     }
 
     #[test]

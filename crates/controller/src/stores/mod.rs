@@ -169,6 +169,22 @@ impl Credentials {
     }
 }
 
+/// A store's identity for client sharing: a SHA-256 over the provider settings and the credential
+/// values. It is kept in memory only (never logged or exported) and reveals nothing usable.
+pub fn identity_digest(provider: &keyferry_api::secret_store::StoreProvider, creds: &Credentials) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"keyferry/store-identity/v1\0");
+    h.update(serde_json::to_vec(provider).unwrap_or_default());
+    for (field, value) in &creds.values {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+        h.update((value.len() as u64).to_be_bytes());
+        h.update(value.expose());
+    }
+    hex::encode(h.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +197,49 @@ mod tests {
         assert!(class_matches(Some("a"), Some("a")));
         assert!(!class_matches(Some("a"), Some("b")));
         assert!(!class_matches(None, Some("b")));
+    }
+
+    #[test]
+    fn identity_depends_on_settings_and_credentials_only() {
+        use keyferry_api::secret_store::{AzureKvProvider, StoreProvider};
+        let provider = StoreProvider {
+            azurekv: Some(AzureKvProvider {
+                vault_url: "https://kv.vault.azure.net".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let creds = |secret: &str| {
+            let mut c = Credentials::default();
+            c.values.insert(
+                "clientSecret".into(),
+                keyferry_providers::SecretValue::from(secret),
+            );
+            c.sources
+                .insert("clientSecret".into(), format!("ns-{secret}/sp@1"));
+            c
+        };
+        let a = identity_digest(&provider, &creds("s1"));
+        let mut other_source = creds("s1");
+        other_source
+            .sources
+            .insert("clientSecret".into(), "elsewhere/sp@9".into());
+        assert_eq!(
+            a,
+            identity_digest(&provider, &other_source),
+            "same vault and credentials share"
+        );
+        assert_ne!(
+            a,
+            identity_digest(&provider, &creds("s2")),
+            "other credentials do not"
+        );
+        let mut other_vault = provider.clone();
+        if let Some(az) = other_vault.azurekv.as_mut() {
+            az.vault_url = "https://kv2.vault.azure.net".into();
+        }
+        assert_ne!(a, identity_digest(&other_vault, &creds("s1")));
+        assert!(!a.contains("s1"));
     }
 
     #[test]

@@ -285,24 +285,44 @@ pub async fn client_for(
             })
         }
     };
-    let inner = build::build_client(
-        store,
-        BuildInputs {
-            credentials: &creds,
-            connect: &ctx.connect,
-            service_account,
-        },
-    )?;
-    ctx.metrics.provider_built(build::provider_name(store));
-    let client: Arc<dyn SecretsClient> = Arc::new(Instrumented::new(
-        inner,
+    // Another store with the same provider settings and credentials already has a client: share it.
+    // (Not with per-store service-account tokens: the identity then depends on the account.)
+    // The vault label is part of it so metrics keep naming the right vault (fake stores never share).
+    let identity = format!(
+        "{}/{}",
         build::vault_label(store),
-        ctx.metrics.clone(),
-    ));
+        crate::stores::identity_digest(&store.spec().provider, &creds)
+    );
+    let shared = if service_account.is_none() {
+        ctx.clients.shared(&identity)
+    } else {
+        None
+    };
+    let client = match shared {
+        Some(c) => c,
+        None => {
+            let inner = build::build_client(
+                store,
+                BuildInputs {
+                    credentials: &creds,
+                    connect: &ctx.connect,
+                    service_account,
+                },
+            )?;
+            ctx.metrics.provider_built(build::provider_name(store));
+            tracing::info!(store = %label, provider = build::provider_name(store), "built vault client");
+            let c: Arc<dyn SecretsClient> = Arc::new(Instrumented::new(
+                inner,
+                build::vault_label(store),
+                ctx.metrics.clone(),
+            ));
+            ctx.clients.remember(&identity, &c);
+            c
+        }
+    };
     ctx.clients
         .insert(key, &uid, generation, &fingerprint, client.clone());
     ctx.metrics.set_provider_clients(ctx.clients.len());
-    tracing::info!(store = %label, provider = build::provider_name(store), "built vault client");
     Ok(client)
 }
 
