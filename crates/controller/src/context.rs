@@ -167,6 +167,27 @@ impl RetryTracker {
         delay
     }
 
+    /// Like [`RetryTracker::failed`], but waits at least `at_least` (a vault's `Retry-After`).
+    pub fn failed_at_least(
+        &self,
+        key: &str,
+        transient: bool,
+        meta: &str,
+        at_least: Option<Duration>,
+    ) -> Duration {
+        let delay = self.failed(key, transient, meta);
+        match at_least {
+            Some(min) if min > delay => {
+                let min = min.min(BACKOFF_CAP);
+                if let Some(st) = self.state.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key) {
+                    st.not_before = Instant::now() + min;
+                }
+                min
+            }
+            _ => delay,
+        }
+    }
+
     /// If the object failed recently and has not changed since, how long it must still wait.
     pub fn blocked(&self, key: &str, meta: &str) -> Option<Duration> {
         let map = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -232,5 +253,13 @@ mod tests {
         for _ in 0..30 {
             assert!(t.failed("p", false, "m") <= BACKOFF_CAP);
         }
+        // A vault's Retry-After is honoured (capped).
+        let d = t.failed_at_least("r", true, "m", Some(Duration::from_secs(42)));
+        assert_eq!(d, Duration::from_secs(42));
+        assert!(t.remaining("r").is_some_and(|r| r > Duration::from_secs(40)));
+        assert_eq!(
+            t.failed_at_least("c", true, "m", Some(Duration::from_secs(9999))),
+            BACKOFF_CAP
+        );
     }
 }

@@ -96,6 +96,22 @@ impl ReconcileError {
         }
     }
 
+    /// How long the vault asked us to wait (`Retry-After` on a 429), if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        let provider = match self {
+            ReconcileError::Sync(e) => match e.as_ref() {
+                SyncError::Fetch { source, .. } => Some(source),
+                _ => None,
+            },
+            ReconcileError::Validate { source, .. } => Some(source),
+            _ => None,
+        };
+        match provider {
+            Some(ProviderError::Throttled { retry_after, .. }) => *retry_after,
+            _ => None,
+        }
+    }
+
     /// The ExternalSecret `Ready` reason this error shows as.
     pub fn ready_reason(&self) -> &'static str {
         match self {
@@ -158,6 +174,16 @@ mod tests {
             },
         };
         assert!(t.is_transient());
+        assert_eq!(t.retry_after(), None);
+        let throttled = ReconcileError::Validate {
+            store: "s".into(),
+            source: ProviderError::Throttled {
+                store: "kv".into(),
+                retry_after: Some(std::time::Duration::from_secs(7)),
+            },
+        };
+        assert_eq!(throttled.retry_after(), Some(std::time::Duration::from_secs(7)));
+        assert_eq!(throttled.category(), "throttled");
         assert_eq!(
             ReconcileError::Target {
                 reason: "SecretMissing",

@@ -53,8 +53,12 @@ pub async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Act
     match &result {
         Ok(_) => ctx.retries().reset(&uid),
         Err(e) => {
-            ctx.retries()
-                .failed(&uid, e.is_transient(), &validate::meta_version(&es));
+            ctx.retries().failed_at_least(
+                &uid,
+                e.is_transient(),
+                &validate::meta_version(&es),
+                e.retry_after(),
+            );
             tracing::warn!(
                 namespace = %es.namespace().unwrap_or_default(),
                 name = %es.name_any(),

@@ -94,8 +94,12 @@ async fn reconcile_store(store: StoreObject, ctx: Arc<Context>) -> Result<Action
     match &result {
         Ok(_) => ctx.retries().reset(&uid),
         Err(e) => {
-            ctx.retries()
-                .failed(&uid, e.is_transient(), &store.generation().to_string());
+            ctx.retries().failed_at_least(
+                &uid,
+                e.is_transient(),
+                &store.generation().to_string(),
+                e.retry_after(),
+            );
             tracing::warn!(store = %store.label(), category = e.category(), error = %e, "store validation failed");
         }
     }
