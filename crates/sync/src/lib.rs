@@ -20,6 +20,7 @@
 // `SyncError` is a flat enum with context fields (~200 bytes). Errors are built at most once per
 // failed sync, so boxing would buy nothing but clumsier matching in the controller and the CLI.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
 pub mod decode;
 pub mod desired;

@@ -139,6 +139,19 @@ pub(crate) struct TemplatePlan {
     pub annotations: Vec<(String, Template)>,
 }
 
+impl Plan {
+    /// The distinct stores the plan reads from, in order (for resolving or pre-checking them).
+    pub fn stores(&self) -> Vec<&SecretStoreRef> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.reads
+            .iter()
+            .map(|r| &r.store)
+            .chain(self.finds.iter().map(|f| &f.store))
+            .filter(|s| seen.insert(*s))
+            .collect()
+    }
+}
+
 impl TemplatePlan {
     /// Whether the template produces Secret data (otherwise the fetched data passes through, as in
     /// ESO, and the template only sets type and metadata).

@@ -176,4 +176,6 @@ dataFrom:
         DataFromSource::Extract { read: 0, .. }
     ));
     assert_eq!(p.refresh_interval.as_secs(), 3600);
+    let stores: Vec<&str> = p.stores().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(stores, ["vault-a", "vault-b"]);
 }

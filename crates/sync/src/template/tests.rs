@@ -294,6 +294,9 @@ fn value_debug_is_redacted() {
 fn readme_lists_every_function() {
     let readme = include_str!("../../README.md");
     for name in super::function_names() {
-        assert!(readme.contains(&format!("`{name}`")), "README.md does not document `{name}`");
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "README.md does not document `{name}`"
+        );
     }
 }
