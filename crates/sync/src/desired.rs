@@ -142,3 +142,47 @@ impl DesiredSecret {
 pub fn redaction_marker(v: &SecretValue) -> String {
     format!("{REDACTED_PREFIX}{} bytes>", v.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretValue::from(*v)))
+            .collect()
+    }
+
+    #[test]
+    fn hash_separates_keys_values_and_type() {
+        let h = |t: &str, d: &[(&str, &str)]| content_hash(t, &data(d));
+        let base = h("Opaque", &[("a", "bc")]);
+        assert_eq!(base, h("Opaque", &[("a", "bc")]));
+        assert_ne!(base, h("Opaque", &[("ab", "c")]));
+        assert_ne!(base, h("kubernetes.io/tls", &[("a", "bc")]));
+        assert_ne!(h("Opaque", &[("a", ""), ("b", "")]), h("Opaque", &[("a", "b")]));
+        assert_eq!(base.len(), 64);
+    }
+
+    #[test]
+    fn managed_markers_win_and_redaction_hides_values() {
+        let labels = [(LABEL_MANAGED.to_owned(), "false".to_owned())].into();
+        let d = DesiredSecret::new(
+            "s".into(),
+            String::new(),
+            "Opaque".into(),
+            data(&[("k", "value-123")]),
+            labels,
+            BTreeMap::new(),
+            true,
+        );
+        assert_eq!(d.labels[LABEL_MANAGED], "true");
+        let redacted = d.to_secret(false);
+        assert!(redacted.data.is_none());
+        assert_eq!(redacted.string_data.unwrap()["k"], "<redacted: 9 bytes>");
+        assert_eq!(redacted.metadata.namespace, None);
+        assert_eq!(redacted.immutable, Some(true));
+        assert!(!d.to_yaml(false).contains("value-123"));
+    }
+}

@@ -543,3 +543,24 @@ fn compile_template(t: &ExternalSecretTemplate, esr: &EsRef) -> Result<TemplateP
     }
     Ok(plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::go_replacement;
+
+    #[test]
+    fn go_replacements_become_explicit() {
+        assert_eq!(go_replacement("DB_$1"), "DB_${1}");
+        assert_eq!(go_replacement("${1}-x"), "${1}-x");
+        assert_eq!(go_replacement("$name-x"), "${name}-x");
+        assert_eq!(go_replacement("$1x"), "${1x}");
+        assert_eq!(go_replacement("cost$$"), "cost$$");
+        assert_eq!(go_replacement("a$"), "a$$");
+        assert_eq!(go_replacement("a$-b"), "a$$-b");
+        let re = regex::Regex::new("^app-(.*)$").unwrap();
+        assert_eq!(
+            re.replace_all("app-key", go_replacement("${1}_$1$$").as_str()),
+            "key_key$"
+        );
+    }
+}
