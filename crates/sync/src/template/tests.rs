@@ -300,3 +300,22 @@ fn readme_lists_every_function() {
         );
     }
 }
+
+#[test]
+fn eso_documentation_examples() {
+    let docker = r#"{"auths":{"{{ index . "db-host" }}":{"username":"{{ .user }}","password":"{{ .password }}","auth":"{{ printf "%s:%s" .user .password | b64enc }}"}}}"#;
+    assert_eq!(
+        render(docker),
+        r#"{"auths":{"db.internal":{"username":"admin","password":"s3cr3t","auth":"YWRtaW46czNjcjN0"}}}"#
+    );
+    let env = "{{- range $key, $value := . }}\n{{ $key }}={{ $value | toString | quote }}\n{{- end }}";
+    assert!(
+        render(env).starts_with("\nb64=\"aGVsbG8=\"\ndb-host=\"db.internal\"\nempty=\"\""),
+        "{}",
+        render(env)
+    );
+    let cfg = "{{ with fromJson .json }}{{ range .a.b }}[{{ . }}]{{ end }}{{ end }}";
+    assert_eq!(render(cfg), "[1][2][three]");
+    let pem = "-----BEGIN-----\n{{ .b64 | b64dec | nindent 2 | trim }}\n-----END-----";
+    assert_eq!(render(pem), "-----BEGIN-----\nhello\n-----END-----");
+}
