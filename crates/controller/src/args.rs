@@ -91,6 +91,17 @@ pub struct ControllerArgs {
     #[arg(long, env = "KEYFERRY_ALLOW_SERVICE_ACCOUNT_TOKENS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_service_account_tokens: bool,
 
+    /// Seconds between change-feed polls: one property listing per vault client (no values), which
+    /// invalidates the read cache for changed secrets and syncs exactly the ExternalSecrets using
+    /// them (periodic ones), without waiting for their refresh interval. 0 turns the feed off.
+    #[arg(long, env = "KEYFERRY_CHANGE_FEED_INTERVAL", default_value_t = 60)]
+    pub change_feed_interval_secs: u64,
+
+    /// Longest time a value read from a vault is reused (while the change feed reports no change).
+    /// Without a change feed, reads are only shared while in flight.
+    #[arg(long, env = "KEYFERRY_CACHE_MAX_AGE", default_value_t = 600)]
+    pub cache_max_age_secs: u64,
+
     /// Reconcile ClusterSecretStores (and allow ExternalSecrets to use them).
     #[arg(long, env = "KEYFERRY_ENABLE_CLUSTER_STORES", default_value_t = true, action = clap::ArgAction::Set)]
     pub enable_cluster_stores: bool,
@@ -121,6 +132,8 @@ impl Default for ControllerArgs {
             ca_file: None,
             azure_authority_host: None,
             allow_service_account_tokens: false,
+            change_feed_interval_secs: 60,
+            cache_max_age_secs: 600,
             enable_cluster_stores: true,
             enable_cluster_external_secrets: true,
         }

@@ -26,6 +26,10 @@ pub struct Settings {
     pub enable_cluster_stores: bool,
     /// `--allow-service-account-tokens`.
     pub allow_service_account_tokens: bool,
+    /// `--change-feed-interval-secs` (zero: off).
+    pub change_feed_interval: Duration,
+    /// How long cached vault reads may be reused (zero: only in-flight sharing).
+    pub cache_max_age: Duration,
 }
 
 /// Shared reconciler state.
@@ -48,6 +52,8 @@ pub struct Context {
     pub cluster_stores: Store<ClusterSecretStore>,
     retries: RetryTracker,
     seen: Mutex<HashSet<String>>,
+    /// ExternalSecrets whose remote secrets the change feed saw change (by uid).
+    dirty: Mutex<HashSet<String>>,
 }
 
 impl Context {
@@ -72,6 +78,7 @@ impl Context {
             cluster_stores,
             retries: RetryTracker::default(),
             seen: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(HashSet::new()),
         }
     }
 
@@ -83,9 +90,28 @@ impl Context {
             .insert(uid.to_owned())
     }
 
+    /// Marks an ExternalSecret as having changed remote secrets (the change feed saw them change).
+    pub fn mark_dirty(&self, uid: &str) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_owned());
+    }
+
+    /// Whether the change feed marked an ExternalSecret.
+    pub fn is_dirty(&self, uid: &str) -> bool {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).contains(uid)
+    }
+
+    /// Clears the mark (a sync is running).
+    pub fn clear_dirty(&self, uid: &str) {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
     /// Forgets an object (deleted).
     pub fn forget(&self, uid: &str) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.clear_dirty(uid);
         self.retries.reset(uid);
     }
 

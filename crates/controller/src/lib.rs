@@ -15,6 +15,7 @@
 //! The CLI wires `keyferry controller` to [`run`] with [`ControllerArgs`].
 
 pub mod args;
+pub mod changefeed;
 pub mod clusterexternalsecret;
 pub mod conditions;
 pub mod context;
@@ -181,6 +182,13 @@ pub async fn run_with_client(
         controller_class: args.controller_class.clone(),
         enable_cluster_stores: args.enable_cluster_stores,
         allow_service_account_tokens: args.allow_service_account_tokens,
+        change_feed_interval: std::time::Duration::from_secs(args.change_feed_interval_secs),
+        // Without a change feed nothing tells the cache a value changed: share only in-flight reads.
+        cache_max_age: if args.change_feed_interval_secs == 0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs(args.cache_max_age_secs)
+        },
     };
     let (ss_reader, ss_writer) = reflector::store::<SecretStore>();
     let (css_reader, css_writer) = reflector::store::<ClusterSecretStore>();
@@ -225,6 +233,7 @@ pub async fn run_with_client(
             label_selector: args.label_selector.clone(),
             concurrency: args.concurrency,
             cluster_stores: args.enable_cluster_stores,
+            change_feed_interval: std::time::Duration::from_secs(args.change_feed_interval_secs),
         },
         halted.clone(),
     );

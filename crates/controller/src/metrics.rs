@@ -13,6 +13,10 @@
 //! | `keyferry_provider_clients` | gauge | — (long-lived vault clients held) |
 //! | `keyferry_provider_client_builds_total` | counter | `provider` |
 //! | `keyferry_leader` | gauge | — (1 while this replica holds the Lease) |
+//! | `keyferry_change_feed_polls_total` | counter | `result` (`ok`, `error`) |
+//! | `keyferry_change_feed_changes_total` | counter | — (remote secrets seen changed) |
+//! | `keyferry_change_feed_wakeups_total` | counter | — (ExternalSecrets synced because of a change) |
+//! | `keyferry_vault_cache_hits`, `_misses`, `_invalidations` | gauge | — (totals over live clients) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +113,19 @@ pub struct Metrics {
     provider_clients: Gauge,
     provider_builds: Family<ProviderLabels, Counter>,
     leader: Gauge,
+    feed_polls: Family<ResultOnly, Counter>,
+    feed_changes: Counter,
+    feed_wakeups: Counter,
+    cache_hits: Gauge,
+    cache_misses: Gauge,
+    cache_invalidations: Gauge,
+}
+
+/// `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultOnly {
+    /// `ok` or `error`.
+    pub result: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -139,6 +156,42 @@ impl Metrics {
         let provider_clients = Gauge::default();
         let provider_builds = Family::<ProviderLabels, Counter>::default();
         let leader = Gauge::default();
+        let feed_polls = Family::<ResultOnly, Counter>::default();
+        let feed_changes = Counter::default();
+        let feed_wakeups = Counter::default();
+        let cache_hits = Gauge::default();
+        let cache_misses = Gauge::default();
+        let cache_invalidations = Gauge::default();
+        registry.register(
+            "change_feed_polls",
+            "Change-feed polls (one listing per vault client)",
+            feed_polls.clone(),
+        );
+        registry.register(
+            "change_feed_changes",
+            "Remote secrets the change feed saw change",
+            feed_changes.clone(),
+        );
+        registry.register(
+            "change_feed_wakeups",
+            "ExternalSecrets synced early because a remote secret changed",
+            feed_wakeups.clone(),
+        );
+        registry.register(
+            "vault_cache_hits",
+            "Reads answered by the vault read cache (live clients)",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "vault_cache_misses",
+            "Reads that went to the vault through the cache (live clients)",
+            cache_misses.clone(),
+        );
+        registry.register(
+            "vault_cache_invalidations",
+            "Cached reads dropped by the change feed (live clients)",
+            cache_invalidations.clone(),
+        );
         registry.register("reconcile", "Reconciles by kind and result", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -199,6 +252,12 @@ impl Metrics {
             provider_clients,
             provider_builds,
             leader,
+            feed_polls,
+            feed_changes,
+            feed_wakeups,
+            cache_hits,
+            cache_misses,
+            cache_invalidations,
         }
     }
 
@@ -280,6 +339,30 @@ impl Metrics {
     /// Sets the leader gauge.
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Records one change-feed poll.
+    pub fn change_feed_polled(&self, ok: bool, changed: usize) {
+        let result = if ok { "ok" } else { "error" };
+        self.feed_polls
+            .get_or_create(&ResultOnly {
+                result: result.into(),
+            })
+            .inc();
+        self.feed_changes.inc_by(u64::try_from(changed).unwrap_or(0));
+    }
+
+    /// Records ExternalSecrets woken by the change feed.
+    pub fn change_feed_woke(&self, n: usize) {
+        self.feed_wakeups.inc_by(u64::try_from(n).unwrap_or(0));
+    }
+
+    /// Sets the read-cache totals.
+    pub fn set_cache_stats(&self, hits: u64, misses: u64, invalidations: u64) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.cache_hits.set(g(hits));
+        self.cache_misses.set(g(misses));
+        self.cache_invalidations.set(g(invalidations));
     }
 
     /// The OpenMetrics text exposition.

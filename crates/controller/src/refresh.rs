@@ -31,6 +31,8 @@ pub enum SyncReason {
     SecretDrifted,
     /// The refresh interval elapsed.
     Periodic,
+    /// The change feed saw a remote secret of this ExternalSecret change.
+    RemoteChanged,
 }
 
 impl SyncReason {
@@ -42,6 +44,7 @@ impl SyncReason {
             SyncReason::SecretMissing => "secret_missing",
             SyncReason::SecretDrifted => "secret_drifted",
             SyncReason::Periodic => "periodic",
+            SyncReason::RemoteChanged => "remote_changed",
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct RefreshInputs {
     pub secret_missing: bool,
     /// Whether the target Secret's data differs from what keyferry last wrote.
     pub secret_drifted: bool,
+    /// Whether the change feed saw one of its remote secrets change.
+    pub remote_changed: bool,
     /// Seconds since the last successful refresh (`now - status.refreshTime`), if any.
     pub since_last_refresh: Option<Duration>,
     /// Deterministic per-object, per-refresh seed for the jitter.
@@ -112,6 +117,10 @@ pub fn decide(inp: &RefreshInputs) -> Decision {
     }
     if inp.policy == RefreshPolicy::OnChange || inp.interval.is_zero() {
         return Decision::AwaitChange;
+    }
+    if inp.remote_changed {
+        // Periodic ExternalSecrets get a new remote version now, not at their next refresh.
+        return Decision::SyncNow(SyncReason::RemoteChanged);
     }
     let due_after = jittered(inp.interval, inp.jitter_seed);
     match inp.since_last_refresh {
@@ -174,6 +183,7 @@ mod tests {
             spec_changed: false,
             secret_missing: false,
             secret_drifted: false,
+            remote_changed: false,
             since_last_refresh: Some(Duration::from_secs(60)),
             jitter_seed: 42,
             first_seen: false,
@@ -262,6 +272,33 @@ mod tests {
             Decision::SyncNow(SyncReason::SpecChanged)
         );
         assert_eq!(next_after_sync(RefreshPolicy::Periodic, Duration::ZERO, 1), None);
+    }
+
+    #[test]
+    fn remote_changes_wake_periodic_ones_only() {
+        assert_eq!(
+            decide(&RefreshInputs {
+                remote_changed: true,
+                ..inputs()
+            }),
+            Decision::SyncNow(SyncReason::RemoteChanged)
+        );
+        let once = RefreshInputs {
+            interval: Duration::ZERO,
+            remote_changed: true,
+            ..inputs()
+        };
+        assert_eq!(
+            decide(&once),
+            Decision::AwaitChange,
+            "refreshInterval 0 syncs once, whatever the vault does"
+        );
+        let on_change = RefreshInputs {
+            policy: RefreshPolicy::OnChange,
+            remote_changed: true,
+            ..inputs()
+        };
+        assert_eq!(decide(&on_change), Decision::AwaitChange);
     }
 
     #[test]

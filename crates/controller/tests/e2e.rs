@@ -363,6 +363,10 @@ fn vault_failure_leaves_the_secret_then_recovers() {
                 keyferry_emulator::FaultKind::Unavailable,
             ))
             .unwrap_or_else(|e| panic!("{e}"));
+        // Key Vault's `updated` has one-second resolution and list items carry no version: a second
+        // write within the same second as the change feed's last listing is invisible to the feed
+        // (it shows up when the cached value expires). Write the new version in a later second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         env.emulator
             .set_secret(&remote, "after-outage")
             .unwrap_or_else(|e| panic!("{e}"));
@@ -1014,4 +1018,77 @@ fn keys_no_longer_produced_are_removed() {
         assert!(dropped.is_some(), "key b must be gone, key a kept");
         ns.cleanup().await;
     });
+}
+
+/// The change feed: a new version in the vault reaches an hourly ExternalSecret within seconds
+/// (one listing per poll, no per-secret polling), and only that ExternalSecret is woken.
+#[test]
+fn the_change_feed_delivers_new_versions_without_waiting_for_the_refresh() {
+    run(async {
+        let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "feed", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let remote = format!("{}-token", ns.name);
+        env.emulator
+            .set_secret(&remote, "v1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let creds: Secret = yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sp\n  namespace: {}\nstringData:\n  client-id: keyferry-e2e-feed\n  client-secret: feed\n",
+            ns.name
+        ));
+        apply(&Api::namespaced(client.clone(), &ns.name), &creds).await;
+        let store: SecretStore = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: akv\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: sp, key: client-id}}\n        clientSecret: {{name: sp, key: client-secret}}\n",
+            ns = ns.name,
+            url = env.emulator.vault_url(),
+            tenant = env.emulator.tenant_id(),
+        ));
+        apply(&Api::namespaced(client.clone(), &ns.name), &store).await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "hourly",
+                "akv",
+                "  refreshInterval: 1h\n",
+                &[("token", &remote)],
+            ),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "hourly", "token", "v1").await;
+
+        let woken_before = counter(&env.metrics().await, "keyferry_change_feed_wakeups_total");
+        // A later second than the feed's last listing (Key Vault's `updated` has 1 s resolution).
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        env.emulator
+            .set_secret(&remote, "v2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let started = std::time::Instant::now();
+        wait_secret_value(&client, &ns.name, "hourly", "token", "v2").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "arrived by the change feed, not the hourly refresh"
+        );
+        let woken_after = counter(&env.metrics().await, "keyferry_change_feed_wakeups_total");
+        assert!(
+            woken_after > woken_before,
+            "the change feed woke the ExternalSecret"
+        );
+        ns.cleanup().await;
+    });
+}
+
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.trim().split(' ').next().map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }

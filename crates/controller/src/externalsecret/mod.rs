@@ -115,8 +115,11 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     };
 
     // schedule (no client required)
-    let reason = match schedule(es, &validated, &current, first_seen) {
-        Decision::SyncNow(reason) => reason,
+    let reason = match schedule(es, &validated, &current, first_seen, ctx.is_dirty(&uid)) {
+        Decision::SyncNow(reason) => {
+            ctx.clear_dirty(&uid);
+            reason
+        }
         Decision::WaitFor(d) => return Ok(Action::requeue(d)),
         Decision::AwaitChange => return Ok(Action::await_change()),
     };
@@ -217,7 +220,13 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
 }
 
 /// Builds the scheduler's inputs from the object, its status and its Secret.
-fn schedule(es: &ExternalSecret, v: &Validated, current: &TargetState, first_seen: bool) -> Decision {
+fn schedule(
+    es: &ExternalSecret,
+    v: &Validated,
+    current: &TargetState,
+    first_seen: bool,
+    remote_changed: bool,
+) -> Decision {
     let status = es.status.as_ref();
     let writes_whole = matches!(v.target.creation, CreationPolicy::Owner | CreationPolicy::Orphan);
     let refresh_time = status.and_then(|s| s.refresh_time.clone()).unwrap_or_default();
@@ -230,6 +239,7 @@ fn schedule(es: &ExternalSecret, v: &Validated, current: &TargetState, first_see
             != Some(v.meta_version.as_str()),
         secret_missing: writes_whole && !current.exists && !status::deleted_by_policy(status),
         secret_drifted: writes_whole && current.drifted(),
+        remote_changed,
         since_last_refresh: conditions::elapsed_since(&refresh_time, now),
         jitter_seed: refresh::jitter_seed(&es.uid().unwrap_or_default(), &refresh_time),
         first_seen,
@@ -393,6 +403,8 @@ pub struct ControllerOptions {
     pub concurrency: u16,
     /// Also watch ClusterSecretStores (to requeue their ExternalSecrets).
     pub cluster_stores: bool,
+    /// Change-feed poll interval (zero: off).
+    pub change_feed_interval: Duration,
 }
 
 /// Runs the ExternalSecret controller until `shutdown` resolves.
@@ -423,8 +435,11 @@ pub async fn run(
     let secret_cfg = watcher::Config::default()
         .labels(&format!("{LABEL_MANAGED}=true"))
         .any_semantic();
+    // The change feed wakes exactly the ExternalSecrets whose remote secrets changed.
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<ObjectRef<ExternalSecret>>();
     let controller = Controller::new(es_api, es_cfg)
-        .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)));
+        .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
+        .reconcile_on(wake_rx);
     let reader = controller.store();
     let by_secret = reader.clone();
     let by_store = reader.clone();
@@ -475,6 +490,22 @@ pub async fn run(
             }
         })
     };
+    let (feed_stop_tx, feed_stop_rx) = futures::channel::oneshot::channel::<()>();
+    let feed = if opts.change_feed_interval.is_zero() {
+        drop(wake_tx);
+        None
+    } else {
+        let (ctx, reader, interval) = (ctx.clone(), reader.clone(), opts.change_feed_interval);
+        Some(tokio::spawn(crate::changefeed::run(
+            ctx,
+            reader,
+            wake_tx,
+            interval,
+            async move {
+                let _ = feed_stop_rx.await;
+            },
+        )))
+    };
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -485,6 +516,10 @@ pub async fn run(
         })
         .await;
     pruner.abort();
+    let _ = feed_stop_tx.send(());
+    if let Some(feed) = feed {
+        let _ = feed.await;
+    }
 }
 
 /// How often deleted objects' bookkeeping is dropped.
@@ -540,10 +575,13 @@ spec:
             exists: true,
             ..TargetState::default()
         };
-        assert!(matches!(schedule(&e, &v, &present, false), Decision::WaitFor(_)));
+        assert!(matches!(
+            schedule(&e, &v, &present, false, false),
+            Decision::WaitFor(_)
+        ));
         // Someone deleted the Secret: sync at once.
         assert_eq!(
-            schedule(&e, &v, &TargetState::default(), false),
+            schedule(&e, &v, &TargetState::default(), false, false),
             Decision::SyncNow(refresh::SyncReason::SecretMissing)
         );
     }
@@ -552,7 +590,7 @@ spec:
     fn a_secret_removed_by_deletion_policy_is_not_recreated_in_a_loop() {
         let (e, v) = synced_es(false);
         assert!(matches!(
-            schedule(&e, &v, &TargetState::default(), false),
+            schedule(&e, &v, &TargetState::default(), false, false),
             Decision::WaitFor(_)
         ));
     }

@@ -132,6 +132,7 @@ async fn reconcile_inner(store: &StoreObject, ctx: &Context) -> Result<Action, R
     // long-lived client is rebuilt only if they (or the spec) changed.
     let result = match client_for(ctx, store, true).await {
         Ok(client) => client
+            .direct
             .validate()
             .await
             .map_err(|source| ReconcileError::Validate {

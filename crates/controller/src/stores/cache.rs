@@ -1,18 +1,71 @@
-//! The provider client cache: one long-lived client per store, keyed by the store and its
-//! fingerprint (uid, generation and credential Secret versions).
+//! The provider client cache: one long-lived [`StoreClient`] per store identity, keyed by the store
+//! and its fingerprint (uid, generation and credential Secret versions).
 //!
 //! ESO builds a new client (and a new token) for every reconcile; keyferry keeps the client, so its
-//! token cache, connection pool and request budget survive between reconciles. A client is rebuilt
-//! only when the store spec changes (new generation), a credential Secret changes (the store
-//! reconciler notices a new resourceVersion), or the vault refused our credentials (`Forbidden`
-//! invalidates the entry so the next use re-reads the credentials).
+//! token cache, connection pool, request budget and read cache survive between reconciles. A client
+//! is rebuilt only when the store spec changes (new generation), a credential Secret changes (the
+//! store reconciler notices a new resourceVersion), or the vault refused our credentials
+//! (`Forbidden` invalidates the entry so the next use re-reads the credentials). Stores with the
+//! same provider settings and credentials share one client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use keyferry_providers::SecretsClient;
+use keyferry_providers::cache::CachedClient;
 
 use super::StoreKey;
+
+/// One vault client as the controller holds it: the direct (instrumented) client, and the shared read
+/// cache over it, which the change feed keeps fresh.
+pub struct StoreClient {
+    /// Reads through the shared cache (deduplicated, invalidated by the change feed).
+    pub cached: CachedClient,
+    /// Calls straight to the vault (validation, and reads while the change feed is failing).
+    pub direct: Arc<dyn SecretsClient>,
+    feed_ok: AtomicBool,
+}
+
+impl StoreClient {
+    /// Wraps a direct client.
+    ///
+    /// With a change feed, reads go direct until the feed's first listing succeeded: a value cached
+    /// before the feed's baseline could never be seen to change. Without a feed (`max_age` zero),
+    /// the cache only joins reads already in flight, so it is used from the start.
+    pub fn new(
+        direct: Arc<dyn SecretsClient>,
+        cache_max_age: std::time::Duration,
+        change_feed: bool,
+    ) -> Self {
+        StoreClient {
+            cached: CachedClient::new(direct.clone(), cache_max_age),
+            direct,
+            feed_ok: AtomicBool::new(!change_feed),
+        }
+    }
+
+    /// The client ExternalSecrets read through: the cache while the change feed answers; direct
+    /// reads once it failed, so a vault outage shows in status at once instead of being hidden by
+    /// cached values.
+    pub fn for_reads(&self) -> Arc<dyn SecretsClient> {
+        if self.feed_ok.load(Ordering::Relaxed) {
+            Arc::new(self.cached.clone())
+        } else {
+            self.direct.clone()
+        }
+    }
+
+    /// Records the outcome of the last change-feed poll.
+    pub fn set_feed_ok(&self, ok: bool) {
+        self.feed_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// Whether the last change-feed poll succeeded.
+    pub fn feed_ok(&self) -> bool {
+        self.feed_ok.load(Ordering::Relaxed)
+    }
+}
 
 /// One cached client.
 #[derive(Clone)]
@@ -20,7 +73,7 @@ struct Entry {
     uid: String,
     generation: i64,
     credentials: String,
-    client: Arc<dyn SecretsClient>,
+    client: Arc<StoreClient>,
 }
 
 /// Long-lived provider clients by store, shared between stores with the same identity (same
@@ -30,7 +83,7 @@ struct Entry {
 pub struct ClientCache {
     entries: Mutex<HashMap<StoreKey, Entry>>,
     /// Identity digest → client; weak, so a client goes away with the last store using it.
-    identities: Mutex<HashMap<String, Weak<dyn SecretsClient>>>,
+    identities: Mutex<HashMap<String, Weak<StoreClient>>>,
     /// Serialises builds so concurrent reconciles of ExternalSecrets using a new store build one client.
     build_lock: tokio::sync::Mutex<()>,
 }
@@ -43,7 +96,7 @@ impl std::fmt::Debug for ClientCache {
 
 impl ClientCache {
     /// The client for a store at this uid and generation, whatever credentials it was built with.
-    pub fn get(&self, key: &StoreKey, uid: &str, generation: i64) -> Option<Arc<dyn SecretsClient>> {
+    pub fn get(&self, key: &StoreKey, uid: &str, generation: i64) -> Option<Arc<StoreClient>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(key)
@@ -58,7 +111,7 @@ impl ClientCache {
         uid: &str,
         generation: i64,
         credentials: &str,
-    ) -> Option<Arc<dyn SecretsClient>> {
+    ) -> Option<Arc<StoreClient>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(key)
@@ -66,14 +119,14 @@ impl ClientCache {
             .map(|e| e.client.clone())
     }
 
-    /// Stores a freshly built client, replacing (and so dropping) any older one.
+    /// Stores a client for a store, replacing (and so dropping) any older one.
     pub fn insert(
         &self,
         key: StoreKey,
         uid: &str,
         generation: i64,
         credentials: &str,
-        client: Arc<dyn SecretsClient>,
+        client: Arc<StoreClient>,
     ) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.insert(
@@ -88,18 +141,34 @@ impl ClientCache {
     }
 
     /// A live client built for the same identity by another store, if any.
-    pub fn shared(&self, identity: &str) -> Option<Arc<dyn SecretsClient>> {
+    pub fn shared(&self, identity: &str) -> Option<Arc<StoreClient>> {
         let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
         ids.retain(|_, w| w.strong_count() > 0);
         ids.get(identity).and_then(Weak::upgrade)
     }
 
     /// Remembers the client of an identity for other stores.
-    pub fn remember(&self, identity: &str, client: &Arc<dyn SecretsClient>) {
+    pub fn remember(&self, identity: &str, client: &Arc<StoreClient>) {
         self.identities
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(identity.to_owned(), Arc::downgrade(client));
+    }
+
+    /// Every distinct client with the stores using it (for the change feed).
+    pub fn grouped(&self) -> Vec<(Arc<StoreClient>, Vec<StoreKey>)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut groups: Vec<(Arc<StoreClient>, Vec<StoreKey>)> = Vec::new();
+        for (key, e) in entries.iter() {
+            match groups.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &e.client)) {
+                Some((_, keys)) => keys.push(key.clone()),
+                None => groups.push((e.client.clone(), vec![key.clone()])),
+            }
+        }
+        for (_, keys) in &mut groups {
+            keys.sort();
+        }
+        groups
     }
 
     /// Drops a store's client (store deleted, or its credentials were refused).
@@ -115,7 +184,7 @@ impl ClientCache {
             .retain(|k, _| keep(k));
     }
 
-    /// How many clients are held.
+    /// How many stores hold a client.
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -136,63 +205,83 @@ mod tests {
     use super::*;
     use keyferry_api::external_secret::StoreKind;
     use keyferry_providers::FakeStore;
+    use std::time::Duration;
 
-    fn key() -> StoreKey {
+    fn key(name: &str) -> StoreKey {
         StoreKey {
             kind: StoreKind::SecretStore,
             namespace: Some("ns".into()),
-            name: "s".into(),
+            name: name.into(),
         }
+    }
+
+    fn client() -> Arc<StoreClient> {
+        Arc::new(StoreClient::new(
+            Arc::new(FakeStore::new("s")),
+            Duration::from_secs(60),
+            false,
+        ))
     }
 
     #[test]
     fn entries_match_uid_generation_and_credentials() {
         let cache = ClientCache::default();
-        let client: Arc<dyn SecretsClient> = Arc::new(FakeStore::new("s"));
-        cache.insert(key(), "uid-1", 3, "creds@1", client);
-        assert!(cache.get(&key(), "uid-1", 3).is_some());
+        cache.insert(key("s"), "uid-1", 3, "creds@1", client());
+        assert!(cache.get(&key("s"), "uid-1", 3).is_some());
         assert!(
-            cache.get(&key(), "uid-1", 4).is_none(),
+            cache.get(&key("s"), "uid-1", 4).is_none(),
             "new generation must rebuild"
         );
         assert!(
-            cache.get(&key(), "uid-2", 3).is_none(),
+            cache.get(&key("s"), "uid-2", 3).is_none(),
             "recreated store must rebuild"
         );
-        assert!(cache.get_exact(&key(), "uid-1", 3, "creds@1").is_some());
+        assert!(cache.get_exact(&key("s"), "uid-1", 3, "creds@1").is_some());
         assert!(
-            cache.get_exact(&key(), "uid-1", 3, "creds@2").is_none(),
+            cache.get_exact(&key("s"), "uid-1", 3, "creds@2").is_none(),
             "rotated credentials must rebuild"
         );
         assert_eq!(cache.len(), 1);
         cache.retain(|_| true);
         assert_eq!(cache.len(), 1);
-        cache.invalidate(&key());
+        cache.invalidate(&key("s"));
         assert!(cache.is_empty());
     }
 
     #[test]
     fn identities_share_clients_while_a_store_holds_them() {
         let cache = ClientCache::default();
-        let client: Arc<dyn SecretsClient> = Arc::new(FakeStore::new("s"));
-        cache.insert(key(), "u", 1, "", client.clone());
-        cache.remember("id-1", &client);
-        drop(client);
-        let shared = cache.shared("id-1");
-        assert!(shared.is_some(), "held by the store entry");
-        drop(shared);
+        let c = client();
+        cache.insert(key("a"), "u", 1, "", c.clone());
+        cache.insert(key("b"), "v", 1, "", c.clone());
+        cache.remember("id-1", &c);
+        drop(c);
+        let groups = cache.grouped();
+        assert_eq!(groups.len(), 1, "one client, two stores");
+        assert_eq!(groups[0].1, vec![key("a"), key("b")]);
+        drop(groups);
+        assert!(cache.shared("id-1").is_some(), "held by the store entries");
         assert!(cache.shared("id-2").is_none());
-        cache.invalidate(&key());
+        cache.invalidate(&key("a"));
+        cache.invalidate(&key("b"));
         assert!(cache.shared("id-1").is_none(), "gone with the last store");
     }
 
     #[test]
-    fn the_same_client_is_handed_out() {
-        let cache = ClientCache::default();
-        let client: Arc<dyn SecretsClient> = Arc::new(FakeStore::new("s"));
-        cache.insert(key(), "u", 1, "", client.clone());
-        let a = cache.get(&key(), "u", 1);
-        let b = cache.get(&key(), "u", 1);
-        assert!(a.zip(b).is_some_and(|(a, b)| Arc::ptr_eq(&a, &b)));
+    fn with_a_change_feed_reads_are_direct_until_its_first_listing() {
+        let c = StoreClient::new(Arc::new(FakeStore::new("s")), Duration::from_secs(60), true);
+        assert!(Arc::ptr_eq(&c.for_reads(), &c.direct));
+        c.set_feed_ok(true);
+        assert!(!Arc::ptr_eq(&c.for_reads(), &c.direct));
+    }
+
+    #[test]
+    fn reads_bypass_the_cache_while_the_change_feed_fails() {
+        let c = client();
+        assert!(c.feed_ok());
+        let cached = c.for_reads();
+        assert!(!Arc::ptr_eq(&cached, &c.direct));
+        c.set_feed_ok(false);
+        assert!(Arc::ptr_eq(&c.for_reads(), &c.direct));
     }
 }

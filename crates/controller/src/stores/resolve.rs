@@ -15,6 +15,7 @@ use kube::Api;
 use kube::runtime::reflector::ObjectRef;
 
 use super::build::{self, BuildError, BuildInputs, ServiceAccountIdentity, TokenRequestSource};
+use super::cache::StoreClient;
 use super::credentials::{self, CredentialError};
 use super::instrument::Instrumented;
 use super::{StoreObject, class_matches};
@@ -232,7 +233,7 @@ pub async fn client_for(
     ctx: &Context,
     store: &StoreObject,
     force_credentials: bool,
-) -> Result<Arc<dyn SecretsClient>, StoreAccessError> {
+) -> Result<Arc<StoreClient>, StoreAccessError> {
     let key = store.key();
     let (uid, generation) = (store.uid(), store.generation());
     if !force_credentials && let Some(c) = ctx.clients.get(&key, &uid, generation) {
@@ -311,10 +312,15 @@ pub async fn client_for(
             )?;
             ctx.metrics.provider_built(build::provider_name(store));
             tracing::info!(store = %label, provider = build::provider_name(store), "built vault client");
-            let c: Arc<dyn SecretsClient> = Arc::new(Instrumented::new(
+            let direct: Arc<dyn SecretsClient> = Arc::new(Instrumented::new(
                 inner,
                 build::vault_label(store),
                 ctx.metrics.clone(),
+            ));
+            let c = Arc::new(StoreClient::new(
+                direct,
+                ctx.settings.cache_max_age,
+                !ctx.settings.change_feed_interval.is_zero(),
             ));
             ctx.clients.remember(&identity, &c);
             c
@@ -352,7 +358,7 @@ pub async fn resolve_for(
             ctx.settings.enable_cluster_stores,
         )?;
         let client = client_for(ctx, &store, false).await?;
-        resolved.insert(*kind, name.clone(), client, store);
+        resolved.insert(*kind, name.clone(), client.for_reads(), store);
     }
     Ok(resolved)
 }

@@ -126,6 +126,8 @@ pub async fn env() -> &'static Env {
             lease_namespace: Some(system_ns),
             lease_name: format!("keyferry-e2e-{:08x}", rand::random::<u32>()),
             lease_retry_period_secs: 1,
+            // A fast change feed: rotations and outages show within about a second.
+            change_feed_interval_secs: 1,
             label_selector: Some(format!("{RUN_LABEL}={}", *RUN)),
             controller_class: Some(RUN.clone()),
             ca_file: Some(emulator.ca_file().to_path_buf()),

@@ -1,0 +1,225 @@
+//! The change feed: every interval, one property listing per vault client (no values). Changed
+//! secrets are dropped from the read cache, and exactly the ExternalSecrets that use them are synced
+//! at once — instead of every ExternalSecret polling every secret at its own refresh interval
+//! (ESO issue #2975). A failed listing switches that client's ExternalSecrets to direct reads, so
+//! an outage shows in their status instead of being hidden by cached values.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc::UnboundedSender;
+use keyferry_api::ExternalSecret;
+use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
+use keyferry_api::names::split_remote_key;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::context::Context;
+use crate::stores::StoreKey;
+
+/// What an ExternalSecret reads from one store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Usage {
+    /// One named secret (lower-case).
+    Key(String),
+    /// `dataFrom.find`: any secret of the store may matter.
+    Any,
+}
+
+fn store_key(es: &ExternalSecret, r: &SecretStoreRef) -> StoreKey {
+    let kind = r.kind_or_default();
+    StoreKey {
+        kind,
+        namespace: (kind == StoreKind::SecretStore).then(|| es.namespace().unwrap_or_default()),
+        name: r.name.clone(),
+    }
+}
+
+fn usages(es: &ExternalSecret) -> Vec<(StoreKey, Usage)> {
+    let spec = &es.spec;
+    let default = spec.secret_store_ref.as_ref();
+    let pick = |source: Option<&keyferry_api::external_secret::SourceRef>| {
+        source
+            .and_then(|s| s.store_ref.as_ref())
+            .or(default)
+            .map(|r| store_key(es, r))
+    };
+    let name = |key: &str| split_remote_key(key).1.to_ascii_lowercase();
+    let mut out = Vec::new();
+    for d in &spec.data {
+        if let Some(store) = pick(d.source_ref.as_ref()) {
+            out.push((store, Usage::Key(name(&d.remote_ref.key))));
+        }
+    }
+    for d in &spec.data_from {
+        let Some(store) = pick(d.source_ref.as_ref()) else {
+            continue;
+        };
+        if let Some(extract) = &d.extract {
+            out.push((store.clone(), Usage::Key(name(&extract.key))));
+        }
+        if d.find.is_some() {
+            out.push((store, Usage::Any));
+        }
+    }
+    out
+}
+
+/// Whether a change of `changed` (lower-case names) in a client used by `stores` concerns `es`.
+pub fn affected(es: &ExternalSecret, stores: &[StoreKey], changed: &BTreeSet<String>) -> bool {
+    usages(es).into_iter().any(|(store, usage)| {
+        stores.contains(&store)
+            && match usage {
+                Usage::Any => true,
+                Usage::Key(k) => changed.contains(&k),
+            }
+    })
+}
+
+/// One round: poll every client once, wake the ExternalSecrets whose remote secrets changed.
+pub async fn poll_once(
+    ctx: &Context,
+    reader: &Store<ExternalSecret>,
+    wake: &UnboundedSender<ObjectRef<ExternalSecret>>,
+) {
+    let (mut hits, mut misses, mut invalidations) = (0, 0, 0);
+    for (client, stores) in ctx.clients.grouped() {
+        match client.cached.poll_changes().await {
+            Ok(changed) => {
+                if !client.feed_ok() {
+                    tracing::info!(stores = stores.len(), "change feed recovered");
+                }
+                client.set_feed_ok(true);
+                ctx.metrics.change_feed_polled(true, changed.len());
+                if !changed.is_empty() {
+                    let changed: BTreeSet<String> = changed.into_iter().collect();
+                    let mut woken = 0;
+                    for es in reader.state().iter().filter(|es| affected(es, &stores, &changed)) {
+                        ctx.mark_dirty(&es.uid().unwrap_or_default());
+                        if wake.unbounded_send(ObjectRef::from_obj(es.as_ref())).is_ok() {
+                            woken += 1;
+                        }
+                    }
+                    ctx.metrics.change_feed_woke(woken);
+                    tracing::debug!(
+                        stores = stores.len(),
+                        changed = changed.len(),
+                        woken,
+                        "change feed"
+                    );
+                }
+            }
+            Err(e) => {
+                if client.feed_ok() {
+                    tracing::warn!(error = %e, category = e.category(), "change feed poll failed; reading directly until it recovers");
+                }
+                client.set_feed_ok(false);
+                ctx.metrics.change_feed_polled(false, 0);
+            }
+        }
+        let stats = client.cached.stats();
+        hits += stats.hits;
+        misses += stats.misses;
+        invalidations += stats.invalidations;
+    }
+    ctx.metrics.set_cache_stats(hits, misses, invalidations);
+}
+
+/// Polls every `interval` until `stop` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    reader: Store<ExternalSecret>,
+    wake: UnboundedSender<ObjectRef<ExternalSecret>>,
+    interval: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let feed = async {
+        loop {
+            tokio::time::sleep(interval).await;
+            poll_once(&ctx, &reader, &wake).await;
+        }
+    };
+    tokio::select! {
+        _ = feed => {}
+        _ = stop => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn es(yaml: &str) -> ExternalSecret {
+        serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn key(kind: StoreKind, ns: Option<&str>, name: &str) -> StoreKey {
+        StoreKey {
+            kind,
+            namespace: ns.map(String::from),
+            name: name.into(),
+        }
+    }
+
+    fn changed(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn only_users_of_a_changed_secret_in_that_store_are_affected() {
+        let e = es(r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: a, namespace: team}
+spec:
+  secretStoreRef: {name: vault}
+  data:
+    - secretKey: p
+      remoteRef: {key: secret/DB-Password, property: x}
+    - secretKey: q
+      remoteRef: {key: token}
+      sourceRef: {storeRef: {name: shared, kind: ClusterSecretStore}}
+  dataFrom:
+    - extract: {key: config}
+"#);
+        let own = [key(StoreKind::SecretStore, Some("team"), "vault")];
+        assert!(
+            affected(&e, &own, &changed(&["db-password"])),
+            "prefix and case are normalised"
+        );
+        assert!(affected(&e, &own, &changed(&["config"])));
+        assert!(
+            !affected(&e, &own, &changed(&["token"])),
+            "token is read from the other store"
+        );
+        assert!(!affected(
+            &e,
+            &[key(StoreKind::SecretStore, Some("other"), "vault")],
+            &changed(&["db-password"])
+        ));
+        let shared = [key(StoreKind::ClusterSecretStore, None, "shared")];
+        assert!(affected(&e, &shared, &changed(&["token"])));
+        assert!(!affected(&e, &shared, &changed(&["db-password"])));
+    }
+
+    #[test]
+    fn find_is_affected_by_any_change_of_its_store() {
+        let e = es(r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: a, namespace: team}
+spec:
+  secretStoreRef: {name: vault}
+  dataFrom:
+    - find: {name: {regexp: "^app-"}}
+"#);
+        let own = [key(StoreKind::SecretStore, Some("team"), "vault")];
+        assert!(affected(&e, &own, &changed(&["anything"])));
+        assert!(!affected(
+            &e,
+            &[key(StoreKind::ClusterSecretStore, None, "vault")],
+            &changed(&["anything"])
+        ));
+    }
+}
