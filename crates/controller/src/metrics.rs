@@ -17,6 +17,7 @@
 //! | `keyferry_change_feed_changes_total` | counter | — (remote secrets seen changed) |
 //! | `keyferry_change_feed_wakeups_total` | counter | — (ExternalSecrets synced because of a change) |
 //! | `keyferry_vault_cache_hits`, `_misses`, `_invalidations` | gauge | — (totals over live clients) |
+//! | `keyferry_externalsecrets` | gauge | `ready` (`true`, `false`, `unknown`): ExternalSecrets by Ready status, for alerts |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,6 +120,14 @@ pub struct Metrics {
     cache_hits: Gauge,
     cache_misses: Gauge,
     cache_invalidations: Gauge,
+    external_secrets: Family<ReadyLabels, Gauge>,
+}
+
+/// `ready` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// `true`, `false` or `unknown`.
+    pub ready: String,
 }
 
 /// `result` label.
@@ -162,6 +171,12 @@ impl Metrics {
         let cache_hits = Gauge::default();
         let cache_misses = Gauge::default();
         let cache_invalidations = Gauge::default();
+        let external_secrets = Family::<ReadyLabels, Gauge>::default();
+        registry.register(
+            "externalsecrets",
+            "ExternalSecrets by Ready status",
+            external_secrets.clone(),
+        );
         registry.register(
             "change_feed_polls",
             "Change-feed polls (one listing per vault client)",
@@ -258,6 +273,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_invalidations,
+            external_secrets,
         }
     }
 
@@ -365,6 +381,15 @@ impl Metrics {
         self.cache_invalidations.set(g(invalidations));
     }
 
+    /// Sets the number of ExternalSecrets per Ready status.
+    pub fn set_external_secrets(&self, ready: usize, not_ready: usize, unknown: usize) {
+        for (label, n) in [("true", ready), ("false", not_ready), ("unknown", unknown)] {
+            self.external_secrets
+                .get_or_create(&ReadyLabels { ready: label.into() })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -396,6 +421,7 @@ mod tests {
         m.synced("periodic", Duration::from_millis(7));
         m.secret_write("created");
         m.set_leader(true);
+        m.set_external_secrets(3, 1, 0);
         let text = m.encode();
         for needle in [
             "keyferry_reconcile_total{kind=\"ExternalSecret\",result=\"success\"} 1",
@@ -404,6 +430,7 @@ mod tests {
             "keyferry_sync_total{reason=\"periodic\"} 1",
             "keyferry_secret_writes_total{action=\"created\"} 1",
             "keyferry_leader 1",
+            "keyferry_externalsecrets{ready=\"false\"} 1",
             "keyferry_sync_duration_seconds_bucket",
             "keyferry_reconcile_duration_seconds_count{kind=\"ExternalSecret\"} 2",
         ] {

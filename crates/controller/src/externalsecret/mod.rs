@@ -490,6 +490,29 @@ pub async fn run(
             }
         })
     };
+    // ExternalSecrets by Ready status, for alerting ("how many are broken").
+    let census = {
+        let (reader, ctx) = (reader.clone(), ctx.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut ready, mut not_ready, mut unknown) = (0, 0, 0);
+                for es in reader.state() {
+                    match es
+                        .status
+                        .as_ref()
+                        .and_then(|s| conditions::find_ready(&s.conditions))
+                        .map(|c| c.status)
+                    {
+                        Some(keyferry_api::ConditionStatus::True) => ready += 1,
+                        Some(keyferry_api::ConditionStatus::False) => not_ready += 1,
+                        _ => unknown += 1,
+                    }
+                }
+                ctx.metrics.set_external_secrets(ready, not_ready, unknown);
+                tokio::time::sleep(CENSUS_EVERY).await;
+            }
+        })
+    };
     let (feed_stop_tx, feed_stop_rx) = futures::channel::oneshot::channel::<()>();
     let feed = if opts.change_feed_interval.is_zero() {
         drop(wake_tx);
@@ -516,11 +539,15 @@ pub async fn run(
         })
         .await;
     pruner.abort();
+    census.abort();
     let _ = feed_stop_tx.send(());
     if let Some(feed) = feed {
         let _ = feed.await;
     }
 }
+
+/// How often the Ready census is taken.
+const CENSUS_EVERY: Duration = Duration::from_secs(15);
 
 /// How often deleted objects' bookkeeping is dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
