@@ -54,6 +54,8 @@ pub struct Context {
     seen: Mutex<HashSet<String>>,
     /// ExternalSecrets whose remote secrets the change feed saw change (by uid).
     dirty: Mutex<HashSet<String>>,
+    /// The content hash of each ExternalSecret's Secret as keyferry last left it (by uid).
+    settled: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -79,6 +81,7 @@ impl Context {
             retries: RetryTracker::default(),
             seen: Mutex::new(HashSet::new()),
             dirty: Mutex::new(HashSet::new()),
+            settled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -108,10 +111,33 @@ impl Context {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
 
+    /// Records the content hash of a Secret as keyferry left it.
+    pub fn note_settled(&self, uid: &str, hash: &str) {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_owned(), hash.to_owned());
+    }
+
+    /// The content hash of a Secret as keyferry last left it.
+    pub fn settled(&self, uid: &str) -> Option<String> {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Forgets the settled hash (the Secret changed under deletionPolicy).
+    pub fn forget_settled(&self, uid: &str) {
+        self.settled.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
     /// Forgets an object (deleted).
     pub fn forget(&self, uid: &str) {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
         self.clear_dirty(uid);
+        self.forget_settled(uid);
         self.retries.reset(uid);
     }
 

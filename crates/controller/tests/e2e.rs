@@ -1092,3 +1092,67 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Another writer's key in a keyferry Secret stays and is not mistaken for drift (no sync loop); a
+/// hand edit of a key keyferry owns is reverted.
+#[test]
+fn foreign_keys_stay_and_hand_edits_are_reverted() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "drift", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &[("k", "v")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(&ns.name, "app", "vault", "  refreshInterval: 1h\n", &[("k", "k")]),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "app", "k", "v").await;
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let other = |key: &str, value: &str| serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app"}, "stringData": {key: value}});
+        let pp = PatchParams::apply("someone-else").force();
+        secrets
+            .patch("app", &pp, &Patch::Apply(&other("extra", "theirs")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t1 = ess
+            .get("app")
+            .await
+            .ok()
+            .and_then(|e| e.status)
+            .and_then(|s| s.refresh_time);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let t2 = ess
+            .get("app")
+            .await
+            .ok()
+            .and_then(|e| e.status)
+            .and_then(|s| s.refresh_time);
+        assert_eq!(
+            t1, t2,
+            "a key added by someone else must not make keyferry sync in a loop"
+        );
+        let s = secrets.get("app").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            s.data.as_ref().is_some_and(|d| d.contains_key("extra")),
+            "the other writer's key stays"
+        );
+
+        let pp = PatchParams::apply("hand-edit").force();
+        secrets
+            .patch("app", &pp, &Patch::Apply(&other("k", "tampered")))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_secret_value(&client, &ns.name, "app", "k", "v").await;
+        ns.cleanup().await;
+    });
+}

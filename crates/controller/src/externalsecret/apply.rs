@@ -12,13 +12,13 @@ use crate::error::{ReconcileError, is_not_found};
 
 /// Server-side applies a Secret as `field_manager`, taking over fields other managers hold (a hand
 /// edit of a key keyferry owns is reverted, consistently). Returns whether the object changed (its
-/// resourceVersion moved).
+/// resourceVersion moved) and the content hash of the Secret as it now is.
 pub async fn apply_secret(
     ctx: &Context,
     secret: &Secret,
     field_manager: &str,
     previous_resource_version: Option<&str>,
-) -> Result<bool, ReconcileError> {
+) -> Result<(bool, String), ReconcileError> {
     let ns = secret.metadata.namespace.clone().unwrap_or_default();
     let name = secret.name_any();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -41,7 +41,11 @@ pub async fn apply_secret(
         )
         .await
         .map_err(|e| ReconcileError::kube(format!("applying Secret {ns}/{name}"), &e))?;
-    Ok(applied.resource_version().as_deref() != previous_resource_version)
+    let changed = applied.resource_version().as_deref() != previous_resource_version;
+    Ok((
+        changed,
+        super::dereference::TargetState::from_secret(&applied).data_hash,
+    ))
 }
 
 /// Deletes the target Secret, only if it is still the object we looked at (uid precondition).

@@ -115,7 +115,15 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     };
 
     // schedule (no client required)
-    let reason = match schedule(es, &validated, &current, first_seen, ctx.is_dirty(&uid)) {
+    let settled = ctx.settled(&uid);
+    let reason = match schedule(
+        es,
+        &validated,
+        &current,
+        first_seen,
+        ctx.is_dirty(&uid),
+        settled.as_deref(),
+    ) {
         Decision::SyncNow(reason) => {
             ctx.clear_dirty(&uid);
             reason
@@ -176,12 +184,18 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         } => {
             match apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref()).await
             {
-                Ok(changed) => changed.then_some(action),
+                Ok((changed, hash)) => {
+                    ctx.note_settled(&uid, &hash);
+                    changed.then_some(action)
+                }
                 // e.g. the API refused a type change: the status says so, the Secret is as it was.
                 Err(e) => return fail(ctx, es, &meta, e).await,
             }
         }
-        WritePlan::Unchanged | WritePlan::Skip => None,
+        WritePlan::Unchanged | WritePlan::Skip => {
+            ctx.note_settled(&uid, &current.data_hash);
+            None
+        }
     };
     let secret_name = (target.creation != CreationPolicy::None).then(|| target.name.clone());
     let outcome = Outcome::Synced {
@@ -226,6 +240,7 @@ fn schedule(
     current: &TargetState,
     first_seen: bool,
     remote_changed: bool,
+    settled_hash: Option<&str>,
 ) -> Decision {
     let status = es.status.as_ref();
     let writes_whole = matches!(v.target.creation, CreationPolicy::Owner | CreationPolicy::Orphan);
@@ -238,7 +253,9 @@ fn schedule(
         spec_changed: status.and_then(|s| s.synced_resource_version.as_deref())
             != Some(v.meta_version.as_str()),
         secret_missing: writes_whole && !current.exists && !status::deleted_by_policy(status),
-        secret_drifted: writes_whole && current.drifted(),
+        // Drift is a change since keyferry last left the Secret: keys other writers added (which
+        // keyferry never removes) are not drift, or every reconcile would sync again.
+        secret_drifted: writes_whole && current.drifted() && settled_hash != Some(current.data_hash.as_str()),
         remote_changed,
         since_last_refresh: conditions::elapsed_since(&refresh_time, now),
         jitter_seed: refresh::jitter_seed(&es.uid().unwrap_or_default(), &refresh_time),
@@ -277,6 +294,7 @@ async fn remove(
             {
                 return fail(ctx, es, &v.meta_version, e).await;
             }
+            ctx.forget_settled(&es.uid().unwrap_or_default());
             ctx.metrics.secret_write("keys_removed");
             let note = format!(
                 "every remote secret is gone; removed keyferry's keys from Secret {} (deletionPolicy Merge)",
@@ -603,13 +621,43 @@ spec:
             ..TargetState::default()
         };
         assert!(matches!(
-            schedule(&e, &v, &present, false, false),
+            schedule(&e, &v, &present, false, false, None),
             Decision::WaitFor(_)
         ));
         // Someone deleted the Secret: sync at once.
         assert_eq!(
-            schedule(&e, &v, &TargetState::default(), false, false),
+            schedule(&e, &v, &TargetState::default(), false, false, None),
             Decision::SyncNow(refresh::SyncReason::SecretMissing)
+        );
+    }
+
+    #[test]
+    fn keys_added_by_others_are_not_drift_once_settled() {
+        let (e, v) = synced_es(true);
+        let with_foreign_key = TargetState {
+            exists: true,
+            labels: [(keyferry_api::LABEL_MANAGED.to_owned(), "true".to_owned())].into(),
+            annotations: [(keyferry_api::ANNOTATION_DATA_HASH.to_owned(), "ours".to_owned())].into(),
+            data_hash: "ours-plus-theirs".into(),
+            ..TargetState::default()
+        };
+        assert!(with_foreign_key.drifted());
+        assert_eq!(
+            schedule(&e, &v, &with_foreign_key, false, false, None),
+            Decision::SyncNow(refresh::SyncReason::SecretDrifted),
+            "unknown state: sync once"
+        );
+        assert!(
+            matches!(
+                schedule(&e, &v, &with_foreign_key, false, false, Some("ours-plus-theirs")),
+                Decision::WaitFor(_)
+            ),
+            "as keyferry left it: no loop"
+        );
+        assert_eq!(
+            schedule(&e, &v, &with_foreign_key, false, false, Some("something-else")),
+            Decision::SyncNow(refresh::SyncReason::SecretDrifted),
+            "changed since: a hand edit is reverted"
         );
     }
 
@@ -617,7 +665,7 @@ spec:
     fn a_secret_removed_by_deletion_policy_is_not_recreated_in_a_loop() {
         let (e, v) = synced_es(false);
         assert!(matches!(
-            schedule(&e, &v, &TargetState::default(), false, false),
+            schedule(&e, &v, &TargetState::default(), false, false, None),
             Decision::WaitFor(_)
         ));
     }
