@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The in-cluster operator: reconciles external-secrets.io resources into Secrets.
+    Controller(keyferry_controller::ControllerArgs),
     /// Print the external-secrets.io CustomResourceDefinitions as YAML.
     Crds,
     /// The whole flow on the built-in Key Vault emulator, in seconds: no cluster, no Azure account.
@@ -48,6 +50,13 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Crds => crds::run(),
+            Command::Controller(args) => match keyferry_controller::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("keyferry controller: {e}");
+                    ExitCode::from(2)
+                }
+            },
             Command::Render(args) => render::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Validate(args) => keyferry_gates::cli::run_validate(args),
