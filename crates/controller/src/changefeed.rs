@@ -85,7 +85,9 @@ pub async fn poll_once(
 ) {
     let (mut hits, mut misses, mut invalidations) = (0, 0, 0);
     for (client, stores) in ctx.clients.grouped() {
-        match client.cached.poll_changes().await {
+        let result = client.cached.poll_changes().await;
+        report_detection(ctx, &stores, result.is_ok()).await;
+        match result {
             Ok(changed) => {
                 if !client.feed_ok() {
                     tracing::info!(stores = stores.len(), "change feed recovered");
@@ -124,6 +126,59 @@ pub async fn poll_once(
         invalidations += stats.invalidations;
     }
     ctx.metrics.set_cache_stats(hits, misses, invalidations);
+}
+
+/// Field manager for `status.changeDetection` (separate from the store reconciler's, so neither
+/// removes the other's status fields).
+const DETECTION_MANAGER: &str = "keyferry-change-feed";
+
+/// How a store's changes are detected, for `status.changeDetection`.
+pub fn detection(feed_ok: bool) -> &'static str {
+    if feed_ok { "ChangeFeed" } else { "Polling" }
+}
+
+/// Writes `status.changeDetection` of the stores of a client when it changed: `ChangeFeed` while
+/// listings succeed, `Polling` (direct reads at each refresh) when listing fails, e.g. because the
+/// identity may read but not list secrets.
+async fn report_detection(ctx: &Context, stores: &[StoreKey], feed_ok: bool) {
+    use keyferry_api::{ClusterSecretStore, SecretStore};
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+    let want = detection(feed_ok);
+    for key in stores {
+        let current = match (&key.kind, &key.namespace) {
+            (StoreKind::SecretStore, Some(ns)) => ctx
+                .secret_stores
+                .get(&ObjectRef::new(&key.name).within(ns))
+                .and_then(|s| s.status.as_ref().and_then(|st| st.change_detection.clone())),
+            _ => ctx
+                .cluster_stores
+                .get(&ObjectRef::new(&key.name))
+                .and_then(|s| s.status.as_ref().and_then(|st| st.change_detection.clone())),
+        };
+        if current.as_deref() == Some(want) {
+            continue;
+        }
+        let body = serde_json::json!({
+            "apiVersion": format!("{}/{}", keyferry_api::GROUP, keyferry_api::VERSION_V1),
+            "kind": key.kind.to_string(),
+            "status": {"changeDetection": want},
+        });
+        let pp = PatchParams::apply(DETECTION_MANAGER).force();
+        let res = match (&key.kind, &key.namespace) {
+            (StoreKind::SecretStore, Some(ns)) => Api::<SecretStore>::namespaced(ctx.client.clone(), ns)
+                .patch_status(&key.name, &pp, &Patch::Apply(&body))
+                .await
+                .map(|_| ()),
+            _ => Api::<ClusterSecretStore>::all(ctx.client.clone())
+                .patch_status(&key.name, &pp, &Patch::Apply(&body))
+                .await
+                .map(|_| ()),
+        };
+        if let Err(e) = res {
+            tracing::debug!(store = %key, error = %crate::error::kube_one_line(&e), "could not write changeDetection");
+        }
+    }
 }
 
 /// Polls every `interval` until `stop` resolves.
@@ -201,6 +256,12 @@ spec:
         let shared = [key(StoreKind::ClusterSecretStore, None, "shared")];
         assert!(affected(&e, &shared, &changed(&["token"])));
         assert!(!affected(&e, &shared, &changed(&["db-password"])));
+    }
+
+    #[test]
+    fn detection_names() {
+        assert_eq!(detection(true), "ChangeFeed");
+        assert_eq!(detection(false), "Polling");
     }
 
     #[test]

@@ -1078,6 +1078,35 @@ fn the_change_feed_delivers_new_versions_without_waiting_for_the_refresh() {
             woken_after > woken_before,
             "the change feed woke the ExternalSecret"
         );
+        let stores: Api<SecretStore> = Api::namespaced(client.clone(), &ns.name);
+        let detection = eventually(Duration::from_secs(20), || {
+            let stores = stores.clone();
+            async move {
+                stores
+                    .get("akv")
+                    .await
+                    .ok()?
+                    .status?
+                    .change_detection
+                    .filter(|d| d == "ChangeFeed")
+            }
+        })
+        .await;
+        assert!(
+            detection.is_some(),
+            "the store reports changeDetection: ChangeFeed"
+        );
+        let ready = stores
+            .get("akv")
+            .await
+            .ok()
+            .and_then(|s| s.status)
+            .map(|s| s.conditions)
+            .unwrap_or_default();
+        assert!(
+            ready.iter().any(|c| c.type_ == "Ready"),
+            "the store's conditions survive the change feed's status writes"
+        );
         ns.cleanup().await;
     });
 }

@@ -199,6 +199,9 @@ async fn write_status(
     status: &SecretStoreStatus,
 ) -> Result<(), ReconcileError> {
     let (kind, key) = (store.key().kind, store.key());
+    // `changeDetection` belongs to the change feed's field manager; leave it out.
+    let mut status = status.clone();
+    status.change_detection = None;
     let body = serde_json::json!({
         "apiVersion": format!("{}/{}", keyferry_api::GROUP, keyferry_api::VERSION_V1),
         "kind": kind.to_string(),
