@@ -1185,3 +1185,76 @@ fn foreign_keys_stay_and_hand_edits_are_reverted() {
         ns.cleanup().await;
     });
 }
+
+/// A small scale run (not part of the default suite: `cargo test -p keyferry-controller --test e2e
+/// -- --ignored scale`): N ExternalSecrets on one store, time until all are Ready, and the vault
+/// calls it took. Prints numbers; asserts only correctness.
+#[test]
+#[ignore]
+fn scale_many_external_secrets_on_one_store() {
+    run(async {
+        let n: usize = std::env::var("KEYFERRY_SCALE_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "scale", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let data: Vec<(String, String)> = (0..20).map(|i| (format!("s{i}"), format!("value-{i}"))).collect();
+        let pairs: Vec<(&str, &str)> = data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &pairs),
+        )
+        .await;
+        let before = env.metrics().await;
+        let started = std::time::Instant::now();
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        for i in 0..n {
+            let k = format!("s{}", i % 20);
+            apply(
+                &ess,
+                &es_yaml(&ns.name, &format!("es-{i}"), "vault", "", &[("k", &k)]),
+            )
+            .await;
+        }
+        let created = started.elapsed();
+        let all_ready = eventually(Duration::from_secs(180), || {
+            let ess = ess.clone();
+            async move {
+                let list = ess.list(&Default::default()).await.ok()?;
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|e| {
+                        e.status
+                            .as_ref()
+                            .is_some_and(|s| keyferry_controller::conditions::is_ready(&s.conditions))
+                    })
+                    .count();
+                (ready == n).then_some(())
+            }
+        })
+        .await;
+        assert!(all_ready.is_some(), "all {n} ExternalSecrets become Ready");
+        let total = started.elapsed();
+        let after = env.metrics().await;
+        let reads = |m: &str| {
+            m.lines()
+                .filter(|l| {
+                    l.starts_with("keyferry_vault_requests_total")
+                        && l.contains(&format!("fake:{}/vault", ns.name))
+                        && l.contains("get_secret")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum::<u64>()
+        };
+        eprintln!(
+            "SCALE: {n} ExternalSecrets created in {created:?}, all Ready after {total:?}; vault get_secret calls: {}",
+            reads(&after) - reads(&before)
+        );
+        ns.cleanup().await;
+    });
+}
