@@ -493,7 +493,8 @@ pub struct ExternalSecretStatus {
     /// When the remote secrets were last read successfully (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_time: Option<String>,
-    /// The ExternalSecret's `metadata.resourceVersion` at the last successful sync.
+    /// What was synced, as ESO records it: `<metadata.generation>-<hash of labels and annotations>`,
+    /// so a spec change or a `force-sync` annotation change shows as not yet synced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced_resource_version: Option<String>,
     /// The `metadata.generation` the status describes.

@@ -56,8 +56,9 @@ struct Inner {
     max_age: Duration,
     slots: Mutex<HashMap<ReadKey, Slot>>,
     next_ticket: std::sync::atomic::AtomicU64,
-    /// The change feed's last view: name (lower-case) → (updated, tags, content type, enabled).
-    seen: Mutex<Option<BTreeMap<String, Fingerprint>>>,
+    /// The change feed's last view: name (lower-case) → (updated, tags, content type, enabled), and
+    /// when (Unix seconds, local clock) that listing started.
+    seen: Mutex<Option<(BTreeMap<String, Fingerprint>, i64)>>,
     stats: Mutex<CacheStats>,
 }
 
@@ -133,20 +134,32 @@ impl CachedClient {
 
     /// One round of the change feed: lists the store's properties (no values), compares them with
     /// the previous round, drops cached reads of every secret that changed, appeared or disappeared,
-    /// and returns those names (lower-case). The first round only records what it sees.
+    /// and returns those names (lower-case).
+    ///
+    /// Key Vault's `updated` has one-second resolution, so a write in the same second as the previous
+    /// listing could look unchanged: a secret whose `updated` is not older than that listing's second
+    /// (minus one second of slack for clock skew) counts as changed once more. That costs at most one
+    /// extra read per recently written secret. The first round has nothing to compare with: it drops
+    /// every cached read (whatever was read before it may already be stale) and returns no names.
     pub async fn poll_changes(&self) -> Result<Vec<String>, ProviderError> {
+        let started = unix_now();
         let listed = self.inner.client.list_secret_properties().await?;
         let now: BTreeMap<String, Fingerprint> = listed
             .iter()
             .map(|p| (p.name.to_ascii_lowercase(), Fingerprint::from(p)))
             .collect();
-        let previous = lock(&self.inner.seen).replace(now.clone());
-        let Some(previous) = previous else {
+        let previous = lock(&self.inner.seen).replace((now.clone(), started));
+        let Some((previous, previous_started)) = previous else {
+            let mut slots = lock(&self.inner.slots);
+            let dropped = slots.len() as u64;
+            slots.clear();
+            lock(&self.inner.stats).invalidations += dropped;
             return Ok(Vec::new());
         };
+        let recent = |fp: &Fingerprint| fp.updated.is_some_and(|u| u >= previous_started - 1);
         let mut changed: Vec<String> = now
             .iter()
-            .filter(|(name, fp)| previous.get(*name) != Some(*fp))
+            .filter(|(name, fp)| previous.get(*name) != Some(*fp) || recent(fp))
             .map(|(name, _)| name.clone())
             .collect();
         changed.extend(previous.keys().filter(|name| !now.contains_key(*name)).cloned());
@@ -213,6 +226,12 @@ impl CachedClient {
         slots.insert(key, Slot::Pending(ticket, fut.clone()));
         fut
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -345,11 +364,17 @@ mod tests {
             },
         );
         let cache = CachedClient::new(Arc::new(fake.clone()), Duration::from_secs(3600));
+        cache.get_secret(&remote("db-password")).await.unwrap();
         assert!(
             cache.poll_changes().await.unwrap().is_empty(),
-            "first round only records"
+            "first round has no baseline"
         );
         cache.get_secret(&remote("db-password")).await.unwrap();
+        assert_eq!(
+            fake.counters().gets.load(Ordering::Relaxed),
+            2,
+            "the first round drops earlier reads"
+        );
         cache.get_secret(&remote("other")).await.unwrap();
         fake.set(
             "db-password",
@@ -368,10 +393,30 @@ mod tests {
         cache.get_secret(&remote("other")).await.unwrap();
         assert_eq!(
             fake.counters().gets.load(Ordering::Relaxed),
-            3,
+            4,
             "other stayed cached"
         );
         assert!(cache.poll_changes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_write_in_the_second_of_the_last_listing_is_not_missed() {
+        // The emulator stamps real time, as Key Vault does.
+        let emulated = FakeStore::with_clock("t", super::unix_now());
+        emulated.set(
+            "s",
+            SecretValue::from("v1"),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
+        let cache = CachedClient::new(Arc::new(emulated.clone()), Duration::from_secs(3600));
+        cache.poll_changes().await.unwrap();
+        cache.get_secret(&remote("s")).await.unwrap();
+        // A write stamped with the same second as the previous listing still counts as changed.
+        let changed = cache.poll_changes().await.unwrap();
+        assert_eq!(changed, vec!["s".to_owned()]);
     }
 
     #[tokio::test]

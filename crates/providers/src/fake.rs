@@ -79,13 +79,18 @@ pub struct NewVersion {
 }
 
 impl FakeStore {
-    /// An empty store; `name` appears in errors.
+    /// An empty store; `name` appears in errors. Its clock starts a day ago and ticks one second per
+    /// write, so versions are ordered and `updated` changes on every write, deterministically.
     pub fn new(name: &str) -> Self {
+        FakeStore::with_clock(name, unix_now() - 86_400)
+    }
+
+    /// An empty store whose first write is stamped `clock` (Unix seconds).
+    pub fn with_clock(name: &str, clock: i64) -> Self {
         FakeStore {
             name: Arc::from(name),
-            // Versions are stamped with the real time (then one second apart, so order is visible).
             state: Arc::new(RwLock::new(State {
-                clock: unix_now(),
+                clock,
                 ..State::default()
             })),
             counters: Arc::default(),
