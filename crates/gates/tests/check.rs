@@ -422,12 +422,13 @@ async fn the_request_budget_is_a_hard_cap() {
 
 #[tokio::test]
 async fn stale_secrets_warn() {
-    // FakeStore stamps versions with the real time: look 40 days (and an hour) ahead.
+    // FakeStore stamps versions starting a day before the real time: look 39 days (and an hour)
+    // ahead, so every secret is 40 days old.
     let real_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let later = i64::try_from(real_now).unwrap() + 40 * 86_400 + 3_600;
+    let later = i64::try_from(real_now).unwrap() + 39 * 86_400 + 3_600;
     let opts = CheckOptions {
         max_age_days: Some(30),
         now: later,
