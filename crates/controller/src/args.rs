@@ -94,13 +94,40 @@ pub struct ControllerArgs {
     /// Seconds between change-feed polls: one property listing per vault client (no values), which
     /// invalidates the read cache for changed secrets and syncs exactly the ExternalSecrets using
     /// them (periodic ones), without waiting for their refresh interval. 0 turns the feed off.
-    #[arg(long, env = "KEYFERRY_CHANGE_FEED_INTERVAL", default_value_t = 60)]
+    /// The default (15 s) keeps "a new vault version reaches every dependent Secret within 30 s"
+    /// with room for one failed listing or a reconcile queue.
+    #[arg(long, env = "KEYFERRY_CHANGE_FEED_INTERVAL", default_value_t = 15)]
     pub change_feed_interval_secs: u64,
 
     /// Longest time a value read from a vault is reused (while the change feed reports no change).
     /// Without a change feed, reads are only shared while in flight.
     #[arg(long, env = "KEYFERRY_CACHE_MAX_AGE", default_value_t = 600)]
     pub cache_max_age_secs: u64,
+
+    /// Sustained request rate allowed to each vault from this process (token bucket shared by every
+    /// store of the vault; retries and paging count). 0 disables the budget.
+    #[arg(long, env = "KEYFERRY_VAULT_REQUESTS_PER_SECOND", default_value_t = 200.0)]
+    pub vault_requests_per_second: f64,
+
+    /// Requests a vault may receive at once after an idle period (the token bucket's size).
+    #[arg(long, env = "KEYFERRY_VAULT_BURST", default_value_t = 50)]
+    pub vault_burst: u32,
+
+    /// Roll Deployments, StatefulSets and DaemonSets that opted in (annotation
+    /// `keyferry.io/restart-on-secret-change`) when a Secret they use changes.
+    #[arg(long, env = "KEYFERRY_ROLLOUT_RESTARTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rollout_restarts: bool,
+
+    /// Also honour Stakater Reloader's annotations (`reloader.stakater.com/auto`,
+    /// `secret.reloader.stakater.com/auto`, `secret.reloader.stakater.com/reload`). Turn off when
+    /// Reloader itself runs in the cluster, or workloads roll twice.
+    #[arg(long, env = "KEYFERRY_HONOR_RELOADER_ANNOTATIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub honor_reloader_annotations: bool,
+
+    /// Name of the Secret, in the controller's namespace (`POD_NAMESPACE`), holding the HMAC key for
+    /// `status.dataHmac` and rollout-restart annotations; created with a random key when missing.
+    #[arg(long, env = "KEYFERRY_HMAC_KEY_SECRET", default_value = crate::drift::DEFAULT_KEY_SECRET)]
+    pub hmac_key_secret: String,
 
     /// Reconcile ClusterSecretStores (and allow ExternalSecrets to use them).
     #[arg(long, env = "KEYFERRY_ENABLE_CLUSTER_STORES", default_value_t = true, action = clap::ArgAction::Set)]
@@ -132,8 +159,13 @@ impl Default for ControllerArgs {
             ca_file: None,
             azure_authority_host: None,
             allow_service_account_tokens: false,
-            change_feed_interval_secs: 60,
+            change_feed_interval_secs: 15,
             cache_max_age_secs: 600,
+            vault_requests_per_second: 200.0,
+            vault_burst: 50,
+            rollout_restarts: true,
+            honor_reloader_annotations: true,
+            hmac_key_secret: crate::drift::DEFAULT_KEY_SECRET.into(),
             enable_cluster_stores: true,
             enable_cluster_external_secrets: true,
         }
@@ -171,6 +203,13 @@ mod tests {
         assert_eq!(parsed.metrics_addr, d.metrics_addr);
         assert_eq!(parsed.leader_election, d.leader_election);
         assert_eq!(parsed.lease_name, d.lease_name);
+        assert_eq!(parsed.change_feed_interval_secs, 15);
+        assert_eq!(parsed.change_feed_interval_secs, d.change_feed_interval_secs);
+        assert_eq!(parsed.vault_requests_per_second, d.vault_requests_per_second);
+        assert_eq!(parsed.vault_burst, d.vault_burst);
+        assert_eq!(parsed.rollout_restarts, d.rollout_restarts);
+        assert_eq!(parsed.honor_reloader_annotations, d.honor_reloader_annotations);
+        assert_eq!(parsed.hmac_key_secret, d.hmac_key_secret);
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub async fn poll_once(
         report_detection(ctx, &stores, result.is_ok()).await;
         match result {
             Ok(changed) => {
-                if !client.feed_ok() {
+                if client.feed_failed() {
                     tracing::info!(stores = stores.len(), "change feed recovered");
                 }
                 client.set_feed_ok(true);
@@ -113,7 +113,7 @@ pub async fn poll_once(
                 }
             }
             Err(e) => {
-                if client.feed_ok() {
+                if !client.feed_failed() {
                     tracing::warn!(error = %e, category = e.category(), "change feed poll failed; reading directly until it recovers");
                 }
                 client.set_feed_ok(false);

@@ -30,6 +30,10 @@ pub struct Settings {
     pub change_feed_interval: Duration,
     /// How long cached vault reads may be reused (zero: only in-flight sharing).
     pub cache_max_age: Duration,
+    /// `--rollout-restarts`.
+    pub rollout_restarts: bool,
+    /// `--honor-reloader-annotations`.
+    pub honor_reloader_annotations: bool,
 }
 
 /// Shared reconciler state.
@@ -50,6 +54,8 @@ pub struct Context {
     pub secret_stores: Store<SecretStore>,
     /// Watch cache of ClusterSecretStores.
     pub cluster_stores: Store<ClusterSecretStore>,
+    /// The key of `status.dataHmac` and rollout-restart annotations.
+    pub hmac: crate::drift::HmacKey,
     retries: RetryTracker,
     seen: Mutex<HashSet<String>>,
     /// ExternalSecrets whose remote secrets the change feed saw change (by uid).
@@ -78,11 +84,19 @@ impl Context {
             clients: ClientCache::default(),
             secret_stores,
             cluster_stores,
+            hmac: crate::drift::HmacKey::generate(),
             retries: RetryTracker::default(),
             seen: Mutex::new(HashSet::new()),
             dirty: Mutex::new(HashSet::new()),
             settled: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Uses `key` for `status.dataHmac` and rollout-restart annotations (instead of a random key).
+    #[must_use]
+    pub fn with_hmac_key(mut self, key: crate::drift::HmacKey) -> Self {
+        self.hmac = key;
+        self
     }
 
     /// Whether this process sees the object (by uid) for the first time; marks it seen.

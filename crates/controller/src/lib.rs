@@ -19,6 +19,7 @@ pub mod changefeed;
 pub mod clusterexternalsecret;
 pub mod conditions;
 pub mod context;
+pub mod drift;
 pub mod error;
 pub mod externalsecret;
 pub mod http;
@@ -26,6 +27,7 @@ pub mod isolation;
 pub mod leader;
 pub mod metrics;
 pub mod refresh;
+pub mod rollout;
 pub mod secretstore;
 pub mod stores;
 pub mod telemetry;
@@ -62,6 +64,9 @@ pub enum RunError {
     /// The CA file could not be read.
     #[error("--ca-file: {0}")]
     CaFile(keyferry_providers::ProviderError),
+    /// The HMAC key Secret could not be read or created.
+    #[error(transparent)]
+    HmacKey(#[from] drift::KeyError),
     /// Leadership was lost; the process should exit and restart.
     #[error(transparent)]
     LeadershipLost(#[from] leader::LeadershipLost),
@@ -98,6 +103,10 @@ pub async fn run_with_client(
     keyferry_providers::azure::install_crypto_provider();
     let mut connect = ConnectOptions {
         retry: controller_retry(),
+        budget: keyferry_providers::azure::BudgetConfig {
+            requests_per_second: args.vault_requests_per_second,
+            burst: args.vault_burst,
+        },
         ..ConnectOptions::default()
     };
     if let Some(ca) = &args.ca_file {
@@ -189,6 +198,21 @@ pub async fn run_with_client(
         } else {
             std::time::Duration::from_secs(args.cache_max_age_secs)
         },
+        rollout_restarts: args.rollout_restarts,
+        honor_reloader_annotations: args.honor_reloader_annotations,
+    };
+    // The HMAC key, shared by every replica through a Secret in the controller's namespace.
+    let key_ns = lease_namespace(&args);
+    let hmac = match drift::load_or_create(&client, &key_ns, &args.hmac_key_secret).await {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = halt_tx.send(true);
+            if let Some(t) = &elector_task {
+                t.abort();
+            }
+            http_task.abort();
+            return Err(e.into());
+        }
     };
     let (ss_reader, ss_writer) = reflector::store::<SecretStore>();
     let (css_reader, css_writer) = reflector::store::<ClusterSecretStore>();
@@ -222,9 +246,12 @@ pub async fn run_with_client(
         instance: Some(identity.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::new(
-        client, settings, connect, metrics, recorder, ss_reader, css_reader,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client, settings, connect, metrics, recorder, ss_reader, css_reader,
+        )
+        .with_hmac_key(hmac),
+    );
 
     let es = externalsecret::run(
         ctx.clone(),

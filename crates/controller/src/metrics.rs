@@ -18,6 +18,9 @@
 //! | `keyferry_change_feed_wakeups_total` | counter | — (ExternalSecrets synced because of a change) |
 //! | `keyferry_vault_cache_hits`, `_misses`, `_invalidations` | gauge | — (totals over live clients) |
 //! | `keyferry_externalsecrets` | gauge | `ready` (`true`, `false`, `unknown`): ExternalSecrets by Ready status, for alerts |
+//! | `keyferry_rollout_restarts_total` | counter | `kind` (`Deployment`, `StatefulSet`, `DaemonSet`): workloads rolled because a Secret changed |
+//! | `keyferry_rollout_restart_failures_total` | counter | `kind`: workloads that could not be listed or patched |
+//! | `keyferry_drift_restored_total` | counter | — (hand edits of keyferry's keys reverted) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +124,9 @@ pub struct Metrics {
     cache_misses: Gauge,
     cache_invalidations: Gauge,
     external_secrets: Family<ReadyLabels, Gauge>,
+    rollout_restarts: Family<KindLabels, Counter>,
+    rollout_failures: Family<KindLabels, Counter>,
+    drift_restored: Counter,
 }
 
 /// `ready` label.
@@ -172,6 +178,24 @@ impl Metrics {
         let cache_misses = Gauge::default();
         let cache_invalidations = Gauge::default();
         let external_secrets = Family::<ReadyLabels, Gauge>::default();
+        let rollout_restarts = Family::<KindLabels, Counter>::default();
+        let rollout_failures = Family::<KindLabels, Counter>::default();
+        let drift_restored = Counter::default();
+        registry.register(
+            "rollout_restarts",
+            "Workloads rolled (pod-template annotation set) because a Secret they use changed, by kind",
+            rollout_restarts.clone(),
+        );
+        registry.register(
+            "rollout_restart_failures",
+            "Workloads that could not be listed or patched for a rollout restart, by kind",
+            rollout_failures.clone(),
+        );
+        registry.register(
+            "drift_restored",
+            "Hand edits of keyferry-managed keys in Secrets that keyferry reverted",
+            drift_restored.clone(),
+        );
         registry.register(
             "externalsecrets",
             "ExternalSecrets by Ready status",
@@ -274,7 +298,29 @@ impl Metrics {
             cache_misses,
             cache_invalidations,
             external_secrets,
+            rollout_restarts,
+            rollout_failures,
+            drift_restored,
         }
+    }
+
+    /// Records a workload rolled because a Secret changed.
+    pub fn rollout_restarted(&self, kind: &str) {
+        self.rollout_restarts
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Records a workload kind that could not be listed, or a workload that could not be patched.
+    pub fn rollout_restart_failed(&self, kind: &str) {
+        self.rollout_failures
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Records a hand edit reverted.
+    pub fn drift_restored(&self) {
+        self.drift_restored.inc();
     }
 
     /// Records one reconcile.
@@ -422,6 +468,8 @@ mod tests {
         m.secret_write("created");
         m.set_leader(true);
         m.set_external_secrets(3, 1, 0);
+        m.rollout_restarted("Deployment");
+        m.drift_restored();
         let text = m.encode();
         for needle in [
             "keyferry_reconcile_total{kind=\"ExternalSecret\",result=\"success\"} 1",
@@ -431,6 +479,8 @@ mod tests {
             "keyferry_secret_writes_total{action=\"created\"} 1",
             "keyferry_leader 1",
             "keyferry_externalsecrets{ready=\"false\"} 1",
+            "keyferry_rollout_restarts_total{kind=\"Deployment\"} 1",
+            "keyferry_drift_restored_total 1",
             "keyferry_sync_duration_seconds_bucket",
             "keyferry_reconcile_duration_seconds_count{kind=\"ExternalSecret\"} 2",
         ] {

@@ -76,3 +76,32 @@ fn every_flag_the_chart_passes_exists() {
         );
     }
 }
+
+#[test]
+fn workload_rbac_is_read_and_patch_only_and_the_feed_defaults_to_15s() {
+    let rbac = chart_file("templates/rbac.yaml");
+    let apps = rbac
+        .lines()
+        .position(|l| l.contains("apiGroups: [\"apps\"]"))
+        .unwrap_or_else(|| panic!("no apps rule in rbac.yaml"));
+    let lines: Vec<&str> = rbac.lines().collect();
+    let rule = lines[apps..apps + 3].join("\n");
+    assert!(
+        rule.contains("resources: [\"deployments\", \"statefulsets\", \"daemonsets\"]"),
+        "{rule}"
+    );
+    assert!(
+        rule.contains("verbs: [\"get\", \"list\", \"watch\", \"patch\"]"),
+        "rollout restarts need only get/list/watch + patch: {rule}"
+    );
+    let gate = rbac
+        .find("if .Values.controller.rolloutRestarts.enabled")
+        .unwrap_or(usize::MAX);
+    assert!(gate < rbac.find("apiGroups: [\"apps\"]").unwrap_or(0));
+    let values = chart_file("values.yaml");
+    assert!(values.contains("changeFeedIntervalSeconds: 15"));
+    assert_eq!(
+        keyferry_controller::ControllerArgs::default().change_feed_interval_secs,
+        15
+    );
+}

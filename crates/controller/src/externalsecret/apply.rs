@@ -11,14 +11,13 @@ use crate::context::Context;
 use crate::error::{ReconcileError, is_not_found};
 
 /// Server-side applies a Secret as `field_manager`, taking over fields other managers hold (a hand
-/// edit of a key keyferry owns is reverted, consistently). Returns whether the object changed (its
-/// resourceVersion moved) and the content hash of the Secret as it now is.
+/// edit of a key keyferry owns is reverted, consistently).
 pub async fn apply_secret(
     ctx: &Context,
     secret: &Secret,
     field_manager: &str,
     previous_resource_version: Option<&str>,
-) -> Result<(bool, String), ReconcileError> {
+) -> Result<Applied, ReconcileError> {
     let ns = secret.metadata.namespace.clone().unwrap_or_default();
     let name = secret.name_any();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -41,11 +40,22 @@ pub async fn apply_secret(
         )
         .await
         .map_err(|e| ReconcileError::kube(format!("applying Secret {ns}/{name}"), &e))?;
-    let changed = applied.resource_version().as_deref() != previous_resource_version;
-    Ok((
-        changed,
-        super::dereference::TargetState::from_secret(&applied).data_hash,
-    ))
+    Ok(Applied {
+        changed: applied.resource_version().as_deref() != previous_resource_version,
+        data_hash: super::dereference::TargetState::from_secret(&applied).data_hash,
+        secret_hmac: ctx.hmac.secret_hmac(&applied),
+    })
+}
+
+/// What an apply left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Whether the object changed (its resourceVersion moved).
+    pub changed: bool,
+    /// The content hash of the Secret as it now is (whole data, every writer's keys).
+    pub data_hash: String,
+    /// The HMAC of the Secret's type and whole data as it now is (rollout-restart annotation).
+    pub secret_hmac: String,
 }
 
 /// Deletes the target Secret, only if it is still the object we looked at (uid precondition).

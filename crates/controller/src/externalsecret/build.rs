@@ -263,6 +263,7 @@ mod tests {
             keys: d.data.keys().cloned().collect(),
             controller_uid: controller.map(String::from),
             controller: controller.map(|c| format!("ExternalSecret {c}")),
+            values: super::super::dereference::ValueDigests::of(&d.data),
         }
     }
 

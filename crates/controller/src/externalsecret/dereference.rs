@@ -36,6 +36,38 @@ pub struct TargetState {
     pub controller_uid: Option<String>,
     /// Kind and name of its controller ownerReference, if any.
     pub controller: Option<String>,
+    /// A SHA-256 of each value, in memory only (drift detection per key; never printed).
+    pub values: ValueDigests,
+}
+
+/// SHA-256 digests of a Secret's values by key. Kept in memory only for comparisons; `Debug` shows
+/// key names, never digests.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ValueDigests(BTreeMap<String, [u8; 32]>);
+
+impl std::fmt::Debug for ValueDigests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl ValueDigests {
+    fn digest(v: &SecretValue) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(v.expose());
+        h.finalize().into()
+    }
+
+    /// The digests of `data`.
+    pub fn of(data: &BTreeMap<String, SecretValue>) -> Self {
+        ValueDigests(data.iter().map(|(k, v)| (k.clone(), Self::digest(v))).collect())
+    }
+
+    /// Whether key `k` is present and holds `v`.
+    pub fn matches(&self, k: &str, v: &SecretValue) -> bool {
+        self.0.get(k) == Some(&Self::digest(v))
+    }
 }
 
 impl TargetState {
@@ -64,6 +96,7 @@ impl TargetState {
             keys: data.keys().cloned().collect(),
             controller_uid: controller.map(|o| o.uid.clone()),
             controller: controller.map(|o| format!("{} {}", o.kind, o.name)),
+            values: ValueDigests::of(&data),
         }
     }
 

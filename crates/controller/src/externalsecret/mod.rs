@@ -175,7 +175,17 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         }
     };
 
+    // drift (no client required): keyferry's keys edited by hand while the vault did not change
+    let data_hmac = ctx.hmac.data_hmac(&desired.type_, &desired.data);
+    let drifted = crate::drift::drifted_keys(&desired.data, &current);
+    let drift = crate::drift::is_drift(
+        es.status.as_ref().and_then(|s| s.data_hmac.as_deref()),
+        &data_hmac,
+        &drifted,
+    );
+
     // apply (client required)
+    let mut restart_value = None;
     let written = match plan {
         WritePlan::Apply {
             secret,
@@ -184,9 +194,13 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         } => {
             match apply::apply_secret(ctx, &secret, &field_manager, current.resource_version.as_deref()).await
             {
-                Ok((changed, hash)) => {
-                    ctx.note_settled(&uid, &hash);
-                    changed.then_some(action)
+                Ok(applied) => {
+                    ctx.note_settled(&uid, &applied.data_hash);
+                    // Workloads roll only when the data of an existing Secret changed.
+                    if applied.changed && current.exists && applied.data_hash != current.data_hash {
+                        restart_value = Some(applied.secret_hmac.clone());
+                    }
+                    applied.changed.then_some(action)
                 }
                 // e.g. the API refused a type change: the status says so, the Secret is as it was.
                 Err(e) => return fail(ctx, es, &meta, e).await,
@@ -202,6 +216,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         secret: secret_name,
         keys: desired.data.len(),
         missing: desired.missing.clone(),
+        data_hmac: (target.creation != CreationPolicy::None).then(|| data_hmac.clone()),
     };
     let next = status::next_status(
         es.status.as_ref(),
@@ -212,6 +227,25 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     );
     apply::write_status(ctx, es, &next).await?;
     match written {
+        Some(_) if drift => {
+            ctx.metrics.secret_write("updated");
+            ctx.metrics.drift_restored();
+            // Key names only, never values.
+            let note = format!(
+                "Secret {}: keys edited outside keyferry restored: {}",
+                target.name,
+                drifted.join(", ")
+            );
+            tracing::info!(namespace = %target.namespace, secret = %target.name, keys = %drifted.join(","), "drift restored");
+            ctx.publish(
+                &es.object_ref(&()),
+                EventType::Warning,
+                "DriftRestored",
+                "Sync",
+                note,
+            )
+            .await;
+        }
         Some(action) => {
             let (reason, verb) = match action {
                 WriteAction::Created => ("Created", "created"),
@@ -223,6 +257,20 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
                 .await;
         }
         None => ctx.metrics.secret_write("unchanged"),
+    }
+    if let Some(value) = restart_value.filter(|_| ctx.settings.rollout_restarts) {
+        let rolled = crate::rollout::restart_for_secret(ctx, &target.namespace, &target.name, &value).await;
+        if !rolled.is_empty() {
+            let note = format!("Secret {} changed; restarted {}", target.name, rolled.join(", "));
+            ctx.publish(
+                &es.object_ref(&()),
+                EventType::Normal,
+                "RolloutRestart",
+                "Restart",
+                note,
+            )
+            .await;
+        }
     }
     let jitter_seed = refresh::jitter_seed(&uid, next.refresh_time.as_deref().unwrap_or_default());
     Ok(
@@ -596,6 +644,7 @@ spec:
                 secret: Some("a".into()),
                 keys: 1,
                 missing: vec![],
+                data_hmac: None,
             }
         } else {
             status::Outcome::Removed {

@@ -16,6 +16,8 @@ pub enum Outcome {
         keys: usize,
         /// Remote secrets confirmed gone whose keys were dropped under deletionPolicy Delete/Merge.
         missing: Vec<String>,
+        /// HMAC of the data applied (`status.dataHmac`; never a plain hash of values).
+        data_hmac: Option<String>,
     },
     /// Every remote secret is confirmed gone and `deletionPolicy` acted.
     Removed {
@@ -52,7 +54,9 @@ pub fn next_status(
             secret,
             keys,
             missing,
+            data_hmac,
         } => {
+            next.data_hmac = data_hmac.clone();
             next.refresh_time = Some(now.to_owned());
             next.synced_resource_version = Some(meta_version.to_owned());
             next.binding = secret.clone().map(|name| LocalObjectReference { name });
@@ -69,6 +73,7 @@ pub fn next_status(
             conditions::ready(true, reasons::SECRET_SYNCED, msg)
         }
         Outcome::Removed { secret, policy } => {
+            next.data_hmac = None;
             next.refresh_time = Some(now.to_owned());
             next.synced_resource_version = Some(meta_version.to_owned());
             let msg = match policy {
@@ -106,6 +111,7 @@ mod tests {
             secret: Some("db".into()),
             keys: 2,
             missing: vec![],
+            data_hmac: Some("hmac-1".into()),
         }
     }
 
@@ -124,6 +130,7 @@ mod tests {
         assert_eq!(s.synced_resource_version.as_deref(), Some("2-abc"));
         assert_eq!(s.observed_generation, Some(2));
         assert_eq!(s.binding.as_ref().map(|b| b.name.as_str()), Some("db"));
+        assert_eq!(s.data_hmac.as_deref(), Some("hmac-1"));
         let ready = conditions::find_ready(&s.conditions)
             .cloned()
             .unwrap_or_else(|| panic!("no Ready"));
@@ -182,6 +189,7 @@ mod tests {
             "t2",
         );
         assert!(gone.binding.is_none());
+        assert!(gone.data_hmac.is_none(), "nothing applied any more");
         assert!(deleted_by_policy(Some(&gone)));
         assert!(!deleted_by_policy(Some(&ok)));
         let merged = next_status(
@@ -211,6 +219,7 @@ mod tests {
                 secret: None,
                 keys: 1,
                 missing: vec![],
+                data_hmac: None,
             },
             "t",
         );

@@ -9,7 +9,7 @@
 //! same provider settings and credentials share one client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use keyferry_providers::SecretsClient;
@@ -22,17 +22,25 @@ use super::StoreKey;
 pub struct StoreClient {
     /// Reads through the shared cache (deduplicated, invalidated by the change feed).
     pub cached: CachedClient,
-    /// Calls straight to the vault (validation, and reads while the change feed is failing).
+    /// Calls straight to the vault (validation).
     pub direct: Arc<dyn SecretsClient>,
-    feed_ok: AtomicBool,
+    /// Direct reads that still share requests in flight (single flight, nothing kept): the read path
+    /// while the change feed fails.
+    single_flight: CachedClient,
+    feed: AtomicU8,
 }
+
+const FEED_UNKNOWN: u8 = 0;
+const FEED_OK: u8 = 1;
+const FEED_FAILED: u8 = 2;
 
 impl StoreClient {
     /// Wraps a direct client.
     ///
-    /// With a change feed, reads go direct until the feed's first listing succeeded: a value cached
-    /// before the feed's baseline could never be seen to change. Without a feed (`max_age` zero),
-    /// the cache only joins reads already in flight, so it is used from the start.
+    /// Reads go through the cache from the start: the change feed's first listing drops every read
+    /// cached before it ([`CachedClient::poll_changes`]), so nothing read before the feed's baseline
+    /// can outlive it, and ExternalSecrets of one secret share one GET even before that listing.
+    /// Without a feed (`max_age` zero), the cache only joins reads already in flight.
     pub fn new(
         direct: Arc<dyn SecretsClient>,
         cache_max_age: std::time::Duration,
@@ -40,30 +48,37 @@ impl StoreClient {
     ) -> Self {
         StoreClient {
             cached: CachedClient::new(direct.clone(), cache_max_age),
+            single_flight: CachedClient::new(direct.clone(), std::time::Duration::ZERO),
             direct,
-            feed_ok: AtomicBool::new(!change_feed),
+            feed: AtomicU8::new(if change_feed { FEED_UNKNOWN } else { FEED_OK }),
         }
     }
 
-    /// The client ExternalSecrets read through: the cache while the change feed answers; direct
-    /// reads once it failed, so a vault outage shows in status at once instead of being hidden by
-    /// cached values.
+    /// The client ExternalSecrets read through: the cache unless the change feed's last listing
+    /// failed; then direct reads (still one request per secret in flight), so a vault outage shows in
+    /// status at once instead of being hidden by cached values.
     pub fn for_reads(&self) -> Arc<dyn SecretsClient> {
-        if self.feed_ok.load(Ordering::Relaxed) {
-            Arc::new(self.cached.clone())
+        if self.feed_failed() {
+            Arc::new(self.single_flight.clone())
         } else {
-            self.direct.clone()
+            Arc::new(self.cached.clone())
         }
     }
 
     /// Records the outcome of the last change-feed poll.
     pub fn set_feed_ok(&self, ok: bool) {
-        self.feed_ok.store(ok, Ordering::Relaxed);
+        self.feed
+            .store(if ok { FEED_OK } else { FEED_FAILED }, Ordering::Relaxed);
     }
 
-    /// Whether the last change-feed poll succeeded.
+    /// Whether the last change-feed poll succeeded (false before the first one).
     pub fn feed_ok(&self) -> bool {
-        self.feed_ok.load(Ordering::Relaxed)
+        self.feed.load(Ordering::Relaxed) == FEED_OK
+    }
+
+    /// Whether the last change-feed poll failed (false before the first one).
+    pub fn feed_failed(&self) -> bool {
+        self.feed.load(Ordering::Relaxed) == FEED_FAILED
     }
 }
 
@@ -267,21 +282,79 @@ mod tests {
         assert!(cache.shared("id-1").is_none(), "gone with the last store");
     }
 
-    #[test]
-    fn with_a_change_feed_reads_are_direct_until_its_first_listing() {
-        let c = StoreClient::new(Arc::new(FakeStore::new("s")), Duration::from_secs(60), true);
-        assert!(Arc::ptr_eq(&c.for_reads(), &c.direct));
-        c.set_feed_ok(true);
-        assert!(!Arc::ptr_eq(&c.for_reads(), &c.direct));
+    fn remote(key: &str) -> keyferry_api::external_secret::RemoteRef {
+        keyferry_api::external_secret::RemoteRef {
+            key: key.into(),
+            ..Default::default()
+        }
     }
 
-    #[test]
-    fn reads_bypass_the_cache_while_the_change_feed_fails() {
-        let c = client();
-        assert!(c.feed_ok());
-        let cached = c.for_reads();
-        assert!(!Arc::ptr_eq(&cached, &c.direct));
+    fn fake_with(name: &str) -> FakeStore {
+        let f = FakeStore::new("s");
+        f.set(
+            name,
+            keyferry_providers::SecretValue::from("v1"),
+            keyferry_providers::fake::NewVersion {
+                enabled: true,
+                ..Default::default()
+            },
+        );
+        f
+    }
+
+    fn gets(f: &FakeStore) -> u64 {
+        f.counters().gets.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn reads_before_the_first_listing_share_one_request() {
+        let fake = fake_with("db");
+        let c = StoreClient::new(Arc::new(fake.clone()), Duration::from_secs(60), true);
+        assert!(!c.feed_ok() && !c.feed_failed());
+        let reads = (0..10).map(|_| {
+            let r = c.for_reads();
+            async move { r.get_secret(&remote("db")).await }
+        });
+        assert!(futures::future::join_all(reads).await.iter().all(Result::is_ok));
+        c.for_reads()
+            .get_secret(&remote("db"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(gets(&fake), 1, "concurrent and later reads share one GET");
+        // The first listing drops what was read before it.
+        c.cached.poll_changes().await.unwrap_or_else(|e| panic!("{e}"));
+        c.set_feed_ok(true);
+        c.for_reads()
+            .get_secret(&remote("db"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(gets(&fake), 2);
+    }
+
+    #[tokio::test]
+    async fn reads_bypass_the_cache_while_the_change_feed_fails() {
+        let fake = fake_with("db");
+        let c = StoreClient::new(Arc::new(fake.clone()), Duration::from_secs(60), true);
+        c.for_reads()
+            .get_secret(&remote("db"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         c.set_feed_ok(false);
-        assert!(Arc::ptr_eq(&c.for_reads(), &c.direct));
+        assert!(c.feed_failed());
+        c.for_reads()
+            .get_secret(&remote("db"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(gets(&fake), 2, "no cached value while the feed fails");
+        assert!(
+            !Arc::ptr_eq(&c.for_reads(), &c.direct),
+            "still single flight: a CachedClient that keeps nothing"
+        );
+        c.set_feed_ok(true);
+        c.for_reads()
+            .get_secret(&remote("db"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(gets(&fake), 2, "recovered: the cache answers again");
     }
 }
