@@ -1258,3 +1258,458 @@ fn scale_many_external_secrets_on_one_store() {
         ns.cleanup().await;
     });
 }
+
+/// A SecretStore in `ns` reading the shared emulator (any client id is accepted), once it is Ready
+/// and its change feed has listed the vault (`status.changeDetection: ChangeFeed`).
+async fn emulator_store(env: &common::Env, ns: &str, name: &str, wait_feed: bool) {
+    let client = env.client();
+    let creds: Secret = yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-sp\n  namespace: {ns}\nstringData:\n  client-id: keyferry-e2e-{name}\n  client-secret: {ns}\n"
+    ));
+    apply(&Api::namespaced(client.clone(), ns), &creds).await;
+    let store: SecretStore = yaml(&format!(
+        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: {name}-sp, key: client-id}}\n        clientSecret: {{name: {name}-sp, key: client-secret}}\n",
+        url = env.emulator.vault_url(),
+        tenant = env.emulator.tenant_id(),
+    ));
+    let stores: Api<SecretStore> = Api::namespaced(client.clone(), ns);
+    apply(&stores, &store).await;
+    let ready = eventually(Duration::from_secs(60), || {
+        let stores = stores.clone();
+        async move {
+            let status = stores.get(name).await.ok()?.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
+            let feed = !wait_feed || status.change_detection.as_deref() == Some("ChangeFeed");
+            (ready && feed).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "store {ns}/{name} never became Ready (with its change feed: {wait_feed})"
+    );
+}
+
+fn deployment(ns: &str, name: &str, annotations: &str, pod: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    yaml(&format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations: {{{annotations}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n{pod}"
+    ))
+}
+
+fn template_annotations(
+    meta: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> BTreeMap<String, String> {
+    meta.and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default()
+}
+
+/// Rotation end to end: a new version in the vault reaches the Secret through the change feed, and
+/// every workload that opted in (keyferry's annotation, "true" or by name; Reloader's annotations)
+/// gets a new pod-template annotation, equal to the ExternalSecret's status.dataHmac, so its pods
+/// roll; a workload that did not opt in is never touched.
+#[test]
+fn rotation_rolls_opted_in_workloads_only() {
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    run(async {
+        let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "rollout", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let remote = format!("{}-api-key", ns.name);
+        env.emulator
+            .set_secret(&remote, "v1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        emulator_store(env, &ns.name, "akv", false).await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "api",
+                "akv",
+                "  refreshInterval: 1h\n",
+                &[("token", &remote)],
+            ),
+        )
+        .await;
+        wait_secret_value(&client, &ns.name, "api", "token", "v1").await;
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let env_from = "      containers: [{name: app, image: app, envFrom: [{secretRef: {name: api}}]}]\n";
+        let env_ref = "      containers: [{name: app, image: app, env: [{name: T, valueFrom: {secretKeyRef: {name: api, key: token}}}]}]\n";
+        let volume = "      containers: [{name: app, image: app}]\n      volumes: [{name: s, secret: {secretName: api}}]\n";
+        let unrelated = "      containers: [{name: app, image: app}]\n";
+        for d in [
+            deployment(
+                &ns.name,
+                "web",
+                "keyferry.io/restart-on-secret-change: \"true\"",
+                env_from,
+            ),
+            deployment(&ns.name, "plain", "", env_ref),
+            deployment(
+                &ns.name,
+                "reloader",
+                "reloader.stakater.com/auto: \"true\"",
+                volume,
+            ),
+            deployment(
+                &ns.name,
+                "elsewhere",
+                "keyferry.io/restart-on-secret-change: \"true\"",
+                unrelated,
+            ),
+        ] {
+            apply(&deployments, &d).await;
+        }
+        let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+        let sts: StatefulSet = yaml(&format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: named\n  namespace: {}\n  annotations: {{keyferry.io/restart-on-secret-change: \"cache, api\"}}\nspec:\n  serviceName: named\n  selector: {{matchLabels: {{app: named}}}}\n  template:\n    metadata: {{labels: {{app: named}}}}\n    spec:\n{unrelated}",
+            ns.name
+        ));
+        apply(&statefulsets, &sts).await;
+        let plain_generation = deployments
+            .get("plain")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .metadata
+            .generation;
+
+        let key = keyferry_controller::rollout::template_annotation("api");
+        let rolled = |name: &'static str| {
+            let deployments = deployments.clone();
+            let key = key.clone();
+            async move {
+                let d = deployments.get(name).await.ok()?;
+                template_annotations(d.spec.as_ref().map(|s| &s.template))
+                    .get(&key)
+                    .cloned()
+            }
+        };
+        assert!(rolled("web").await.is_none(), "creating a Secret rolls nothing");
+
+        // Rotate: a later second than the feed's last listing (Key Vault's `updated` has 1 s
+        // resolution).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        env.emulator
+            .set_secret(&remote, "v2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let started = std::time::Instant::now();
+        wait_secret_value(&client, &ns.name, "api", "token", "v2").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a new version reaches the Secret within the feed interval, not the hourly refresh"
+        );
+        let first = eventually(Duration::from_secs(30), || rolled("web"))
+            .await
+            .unwrap_or_else(|| panic!("the annotated Deployment was not rolled"));
+        let es = ess.get("api").await.unwrap_or_else(|e| panic!("{e}"));
+        let hmac = es.status.and_then(|s| s.data_hmac).unwrap_or_default();
+        assert_eq!(
+            first, hmac,
+            "the template annotation is the keyed hash of the new content (status.dataHmac)"
+        );
+        assert_eq!(
+            rolled("reloader").await.as_deref(),
+            Some(hmac.as_str()),
+            "Reloader's auto annotation"
+        );
+        let sts = statefulsets.get("named").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            template_annotations(sts.spec.as_ref().map(|s| &s.template))
+                .get(&key)
+                .map(String::as_str),
+            Some(hmac.as_str()),
+            "opted in by name"
+        );
+        assert!(
+            rolled("elsewhere").await.is_none(),
+            "\"true\" means the Secrets the pods use"
+        );
+        let plain = deployments.get("plain").await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            template_annotations(plain.spec.as_ref().map(|s| &s.template)).is_empty(),
+            "a workload that did not opt in is never touched"
+        );
+        assert_eq!(plain.metadata.generation, plain_generation);
+        let managers: Vec<String> = deployments
+            .get("web")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| m.manager)
+            .collect();
+        assert!(
+            managers
+                .iter()
+                .any(|m| m == keyferry_controller::rollout::FIELD_MANAGER),
+            "patched by its own field manager: {managers:?}"
+        );
+
+        // Rotate again: a new value, a new roll.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        env.emulator
+            .set_secret(&remote, "v3")
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_secret_value(&client, &ns.name, "api", "token", "v3").await;
+        let second = eventually(Duration::from_secs(30), || {
+            let rolled = rolled("web");
+            let first = first.clone();
+            async move { rolled.await.filter(|v| *v != first) }
+        })
+        .await;
+        assert!(second.is_some(), "the second rotation rolls again");
+        let metrics = env.metrics().await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("keyferry_rollout_restarts_total{kind=\"Deployment\"}")),
+            "restarts are counted by kind"
+        );
+        assert!(metrics.contains("keyferry_rollout_restarts_total{kind=\"StatefulSet\"}"));
+        ns.cleanup().await;
+    });
+}
+
+/// Two ExternalSecrets reading the same vault secret cost one GET: reads share the vault cache
+/// (concurrent reads join one request; later reads are answered from the cache until the change
+/// feed sees the secret change).
+#[test]
+fn two_external_secrets_of_one_vault_secret_cost_one_get() {
+    run(async {
+        let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "dedupe", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let remote = format!("{}-shared", ns.name);
+        env.emulator
+            .set_secret(&remote, "shared-value")
+            .unwrap_or_else(|e| panic!("{e}"));
+        emulator_store(env, &ns.name, "akv", true).await;
+        // Past the seconds the feed treats as "recently written".
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        env.emulator.reset_counters();
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        for name in ["one", "two"] {
+            apply(
+                &ess,
+                &es_yaml(
+                    &ns.name,
+                    name,
+                    "akv",
+                    "  refreshInterval: 1h\n",
+                    &[("v", &remote)],
+                ),
+            )
+            .await;
+        }
+        for name in ["one", "two"] {
+            wait_secret_value(&client, &ns.name, name, "v", "shared-value").await;
+            wait_ready(&client, &ns.name, name, "True", "SecretSynced").await;
+        }
+        let gets = env
+            .emulator
+            .counters()
+            .requests(keyferry_emulator::Operation::GetSecret);
+        assert_eq!(gets, 1, "two ExternalSecrets of one vault secret: one GET");
+        ns.cleanup().await;
+    });
+}
+
+/// A 429 storm with Retry-After on every GET for a while: the request rate to the vault never exceeds
+/// the controller's per-vault budget (retries included), and no sync is lost — every ExternalSecret
+/// ends Ready with the right value.
+#[test]
+fn a_throttling_storm_stays_within_the_vault_budget_and_loses_no_sync() {
+    use keyferry_emulator::Operation;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const N: usize = 24;
+    run(async {
+        let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "storm", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for i in 0..N {
+            env.emulator
+                .set_secret(&format!("{}-s{i}", ns.name), &format!("value-{i}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        emulator_store(env, &ns.name, "akv", false).await;
+        let fault = env
+            .emulator
+            .inject_fault(
+                keyferry_emulator::FaultSpec::new(keyferry_emulator::FaultKind::Throttle)
+                    .operation(Operation::GetSecret)
+                    .count(20)
+                    .retry_after_secs(1),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        env.emulator.reset_counters();
+        // Sample the vault's request counter (token requests do not pass the budget: not counted).
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let c = env.emulator.counters();
+                    let vault =
+                        c.total - c.requests(Operation::Token) - c.requests(Operation::ManagedIdentity);
+                    samples.push((std::time::Instant::now(), vault));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                samples
+            })
+        };
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        for i in 0..N {
+            apply(
+                &ess,
+                &es_yaml(
+                    &ns.name,
+                    &format!("es-{i}"),
+                    "akv",
+                    "  refreshInterval: 1h\n",
+                    &[("v", &format!("{}-s{i}", ns.name))],
+                ),
+            )
+            .await;
+        }
+        for i in 0..N {
+            wait_secret_value(&client, &ns.name, &format!("es-{i}"), "v", &format!("value-{i}")).await;
+            wait_ready(&client, &ns.name, &format!("es-{i}"), "True", "SecretSynced").await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let samples = sampler.await.unwrap_or_default();
+        env.emulator.remove_fault(fault);
+        let throttled = env.emulator.counters().status(Operation::GetSecret, 429);
+        assert!(throttled >= 10, "the storm happened: {throttled} throttled GETs");
+        // In any window of w seconds: at most burst + rate × w requests (+2 for sampling edges).
+        let mut worst = (0.0_f64, 0u64, 0.0_f64);
+        for (i, (t0, n0)) in samples.iter().enumerate() {
+            for (t1, n1) in &samples[i + 1..] {
+                let w = t1.duration_since(*t0).as_secs_f64();
+                let allowed = f64::from(common::VAULT_BURST) + common::VAULT_RPS * w + 2.0;
+                let seen = n1 - n0;
+                assert!(
+                    (seen as f64) <= allowed,
+                    "{seen} vault requests in {w:.2} s exceed the budget ({} + {}/s)",
+                    common::VAULT_BURST,
+                    common::VAULT_RPS
+                );
+                if seen as f64 / w.max(0.05) > worst.2 {
+                    worst = (w, seen, seen as f64 / w.max(0.05));
+                }
+            }
+        }
+        let total = samples.last().map_or(0, |s| s.1);
+        let span = samples
+            .last()
+            .zip(samples.first())
+            .map_or(0.0, |(l, f)| l.0.duration_since(f.0).as_secs_f64());
+        eprintln!(
+            "STORM: {total} vault requests over {span:.1} s ({} samples), {throttled} throttled GETs, busiest window {:.2} s with {} requests",
+            samples.len(),
+            worst.0,
+            worst.1
+        );
+        ns.cleanup().await;
+    });
+}
+
+/// Drift: a hand edit of a key keyferry manages is restored, with an Event `DriftRestored` naming
+/// the key (never a value) and `keyferry_drift_restored_total`; status.dataHmac is a keyed hash,
+/// not the Secret's plain content hash.
+#[test]
+fn hand_edits_are_restored_with_a_drift_event() {
+    use k8s_openapi::api::events::v1::Event;
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "handedit", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &[("pw", "drift-canary-good")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(
+            &ess,
+            &es_yaml(
+                &ns.name,
+                "app",
+                "vault",
+                "  refreshInterval: 1h\n",
+                &[("password", "pw")],
+            ),
+        )
+        .await;
+        let secret = wait_secret_value(&client, &ns.name, "app", "password", "drift-canary-good").await;
+        let es = wait_ready(&client, &ns.name, "app", "True", "SecretSynced").await;
+        let hmac = es.status.and_then(|s| s.data_hmac).unwrap_or_default();
+        assert_eq!(hmac.len(), 64, "status.dataHmac is set");
+        assert_ne!(
+            Some(&hmac),
+            secret
+                .annotations()
+                .get("reconcile.external-secrets.io/data-hash"),
+            "never the plain hash of the values"
+        );
+        let before = counter(&env.metrics().await, "keyferry_drift_restored_total");
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let edit = serde_json::json!({"stringData": {"password": "drift-canary-tampered"}});
+        secrets
+            .patch("app", &PatchParams::default(), &Patch::Merge(&edit))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_secret_value(&client, &ns.name, "app", "password", "drift-canary-good").await;
+
+        let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+        let event = eventually(Duration::from_secs(30), || {
+            let events = events.clone();
+            async move {
+                events
+                    .list(&Default::default())
+                    .await
+                    .ok()?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("DriftRestored")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("app")
+                    })
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("no DriftRestored event"));
+        let note = event.note.unwrap_or_default();
+        assert!(note.contains("password"), "names the key: {note}");
+        assert!(!note.contains("drift-canary"), "never a value: {note}");
+        let after = counter(&env.metrics().await, "keyferry_drift_restored_total");
+        assert!(after > before, "counted: {before} -> {after}");
+        let es = ess.get("app").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            es.status.and_then(|s| s.data_hmac).as_deref(),
+            Some(hmac.as_str()),
+            "the vault did not change: same HMAC"
+        );
+        ns.cleanup().await;
+    });
+}

@@ -70,6 +70,11 @@ impl Env {
 
 static ENV: OnceCell<Env> = OnceCell::const_new();
 
+/// The e2e controller's per-vault request budget: requests per second.
+pub const VAULT_RPS: f64 = 20.0;
+/// The e2e controller's per-vault request budget: burst.
+pub const VAULT_BURST: u32 = 10;
+
 /// Tests that use the (shared) emulator take this lock: one of them injects faults that would make
 /// the others fail.
 pub static EMULATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -128,6 +133,10 @@ pub async fn env() -> &'static Env {
             lease_retry_period_secs: 1,
             // A fast change feed: rotations and outages show within about a second.
             change_feed_interval_secs: 1,
+            // A small per-vault budget, so the throttling-storm test can show it is never exceeded
+            // (the other tests make a few requests a second at most).
+            vault_requests_per_second: VAULT_RPS,
+            vault_burst: VAULT_BURST,
             label_selector: Some(format!("{RUN_LABEL}={}", *RUN)),
             controller_class: Some(RUN.clone()),
             ca_file: Some(emulator.ca_file().to_path_buf()),
