@@ -44,6 +44,9 @@ pub struct SecretStoreSpec {
     pub conditions: Vec<ClusterSecretStoreCondition>,
 }
 
+// The spec repeats `SecretStoreSpec` field for field on purpose: `#[derive(CustomResource)]` makes one
+// kind per spec type, and a flattened shared struct would put `allOf` into the schema, which is not
+// structural. `From<ClusterSecretStoreSpec> for SecretStoreSpec` lets code treat both alike.
 /// A cluster-wide store; its `conditions` decide which namespaces may use it.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
