@@ -219,8 +219,10 @@ mod tests {
         assert!(!a.contains("canary"));
         assert!(HmacKey::from_bytes(&[1u8; 16]).is_none(), "short keys refused");
         assert_eq!(format!("{k1:?}"), "HmacKey(<redacted>)");
-        let mut s = Secret::default();
-        s.data = Some([("password".to_owned(), ByteString(b"canary-hmac-1".to_vec()))].into());
+        let s = Secret {
+            data: Some([("password".to_owned(), ByteString(b"canary-hmac-1".to_vec()))].into()),
+            ..Secret::default()
+        };
         assert_eq!(k1.secret_hmac(&s), a, "same HMAC from a Secret object");
     }
 
