@@ -94,8 +94,9 @@ pub struct ControllerArgs {
     /// Seconds between change-feed polls: one property listing per vault client (no values), which
     /// invalidates the read cache for changed secrets and syncs exactly the ExternalSecrets using
     /// them (periodic ones), without waiting for their refresh interval. 0 turns the feed off.
-    /// The default (15 s) keeps "a new vault version reaches every dependent Secret within 30 s"
-    /// with room for one failed listing or a reconcile queue.
+    /// The default (15 s) keeps "a new vault version reaches every dependent Secret within 30 s": a
+    /// version written just after a listing is seen by the next one (15 s later), which leaves 15 s
+    /// for the listing itself, the reconcile queue and the Secret write.
     #[arg(long, env = "KEYFERRY_CHANGE_FEED_INTERVAL", default_value_t = 15)]
     pub change_feed_interval_secs: u64,
 

@@ -190,8 +190,13 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let feed = async {
+        // A fixed period (not "interval after the last poll finished"), so slow listings do not
+        // stretch the time a new version takes to arrive; a poll that overruns delays the next one
+        // instead of bunching several together.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(interval).await;
+            ticks.tick().await;
             poll_once(&ctx, &reader, &wake).await;
         }
     };
