@@ -1,0 +1,243 @@
+//! The controller under test as a child process (`keyferry controller ...`), so its memory and CPU
+//! are its own. It is killed when the handle is dropped, and by a small watchdog if this process
+//! dies without running destructors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// How to start the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The `keyferry` binary.
+    pub binary: PathBuf,
+    /// Admin kubeconfig of the cluster.
+    pub kubeconfig: PathBuf,
+    /// The emulator's CA (PEM).
+    pub ca_file: PathBuf,
+    /// The emulator's Entra authority host.
+    pub authority_host: String,
+    /// `--label-selector` and `--controller-class`: only this run's objects.
+    pub run: String,
+    /// `--change-feed-interval-secs`.
+    pub change_feed_interval_secs: u64,
+    /// `--concurrency`, when set (else the controller's default).
+    pub concurrency: Option<u16>,
+    /// `--log-level`.
+    pub log_level: String,
+    /// Extra arguments appended verbatim.
+    pub extra_args: Vec<String>,
+    /// Where the controller's stdout and stderr go.
+    pub log_file: PathBuf,
+}
+
+/// A running controller.
+#[derive(Debug)]
+pub struct ControllerProcess {
+    child: Child,
+    metrics_addr: String,
+    log_file: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts the controller and waits until `/healthz` answers (at most 60 s).
+    pub async fn start(config: &ControllerConfig) -> Result<Self> {
+        if !config.binary.is_file() {
+            bail!(
+                "controller binary {} not found: build it first with `cargo build --release -p keyferry` \
+                 (or pass --controller-bin)",
+                config.binary.display()
+            );
+        }
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        let log = std::fs::File::create(&config.log_file)
+            .with_context(|| format!("cannot create {}", config.log_file.display()))?;
+        let mut cmd = Command::new(&config.binary);
+        cmd.arg("controller")
+            .args(["--leader-election", "false"])
+            .args(["--metrics-addr", &metrics_addr])
+            .arg("--ca-file")
+            .arg(&config.ca_file)
+            .args(["--azure-authority-host", &config.authority_host])
+            .args([
+                "--change-feed-interval-secs",
+                &config.change_feed_interval_secs.to_string(),
+            ])
+            .args([
+                "--label-selector",
+                &format!("{}={}", crate::workload::RUN_LABEL, config.run),
+            ])
+            .args(["--controller-class", &config.run])
+            .args(["--log-level", &config.log_level]);
+        if let Some(c) = config.concurrency {
+            cmd.args(["--concurrency", &c.to_string()]);
+        }
+        cmd.args(&config.extra_args)
+            .env("KUBECONFIG", &config.kubeconfig)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("cannot duplicate the log file handle")?)
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", config.binary.display()))?;
+        spawn_watchdog(child.id());
+        let mut process = ControllerProcess {
+            child,
+            metrics_addr,
+            log_file: config.log_file.clone(),
+        };
+        process.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(process)
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails (with the log's tail) if the controller has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait().context("cannot poll the controller")? {
+            bail!(
+                "the controller exited ({status}); last log lines of {}:\n{}",
+                self.log_file.display(),
+                log_tail(&self.log_file, 20)
+            );
+        }
+        Ok(())
+    }
+
+    async fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            if http_get(&self.metrics_addr, "/healthz")
+                .await
+                .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "the controller's /healthz did not answer within {timeout:?}; log tail:\n{}",
+                    log_tail(&self.log_file, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The Prometheus exposition from `/metrics`.
+    pub async fn metrics(&self) -> Result<Metrics> {
+        let text = http_get(&self.metrics_addr, "/metrics")
+            .await
+            .context("cannot scrape the controller's /metrics")?;
+        Ok(Metrics(text))
+    }
+
+    /// Stops the controller (SIGKILL; it holds no state worth a graceful stop here) and reaps it.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A scraped `/metrics` text.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// Sum of every series of `name` whose labels contain all of `labels` (`key="value"` strings).
+    pub fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?;
+                let (series_labels, value) = match rest.strip_prefix('{') {
+                    Some(r) => r.split_once("} ")?,
+                    None => ("", rest.strip_prefix(' ')?),
+                };
+                labels
+                    .iter()
+                    .all(|want| series_labels.split(',').any(|have| have == *want))
+                    .then(|| value.trim().parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum()
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("no free local port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Kills `pid` (if it is still a `keyferry` process) once this process is gone, however it ends.
+fn spawn_watchdog(pid: u32) {
+    let me = std::process::id();
+    let script = format!(
+        "while kill -0 {me} 2>/dev/null; do sleep 1; done; \
+         [ \"$(cat /proc/{pid}/comm 2>/dev/null)\" = keyferry ] && kill -KILL {pid}"
+    );
+    // setsid: the watchdog must outlive us and not receive our terminal's signals.
+    let _ = Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// A plain HTTP/1.1 GET on loopback (no client library needed for `/metrics`).
+async fn http_get(addr: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .context("timed out")??;
+    Ok(out)
+}
+
+/// The last `n` lines of a log file.
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_series_by_labels() {
+        let m = Metrics(
+            "# HELP x\nkeyferry_change_feed_polls_total{result=\"ok\"} 3\n\
+             keyferry_change_feed_polls_total{result=\"error\"} 1\n\
+             keyferry_change_feed_polls_total_other 9\nkeyferry_leader 0\n"
+                .into(),
+        );
+        assert_eq!(m.sum("keyferry_change_feed_polls_total", &[]), 4.0);
+        assert_eq!(m.sum("keyferry_change_feed_polls_total", &["result=\"ok\""]), 3.0);
+        assert_eq!(m.sum("keyferry_leader", &[]), 0.0);
+    }
+}

@@ -1,0 +1,241 @@
+//! One scale, end to end: emulator and store, controller, ExternalSecrets, time to Ready, vault
+//! requests, rotations, memory — then cleanup, whatever happened.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use keyferry_emulator::{CounterSnapshot, Emulator};
+use kube::Client;
+use tokio::time::Instant;
+
+use crate::args::{Args, Order};
+use crate::controller::{ControllerConfig, ControllerProcess};
+use crate::objects::{Cleanup, VaultTarget, create_external_secrets, create_store};
+use crate::procfs::{self, CpuMeter};
+use crate::ready::wait_all_ready;
+use crate::report::ScaleResult;
+use crate::rotation::rotate;
+use crate::vault::{self, VaultCounts};
+use crate::workload::{Workload, list_pages};
+
+/// What every scale shares.
+pub struct Bench {
+    /// Flags.
+    pub args: Args,
+    /// Admin client.
+    pub client: Client,
+    /// Admin kubeconfig (handed to the controller).
+    pub kubeconfig: PathBuf,
+    /// The API server's pid, when known (CPU measurement).
+    pub apiserver_pid: Option<u32>,
+    /// Where controller logs go.
+    pub log_dir: PathBuf,
+    /// Random id of this invocation; each scale's run id extends it.
+    pub run_id: String,
+}
+
+/// Runs one scale and removes everything it created, also on failure or Ctrl-C.
+pub async fn run(bench: &Bench, es: usize) -> Result<ScaleResult> {
+    let w = Workload {
+        run: format!("{}-{es}", bench.run_id),
+        es,
+        secrets: bench.args.secrets,
+        keys: bench.args.keys,
+        namespaces: bench.args.namespaces,
+    };
+    let mut cleanup = Cleanup::default();
+    let outcome = tokio::select! {
+        r = measure(bench, &w, &mut cleanup) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    // The controller (owned by `measure`) is already killed: its handle was dropped with the future.
+    eprintln!("[{es}] cleanup: deleting the run's namespaces and store");
+    cleanup.run(&bench.client, Duration::from_secs(600)).await;
+    outcome
+}
+
+async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<ScaleResult> {
+    let args = &bench.args;
+    let n = w.es;
+    let load_average = procfs::load_average();
+    eprintln!(
+        "[{n}] {n} ExternalSecrets × {} keys over {} secrets, {} namespaces; change feed every {} s; order {:?}",
+        w.keys, w.secrets, w.namespaces, args.change_feed_interval_secs, args.order
+    );
+    let emulator = vault::start(w.secrets).await?;
+    let target = VaultTarget {
+        vault_url: emulator.vault_url().to_owned(),
+        tenant_id: emulator.tenant_id().to_owned(),
+    };
+    create_store(&bench.client, w, &target, cleanup).await?;
+    let config = ControllerConfig {
+        binary: args.controller_binary(),
+        kubeconfig: bench.kubeconfig.clone(),
+        ca_file: emulator.ca_file().to_path_buf(),
+        authority_host: emulator.authority_host().to_owned(),
+        run: w.run.clone(),
+        change_feed_interval_secs: args.change_feed_interval_secs,
+        concurrency: args.concurrency,
+        log_level: args.log_level.clone(),
+        extra_args: args.controller_args.clone(),
+        log_file: bench.log_dir.join(format!("controller-{}.log", w.run)),
+    };
+
+    let create = |label: &'static str| async move {
+        eprintln!("[{n}] creating {n} ExternalSecrets ({label})");
+        let t = Instant::now();
+        create_external_secrets(&bench.client, w, args.create_concurrency).await?;
+        let done = Instant::now();
+        eprintln!("[{n}] created in {:.1} s", done.duration_since(t).as_secs_f64());
+        anyhow::Ok((done.duration_since(t), done))
+    };
+    let (live, created, last_created) = match args.order {
+        Order::ControllerFirst => {
+            let live = Live::start(bench, &config, &emulator).await?;
+            let (created, last) = create("controller running").await?;
+            (live, created, last)
+        }
+        Order::EsFirst => {
+            let (created, last) = create("before the controller starts").await?;
+            (Live::start(bench, &config, &emulator).await?, created, last)
+        }
+    };
+    let Live {
+        mut controller,
+        started,
+        before,
+        controller_cpu,
+        apiserver_cpu,
+    } = live;
+    eprintln!(
+        "[{n}] controller pid {} (log {})",
+        controller.pid(),
+        config.log_file.display()
+    );
+
+    let ready_at = wait_all_ready(
+        &bench.client,
+        &w.run,
+        n,
+        &mut controller,
+        Duration::from_secs(1),
+        Duration::from_secs(args.ready_timeout_secs),
+    )
+    .await?;
+    let initial = VaultCounts::between(&before, &emulator.counters());
+    let controller_cpu_initial = controller_cpu.read()?;
+    let apiserver_cpu_initial = apiserver_cpu.map(|m| m.read()).transpose()?;
+    eprintln!(
+        "[{n}] all Ready {:.1} s after controller start, {:.1} s after the last ExternalSecret",
+        ready_at.duration_since(started).as_secs_f64(),
+        ready_at.saturating_duration_since(last_created).as_secs_f64()
+    );
+
+    // The feed's first listing is its baseline: a change before it is never reported (only the
+    // safety-net refresh would pick it up), so rotations start after one successful listing.
+    let feed_ready = wait_feed_baseline(
+        &mut controller,
+        Duration::from_secs(3 * args.change_feed_interval_secs.max(1) + 60),
+    )
+    .await?;
+    eprintln!(
+        "[{n}] change feed has its baseline ({:.1} s after all Ready)",
+        feed_ready.duration_since(ready_at).as_secs_f64()
+    );
+
+    let rotated = w.rotated(args.rotations);
+    eprintln!(
+        "[{n}] rotating {} secrets over {:?}",
+        rotated.len(),
+        args.rotation_spread()
+    );
+    let polls = "keyferry_change_feed_polls_total";
+    let polls_before = controller.metrics().await?.sum(polls, &[]);
+    let counts_before = emulator.counters();
+    let outcome = rotate(
+        &bench.client,
+        w,
+        &emulator,
+        &rotated,
+        args.rotation_spread(),
+        args.rotation_timeout(),
+        &mut controller,
+    )
+    .await?;
+    let rotation_requests = VaultCounts::between(&counts_before, &emulator.counters());
+    let rotation_polls = (controller.metrics().await?.sum(polls, &[]) - polls_before).max(0.0) as u64;
+
+    let memory = procfs::memory(controller.pid())?;
+    controller.stop();
+    if let Err(e) = emulator.shutdown().await {
+        eprintln!("[{n}] emulator shutdown: {e}");
+    }
+    Ok(ScaleResult {
+        es: n,
+        secrets: w.secrets,
+        keys: w.keys,
+        create: created,
+        ready_from_start: ready_at.duration_since(started),
+        ready_after_last: ready_at.saturating_duration_since(last_created),
+        initial,
+        initial_floor: (w.referenced_secrets() + list_pages(w.secrets)) as u64,
+        rotations: rotated.len(),
+        rotation_latencies: outcome.latencies,
+        rotation_incomplete: outcome.incomplete,
+        hash_unchanged: outcome.hash_unchanged,
+        rotation_requests,
+        rotation_polls,
+        rotation_floor: rotation_polls * list_pages(w.secrets) as u64 + rotated.len() as u64,
+        peak_rss_kib: memory.hwm_kib,
+        end_rss_kib: memory.rss_kib,
+        controller_cpu_initial,
+        apiserver_cpu_initial,
+        load_average,
+    })
+}
+
+/// Waits until the controller's change feed has completed one successful listing.
+async fn wait_feed_baseline(controller: &mut ControllerProcess, timeout: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        controller.check_alive()?;
+        let ok = controller
+            .metrics()
+            .await?
+            .sum("keyferry_change_feed_polls_total", &["result=\"ok\""]);
+        if ok >= 1.0 {
+            return Ok(Instant::now());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("the change feed made no successful listing within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The controller just started, with what was measured at its start.
+struct Live {
+    controller: ControllerProcess,
+    /// Just before the process was spawned.
+    started: Instant,
+    /// Emulator counters at that point.
+    before: CounterSnapshot,
+    controller_cpu: CpuMeter,
+    apiserver_cpu: Option<CpuMeter>,
+}
+
+impl Live {
+    async fn start(bench: &Bench, config: &ControllerConfig, emulator: &Emulator) -> Result<Self> {
+        let before = emulator.counters();
+        let started = Instant::now();
+        let controller = ControllerProcess::start(config).await?;
+        Ok(Live {
+            controller_cpu: CpuMeter::start(controller.pid())?,
+            apiserver_cpu: bench.apiserver_pid.map(CpuMeter::start).transpose()?,
+            controller,
+            started,
+            before,
+        })
+    }
+}
