@@ -72,9 +72,23 @@ pub fn affected(es: &ExternalSecret, stores: &[StoreKey], changed: &BTreeSet<Str
         stores.contains(&store)
             && match usage {
                 Usage::Any => true,
-                Usage::Key(k) => changed.contains(&k),
+                Usage::Key(k) => changed.contains(&k) || changed.contains(ANY),
             }
     })
+}
+
+/// A name no secret can have (Key Vault names are alphanumerics and dashes): "anything may have
+/// changed".
+const ANY: &str = "*";
+
+/// The names (lower-case) of the secrets whose current version was written at or after `since`
+/// (Unix seconds).
+pub fn written_since(props: &[keyferry_providers::SecretProperties], since: i64) -> Vec<String> {
+    props
+        .iter()
+        .filter(|p| p.updated.is_some_and(|u| u >= since))
+        .map(|p| p.name.to_ascii_lowercase())
+        .collect()
 }
 
 /// One round: poll every client once, wake the ExternalSecrets whose remote secrets changed.
@@ -82,10 +96,34 @@ pub async fn poll_once(
     ctx: &Context,
     reader: &Store<ExternalSecret>,
     wake: &UnboundedSender<ObjectRef<ExternalSecret>>,
+    interval: Duration,
 ) {
     let (mut hits, mut misses, mut invalidations) = (0, 0, 0);
     for (client, stores) in ctx.clients.grouped() {
-        let result = client.cached.poll_changes().await;
+        let mut result = client.cached.poll_changes().await;
+        if let Ok(changed) = &mut result
+            && client.mark_listed()
+        {
+            // The first listing is only a baseline: a version written after ExternalSecrets first
+            // read through this client but before that listing would never show as a change, and
+            // their Secrets would keep the old value until the next refresh. One more listing (once
+            // per client) finds what was written since the client was built (minus one feed
+            // interval, for a client rebuilt from an older one) and treats it as changed.
+            let since = client.created_unix() - i64::try_from(interval.as_secs()).unwrap_or(0) - 1;
+            match client.direct.list_secret_properties().await {
+                Ok(props) => {
+                    let recent = written_since(&props, since);
+                    for name in &recent {
+                        client.cached.invalidate(name);
+                    }
+                    changed.extend(recent);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "change feed: no second listing; syncing every ExternalSecret of the client once");
+                    changed.push(ANY.to_owned());
+                }
+            }
+        }
         report_detection(ctx, &stores, result.is_ok()).await;
         match result {
             Ok(changed) => {
@@ -197,7 +235,7 @@ pub async fn run(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            poll_once(&ctx, &reader, &wake).await;
+            poll_once(&ctx, &reader, &wake, interval).await;
         }
     };
     tokio::select! {
@@ -261,6 +299,34 @@ spec:
         let shared = [key(StoreKind::ClusterSecretStore, None, "shared")];
         assert!(affected(&e, &shared, &changed(&["token"])));
         assert!(!affected(&e, &shared, &changed(&["db-password"])));
+    }
+
+    #[test]
+    fn the_first_listing_finds_what_was_written_since_the_client_was_built() {
+        let prop = |name: &str, updated: Option<i64>| keyferry_providers::SecretProperties {
+            name: name.into(),
+            updated,
+            ..Default::default()
+        };
+        let props = [
+            prop("Old", Some(100)),
+            prop("New", Some(200)),
+            prop("Edge", Some(150)),
+            prop("unknown", None),
+        ];
+        assert_eq!(written_since(&props, 150), vec!["new", "edge"]);
+        let e = es(r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: a, namespace: team}
+spec:
+  secretStoreRef: {name: vault}
+  data:
+    - secretKey: p
+      remoteRef: {key: db}
+"#);
+        let own = [key(StoreKind::SecretStore, Some("team"), "vault")];
+        assert!(affected(&e, &own, &changed(&[ANY])), "anything may have changed");
     }
 
     #[test]

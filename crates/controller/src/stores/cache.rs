@@ -9,7 +9,7 @@
 //! same provider settings and credentials share one client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use keyferry_providers::SecretsClient;
@@ -28,6 +28,10 @@ pub struct StoreClient {
     /// while the change feed fails.
     single_flight: CachedClient,
     feed: AtomicU8,
+    /// Whether a change-feed listing ever succeeded.
+    listed: AtomicBool,
+    /// When the client was built (Unix seconds).
+    created_unix: i64,
 }
 
 const FEED_UNKNOWN: u8 = 0;
@@ -51,7 +55,21 @@ impl StoreClient {
             single_flight: CachedClient::new(direct.clone(), std::time::Duration::ZERO),
             direct,
             feed: AtomicU8::new(if change_feed { FEED_UNKNOWN } else { FEED_OK }),
+            listed: AtomicBool::new(false),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
         }
+    }
+
+    /// When the client was built (Unix seconds).
+    pub fn created_unix(&self) -> i64 {
+        self.created_unix
+    }
+
+    /// Records a successful change-feed listing; returns whether it was the first one.
+    pub fn mark_listed(&self) -> bool {
+        !self.listed.swap(true, Ordering::Relaxed)
     }
 
     /// The client ExternalSecrets read through: the cache unless the change feed's last listing
