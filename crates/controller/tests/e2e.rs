@@ -1391,6 +1391,13 @@ fn rotation_rolls_opted_in_workloads_only() {
             ns.name
         ));
         apply(&statefulsets, &sts).await;
+        let daemonsets: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+            Api::namespaced(client.clone(), &ns.name);
+        let ds: k8s_openapi::api::apps::v1::DaemonSet = yaml(&format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\n  namespace: {}\n  annotations: {{secret.reloader.stakater.com/reload: \"api\"}}\nspec:\n  selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: {{app: agent}}}}\n    spec:\n{unrelated}",
+            ns.name
+        ));
+        apply(&daemonsets, &ds).await;
         let plain_generation = deployments
             .get("plain")
             .await
@@ -1443,6 +1450,14 @@ fn rotation_rolls_opted_in_workloads_only() {
             Some(hmac.as_str()),
             "opted in by name"
         );
+        let ds = daemonsets.get("agent").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            template_annotations(ds.spec.as_ref().map(|s| &s.template))
+                .get(&key)
+                .map(String::as_str),
+            Some(hmac.as_str()),
+            "Reloader's reload list"
+        );
         assert!(
             rolled("elsewhere").await.is_none(),
             "\"true\" means the Secrets the pods use"
@@ -1490,6 +1505,7 @@ fn rotation_rolls_opted_in_workloads_only() {
             "restarts are counted by kind"
         );
         assert!(metrics.contains("keyferry_rollout_restarts_total{kind=\"StatefulSet\"}"));
+        assert!(metrics.contains("keyferry_rollout_restarts_total{kind=\"DaemonSet\"}"));
         ns.cleanup().await;
     });
 }
@@ -1550,7 +1566,7 @@ fn a_throttling_storm_stays_within_the_vault_budget_and_loses_no_sync() {
     use keyferry_emulator::Operation;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    const N: usize = 24;
+    const N: usize = 40;
     run(async {
         let env = env().await;
         let _emulator = common::EMULATOR.lock().await;
