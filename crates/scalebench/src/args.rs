@@ -79,6 +79,11 @@ pub struct Args {
     #[arg(long)]
     pub rotation_timeout_secs: Option<u64>,
 
+    /// Rotate right after all ExternalSecrets are Ready instead of after the change feed's first
+    /// successful listing (shows what happens to changes made before that listing).
+    #[arg(long)]
+    pub skip_feed_baseline: bool,
+
     /// pid of the API server process to measure CPU of. Default: the testenv this run started.
     #[arg(long)]
     pub apiserver_pid: Option<u32>,

@@ -46,6 +46,12 @@ pub struct ScaleResult {
     pub controller_cpu_initial: CpuUse,
     /// API server (testenv) CPU over the same window, when its pid is known.
     pub apiserver_cpu_initial: Option<CpuUse>,
+    /// This benchmark's own CPU over the same window (creates, list polls).
+    pub bench_cpu_initial: CpuUse,
+    /// Controller CPU from the first rotation until the last dependent updated.
+    pub controller_cpu_rotation: CpuUse,
+    /// API server CPU over the same window.
+    pub apiserver_cpu_rotation: Option<CpuUse>,
     /// 1-minute load average when the scale started.
     pub load_average: Option<f64>,
 }
@@ -71,6 +77,13 @@ fn opt_secs(d: Option<Duration>) -> String {
 
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn cpu(c: Option<CpuUse>) -> String {
+    c.map_or_else(
+        || "—".into(),
+        |c| format!("{:.1} s ({:.2} cores)", c.seconds, c.cores),
+    )
 }
 
 fn ratio(actual: u64, floor: u64) -> String {
@@ -104,10 +117,7 @@ impl ScaleResult {
         if self.rotation_incomplete > 0 {
             rotation.push_str(&format!(" ({} incomplete)", self.rotation_incomplete));
         }
-        let apiserver = self.apiserver_cpu_initial.map_or_else(
-            || "—".into(),
-            |c| format!("{:.0} s ({:.2} cores)", c.seconds, c.cores),
-        );
+        let apiserver = cpu(self.apiserver_cpu_initial);
         format!(
             "| {} × {} / {} | {} | {} | {} | {} + {} = {} / {} ({}) | {} | {} + {} = {} / {} ({}, {} polls) | {} / {} | {:.1} s ({:.2} cores) | {} |",
             self.es,
@@ -140,7 +150,8 @@ impl ScaleResult {
     pub fn details(&self) -> String {
         format!(
             "{} ES, {} rotations: first sync also {} token + {} other requests, {} vault errors; rotation window {} token + {} other, \
-             {} errors; {} updated dependents kept their old data-hash; load average at start {}",
+             {} errors; {} updated dependents kept their old data-hash; CPU during the first sync: this benchmark {}; \
+             CPU during the rotations: controller {}, apiserver {}; load average at start {}",
             self.es,
             self.rotations,
             self.initial.tokens,
@@ -150,6 +161,9 @@ impl ScaleResult {
             self.rotation_requests.other,
             self.rotation_requests.errors,
             self.hash_unchanged,
+            cpu(Some(self.bench_cpu_initial)),
+            cpu(Some(self.controller_cpu_rotation)),
+            cpu(self.apiserver_cpu_rotation),
             self.load_average
                 .map_or_else(|| "—".into(), |l| format!("{l:.2}")),
         )

@@ -64,6 +64,10 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         w.keys, w.secrets, w.namespaces, args.change_feed_interval_secs, args.order
     );
     let emulator = vault::start(w.secrets).await?;
+    // Real vaults hold old versions. The controller's change feed treats versions written less than
+    // one interval before its client was built as possibly missed and syncs their users again, so
+    // the seed must be older than that when the controller starts.
+    let seed_settled = Instant::now() + Duration::from_secs(args.change_feed_interval_secs + 2);
     let target = VaultTarget {
         vault_url: emulator.vault_url().to_owned(),
         tenant_id: emulator.tenant_id().to_owned(),
@@ -92,13 +96,17 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     };
     let (live, created, last_created) = match args.order {
         Order::ControllerFirst => {
-            let live = Live::start(bench, &config, &emulator).await?;
+            let live = Live::start(bench, &config, &emulator, seed_settled).await?;
             let (created, last) = create("controller running").await?;
             (live, created, last)
         }
         Order::EsFirst => {
             let (created, last) = create("before the controller starts").await?;
-            (Live::start(bench, &config, &emulator).await?, created, last)
+            (
+                Live::start(bench, &config, &emulator, seed_settled).await?,
+                created,
+                last,
+            )
         }
     };
     let Live {
@@ -106,6 +114,7 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         started,
         before,
         controller_cpu,
+        bench_cpu,
         apiserver_cpu,
     } = live;
     eprintln!(
@@ -126,23 +135,28 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     let initial = VaultCounts::between(&before, &emulator.counters());
     let controller_cpu_initial = controller_cpu.read()?;
     let apiserver_cpu_initial = apiserver_cpu.map(|m| m.read()).transpose()?;
+    let bench_cpu_initial = bench_cpu.read()?;
     eprintln!(
         "[{n}] all Ready {:.1} s after controller start, {:.1} s after the last ExternalSecret",
         ready_at.duration_since(started).as_secs_f64(),
         ready_at.saturating_duration_since(last_created).as_secs_f64()
     );
 
-    // The feed's first listing is its baseline: a change before it is never reported (only the
-    // safety-net refresh would pick it up), so rotations start after one successful listing.
-    let feed_ready = wait_feed_baseline(
-        &mut controller,
-        Duration::from_secs(3 * args.change_feed_interval_secs.max(1) + 60),
-    )
-    .await?;
-    eprintln!(
-        "[{n}] change feed has its baseline ({:.1} s after all Ready)",
-        feed_ready.duration_since(ready_at).as_secs_f64()
-    );
+    // Rotations start after the feed's first successful listing (its baseline), so they measure the
+    // steady state; --skip-feed-baseline rotates at once, to see changes that race the baseline.
+    if args.skip_feed_baseline {
+        eprintln!("[{n}] not waiting for the change feed's first listing (--skip-feed-baseline)");
+    } else {
+        let feed_ready = wait_feed_baseline(
+            &mut controller,
+            Duration::from_secs(3 * args.change_feed_interval_secs.max(1) + 60),
+        )
+        .await?;
+        eprintln!(
+            "[{n}] change feed has its baseline ({:.1} s after all Ready)",
+            feed_ready.duration_since(ready_at).as_secs_f64()
+        );
+    }
 
     let rotated = w.rotated(args.rotations);
     eprintln!(
@@ -153,6 +167,10 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     let polls = "keyferry_change_feed_polls_total";
     let polls_before = controller.metrics().await?.sum(polls, &[]);
     let counts_before = emulator.counters();
+    let rotation_cpu = (
+        CpuMeter::start(controller.pid())?,
+        bench.apiserver_pid.map(CpuMeter::start).transpose()?,
+    );
     let outcome = rotate(
         &bench.client,
         w,
@@ -164,6 +182,8 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     )
     .await?;
     let rotation_requests = VaultCounts::between(&counts_before, &emulator.counters());
+    let controller_cpu_rotation = rotation_cpu.0.read()?;
+    let apiserver_cpu_rotation = rotation_cpu.1.map(|m| m.read()).transpose()?;
     let rotation_polls = (controller.metrics().await?.sum(polls, &[]) - polls_before).max(0.0) as u64;
 
     let memory = procfs::memory(controller.pid())?;
@@ -191,6 +211,9 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         end_rss_kib: memory.rss_kib,
         controller_cpu_initial,
         apiserver_cpu_initial,
+        bench_cpu_initial,
+        controller_cpu_rotation,
+        apiserver_cpu_rotation,
         load_average,
     })
 }
@@ -222,16 +245,25 @@ struct Live {
     /// Emulator counters at that point.
     before: CounterSnapshot,
     controller_cpu: CpuMeter,
+    /// This process (ExternalSecret creation, the once-a-second list polls).
+    bench_cpu: CpuMeter,
     apiserver_cpu: Option<CpuMeter>,
 }
 
 impl Live {
-    async fn start(bench: &Bench, config: &ControllerConfig, emulator: &Emulator) -> Result<Self> {
+    async fn start(
+        bench: &Bench,
+        config: &ControllerConfig,
+        emulator: &Emulator,
+        not_before: Instant,
+    ) -> Result<Self> {
+        tokio::time::sleep_until(not_before).await;
         let before = emulator.counters();
         let started = Instant::now();
         let controller = ControllerProcess::start(config).await?;
         Ok(Live {
             controller_cpu: CpuMeter::start(controller.pid())?,
+            bench_cpu: CpuMeter::start(std::process::id())?,
             apiserver_cpu: bench.apiserver_pid.map(CpuMeter::start).transpose()?,
             controller,
             started,
