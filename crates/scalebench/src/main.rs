@@ -82,6 +82,9 @@ async fn main() -> Result<()> {
             Err(e) => {
                 eprintln!("scale {es} failed: {e:#}");
                 failed.push(es);
+                if e.is::<scale::Interrupted>() {
+                    break;
+                }
             }
         }
     }

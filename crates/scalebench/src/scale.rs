@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use crate::args::{Args, Order};
 use crate::controller::{ControllerConfig, ControllerProcess};
 use crate::objects::{Cleanup, VaultTarget, create_external_secrets, create_store};
-use crate::procfs::{self, CpuMeter};
+use crate::procfs::{self, CpuMeter, CpuUse};
 use crate::ready::wait_all_ready;
 use crate::report::ScaleResult;
-use crate::rotation::rotate;
+use crate::rotation::{RotationOutcome, rotate};
 use crate::vault::{self, VaultCounts};
 use crate::workload::{Workload, list_pages};
 
@@ -35,6 +35,18 @@ pub struct Bench {
     pub run_id: String,
 }
 
+/// Ctrl-C arrived during a scale: the remaining scales do not run.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted (Ctrl-C)")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Runs one scale and removes everything it created, also on failure or Ctrl-C.
 pub async fn run(bench: &Bench, es: usize) -> Result<ScaleResult> {
     let w = Workload {
@@ -47,7 +59,7 @@ pub async fn run(bench: &Bench, es: usize) -> Result<ScaleResult> {
     let mut cleanup = Cleanup::default();
     let outcome = tokio::select! {
         r = measure(bench, &w, &mut cleanup) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        _ = tokio::signal::ctrl_c() => Err(anyhow!(Interrupted)),
     };
     // The controller (owned by `measure`) is already killed: its handle was dropped with the future.
     eprintln!("[{es}] cleanup: deleting the run's namespaces and store");
@@ -158,33 +170,7 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         );
     }
 
-    let rotated = w.rotated(args.rotations);
-    eprintln!(
-        "[{n}] rotating {} secrets over {:?}",
-        rotated.len(),
-        args.rotation_spread()
-    );
-    let polls = "keyferry_change_feed_polls_total";
-    let polls_before = controller.metrics().await?.sum(polls, &[]);
-    let counts_before = emulator.counters();
-    let rotation_cpu = (
-        CpuMeter::start(controller.pid())?,
-        bench.apiserver_pid.map(CpuMeter::start).transpose()?,
-    );
-    let outcome = rotate(
-        &bench.client,
-        w,
-        &emulator,
-        &rotated,
-        args.rotation_spread(),
-        args.rotation_timeout(),
-        &mut controller,
-    )
-    .await?;
-    let rotation_requests = VaultCounts::between(&counts_before, &emulator.counters());
-    let controller_cpu_rotation = rotation_cpu.0.read()?;
-    let apiserver_cpu_rotation = rotation_cpu.1.map(|m| m.read()).transpose()?;
-    let rotation_polls = (controller.metrics().await?.sum(polls, &[]) - polls_before).max(0.0) as u64;
+    let rotation = rotation_phase(bench, w, &emulator, &mut controller).await?;
 
     let memory = procfs::memory(controller.pid())?;
     controller.stop();
@@ -200,21 +186,76 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         ready_after_last: ready_at.saturating_duration_since(last_created),
         initial,
         initial_floor: (w.referenced_secrets() + list_pages(w.secrets)) as u64,
-        rotations: rotated.len(),
-        rotation_latencies: outcome.latencies,
-        rotation_incomplete: outcome.incomplete,
-        hash_unchanged: outcome.hash_unchanged,
-        rotation_requests,
-        rotation_polls,
-        rotation_floor: rotation_polls * list_pages(w.secrets) as u64 + rotated.len() as u64,
+        rotations: rotation.rotated,
+        rotation_latencies: rotation.outcome.latencies,
+        rotation_incomplete: rotation.outcome.incomplete,
+        hash_unchanged: rotation.outcome.hash_unchanged,
+        rotation_requests: rotation.requests,
+        rotation_polls: rotation.polls,
+        rotation_floor: rotation.polls * list_pages(w.secrets) as u64 + rotation.rotated as u64,
         peak_rss_kib: memory.hwm_kib,
         end_rss_kib: memory.rss_kib,
         controller_cpu_initial,
         apiserver_cpu_initial,
         bench_cpu_initial,
-        controller_cpu_rotation,
-        apiserver_cpu_rotation,
+        controller_cpu_rotation: rotation.controller_cpu,
+        apiserver_cpu_rotation: rotation.apiserver_cpu,
         load_average,
+    })
+}
+
+/// What the rotation phase measured.
+struct RotationPhase {
+    rotated: usize,
+    outcome: RotationOutcome,
+    requests: VaultCounts,
+    /// Change-feed polls during the phase.
+    polls: u64,
+    controller_cpu: CpuUse,
+    apiserver_cpu: Option<CpuUse>,
+}
+
+/// Rotates `--rotations` secrets and measures latency, vault requests, feed polls and CPU.
+async fn rotation_phase(
+    bench: &Bench,
+    w: &Workload,
+    emulator: &Emulator,
+    controller: &mut ControllerProcess,
+) -> Result<RotationPhase> {
+    let args = &bench.args;
+    let rotated = w.rotated(args.rotations);
+    eprintln!(
+        "[{}] rotating {} secrets over {:?}",
+        w.es,
+        rotated.len(),
+        args.rotation_spread()
+    );
+    let polls = "keyferry_change_feed_polls_total";
+    let polls_before = controller.metrics().await?.sum(polls, &[]);
+    let counts_before = emulator.counters();
+    let controller_cpu = CpuMeter::start(controller.pid())?;
+    let apiserver_cpu = bench.apiserver_pid.map(CpuMeter::start).transpose()?;
+    let outcome = rotate(
+        &bench.client,
+        w,
+        emulator,
+        &rotated,
+        args.rotation_spread(),
+        args.rotation_timeout(),
+        controller,
+    )
+    .await?;
+    let requests = VaultCounts::between(&counts_before, &emulator.counters());
+    let controller_cpu = controller_cpu.read()?;
+    let apiserver_cpu = apiserver_cpu.map(|m| m.read()).transpose()?;
+    let polls_after = controller.metrics().await?.sum(polls, &[]);
+    Ok(RotationPhase {
+        rotated: rotated.len(),
+        outcome,
+        requests,
+        polls: (polls_after - polls_before).max(0.0) as u64,
+        controller_cpu,
+        apiserver_cpu,
     })
 }
 
