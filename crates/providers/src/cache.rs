@@ -36,8 +36,12 @@ enum Slot {
     /// A request in flight (with a ticket, so a request that an invalidation overtook cannot store
     /// its possibly stale result); later callers await the same future.
     Pending(u64, Shared<BoxFuture<'static, ReadResult>>),
-    /// A value read at `at`.
-    Ready { value: RemoteValue, at: Instant },
+    /// A value read at `at`; its request was sent in Unix second `sent`.
+    Ready {
+        value: RemoteValue,
+        at: Instant,
+        sent: i64,
+    },
 }
 
 /// Cache statistics (for metrics).
@@ -150,9 +154,23 @@ impl CachedClient {
             .collect();
         let previous = lock(&self.inner.seen).replace((now.clone(), started));
         let Some((previous, previous_started)) = previous else {
+            // No baseline yet: keep a cached read only if the listing shows its secret unchanged since
+            // the read was sent (one second of slack); in-flight reads are dropped to be safe.
             let mut slots = lock(&self.inner.slots);
-            let dropped = slots.len() as u64;
-            slots.clear();
+            let before = slots.len();
+            slots.retain(|k, slot| match slot {
+                Slot::Pending(..) => false,
+                Slot::Ready { sent, at, .. } => {
+                    let fresh = now
+                        .get(split_remote_key(&k.key).1)
+                        .is_some_and(|fp| fp.updated.is_some_and(|u| u < *sent - 1));
+                    if fresh {
+                        *at = Instant::now();
+                    }
+                    fresh
+                }
+            });
+            let dropped = (before - slots.len()) as u64;
             lock(&self.inner.stats).invalidations += dropped;
             return Ok(Vec::new());
         };
@@ -167,6 +185,15 @@ impl CachedClient {
         changed.dedup();
         for name in &changed {
             self.invalidate(name);
+        }
+        // The listing confirms every other cached value: restart its age, so `max_age` bounds
+        // staleness only while the feed is not confirming.
+        for (k, slot) in lock(&self.inner.slots).iter_mut() {
+            if let Slot::Ready { at, .. } = slot {
+                if now.contains_key(split_remote_key(&k.key).1) {
+                    *at = Instant::now();
+                }
+            }
         }
         Ok(changed)
     }
@@ -183,7 +210,7 @@ impl CachedClient {
         };
         let mut slots = lock(&self.inner.slots);
         match slots.get(&key) {
-            Some(Slot::Ready { value, at }) if at.elapsed() < self.inner.max_age => {
+            Some(Slot::Ready { value, at, .. }) if at.elapsed() < self.inner.max_age => {
                 lock(&self.inner.stats).hits += 1;
                 let value = value.clone();
                 return async move { Ok(value) }.boxed().shared();
@@ -203,6 +230,7 @@ impl CachedClient {
             .next_ticket
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fut = async move {
+            let sent = unix_now();
             let result = inner.client.get_secret(&remote).await;
             let mut slots = lock(&inner.slots);
             // Only our own pending slot may be replaced: if an invalidation removed it meanwhile,
@@ -215,6 +243,7 @@ impl CachedClient {
                             Slot::Ready {
                                 value: value.clone(),
                                 at: Instant::now(),
+                                sent,
                             },
                         );
                     }
@@ -376,8 +405,8 @@ mod tests {
         cache.get_secret(&remote("db-password")).await.unwrap();
         assert_eq!(
             fake.counters().gets.load(Ordering::Relaxed),
-            2,
-            "the first round drops earlier reads"
+            1,
+            "the first round keeps reads the listing shows unchanged since they were sent"
         );
         cache.get_secret(&remote("other")).await.unwrap();
         fake.set(
@@ -397,10 +426,29 @@ mod tests {
         cache.get_secret(&remote("other")).await.unwrap();
         assert_eq!(
             fake.counters().gets.load(Ordering::Relaxed),
-            4,
+            3,
             "other stayed cached"
         );
         assert!(cache.poll_changes().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_first_round_drops_reads_the_listing_cannot_vouch_for() {
+        // Stamped with the real clock: written "now", so possibly after the read was sent.
+        let emulated = FakeStore::with_clock("t", super::unix_now());
+        emulated.set(
+            "s",
+            SecretValue::from("v1"),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
+        let cache = CachedClient::new(Arc::new(emulated.clone()), Duration::from_secs(3600));
+        cache.get_secret(&remote("s")).await.unwrap();
+        cache.poll_changes().await.unwrap();
+        cache.get_secret(&remote("s")).await.unwrap();
+        assert_eq!(emulated.counters().gets.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
