@@ -503,9 +503,20 @@ pub async fn run(
         .any_semantic();
     // The change feed wakes exactly the ExternalSecrets whose remote secrets changed.
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<ObjectRef<ExternalSecret>>();
-    let controller = Controller::new(es_api, es_cfg)
-        .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
-        .reconcile_on(wake_rx);
+    // The reflector keeps every ExternalSecret in memory: drop `managedFields` (a large share of each
+    // object, never read here) before an object enters it.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let es_stream = kube::runtime::WatchStreamExt::reflect(
+        kube::runtime::WatchStreamExt::modify(
+            kube::runtime::WatchStreamExt::default_backoff(watcher(es_api, es_cfg)),
+            |es: &mut ExternalSecret| es.managed_fields_mut().clear(),
+        ),
+        writer,
+    );
+    let controller =
+        Controller::for_stream(kube::runtime::WatchStreamExt::applied_objects(es_stream), reader)
+            .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
+            .reconcile_on(wake_rx);
     let reader = controller.store();
     let by_secret = reader.clone();
     let by_store = reader.clone();
