@@ -189,10 +189,10 @@ impl CachedClient {
         // The listing confirms every other cached value: restart its age, so `max_age` bounds
         // staleness only while the feed is not confirming.
         for (k, slot) in lock(&self.inner.slots).iter_mut() {
-            if let Slot::Ready { at, .. } = slot {
-                if now.contains_key(split_remote_key(&k.key).1) {
-                    *at = Instant::now();
-                }
+            if let Slot::Ready { at, .. } = slot
+                && now.contains_key(split_remote_key(&k.key).1)
+            {
+                *at = Instant::now();
             }
         }
         Ok(changed)
