@@ -20,7 +20,7 @@ use futures::future::{BoxFuture, Shared};
 use keyferry_api::external_secret::{FindRef, MetadataPolicy, RemoteRef};
 use keyferry_api::names::split_remote_key;
 
-use crate::{Existence, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient};
+use crate::{Existence, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient, unix_now};
 
 type ReadResult = Result<RemoteValue, ProviderError>;
 
@@ -261,12 +261,6 @@ impl CachedClient {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -278,19 +272,8 @@ impl SecretsClient for CachedClient {
     }
 
     async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
-        // The list is the store's; each matching value goes through the cache.
-        let re = crate::compile_find_regexp(find)?;
-        let mut out = BTreeMap::new();
-        for props in self.inner.client.list_secret_properties().await? {
-            if props.enabled && crate::find_matches(re.as_ref(), &find.tags, &props) {
-                let remote = RemoteRef {
-                    key: props.name.clone(),
-                    ..RemoteRef::default()
-                };
-                out.insert(props.name.clone(), self.read(&remote).await?.value);
-            }
-        }
-        Ok(out)
+        // The list is the store's (delegated); each matching value goes through the cache.
+        crate::find_secrets(self, find).await
     }
 
     async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, ProviderError> {
@@ -435,7 +418,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_round_drops_reads_the_listing_cannot_vouch_for() {
         // Stamped with the real clock: written "now", so possibly after the read was sent.
-        let emulated = FakeStore::with_clock("t", super::unix_now());
+        let emulated = FakeStore::with_clock("t", crate::unix_now());
         emulated.set(
             "s",
             SecretValue::from("v1"),
@@ -454,7 +437,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_in_the_second_of_the_last_listing_is_not_missed() {
         // The emulator stamps real time, as Key Vault does.
-        let emulated = FakeStore::with_clock("t", super::unix_now());
+        let emulated = FakeStore::with_clock("t", crate::unix_now());
         emulated.set(
             "s",
             SecretValue::from("v1"),

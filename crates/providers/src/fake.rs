@@ -16,7 +16,7 @@ use keyferry_api::secret_store::FakeProvider;
 use crate::seed::VaultSeed;
 use crate::{
     Existence, MANAGED_BY_TAG, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient,
-    compile_find_regexp, find_matches, metadata_json,
+    metadata_json, unix_now,
 };
 
 /// An in-memory store. Clones share the same contents.
@@ -280,20 +280,7 @@ impl SecretsClient for FakeStore {
     }
 
     async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
-        let re = compile_find_regexp(find)?;
-        let all = self.list_secret_properties().await?;
-        let mut out = BTreeMap::new();
-        for props in all
-            .iter()
-            .filter(|p| p.enabled && find_matches(re.as_ref(), &find.tags, p))
-        {
-            let remote = RemoteRef {
-                key: props.name.clone(),
-                ..RemoteRef::default()
-            };
-            out.insert(props.name.clone(), self.get_secret(&remote).await?.value);
-        }
-        Ok(out)
+        crate::find_secrets(self, find).await
     }
 
     async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, ProviderError> {
@@ -370,12 +357,6 @@ impl SecretsClient for FakeStore {
     async fn validate(&self) -> Result<(), ProviderError> {
         Ok(())
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

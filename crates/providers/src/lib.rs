@@ -181,6 +181,57 @@ pub fn find_matches(
         && tags.iter().all(|(k, v)| props.tags.get(k) == Some(v))
 }
 
+/// How many values [`find_secrets`] reads at once.
+const FIND_CONCURRENCY: usize = 8;
+
+/// `get_all_secrets` for any client: compiles the regexp first (an invalid one costs no request),
+/// lists once, keeps enabled secrets matching the name and tags, and reads each through
+/// `client.get_secret` (so a caching client's reads go through its cache). A secret deleted or
+/// disabled between the list and its read counts as not matching.
+pub async fn find_secrets<C: SecretsClient + ?Sized>(
+    client: &C,
+    find: &FindRef,
+) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+    use futures::StreamExt as _;
+    let re = compile_find_regexp(find)?;
+    let matches: Vec<SecretProperties> = client
+        .list_secret_properties()
+        .await?
+        .into_iter()
+        .filter(|p| p.enabled && find_matches(re.as_ref(), &find.tags, p))
+        .collect();
+    let results: Vec<(String, Result<RemoteValue, ProviderError>)> = futures::stream::iter(matches)
+        .map(|p| async move {
+            let remote = RemoteRef {
+                key: p.name.clone(),
+                ..RemoteRef::default()
+            };
+            let got = client.get_secret(&remote).await;
+            (p.name, got)
+        })
+        .buffer_unordered(FIND_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = BTreeMap::new();
+    for (name, got) in results {
+        match got {
+            Ok(v) => {
+                out.insert(name, v.value);
+            }
+            Err(ProviderError::NotFound { .. } | ProviderError::Disabled { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// The current time in Unix seconds (0 if the clock is before 1970).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 /// Compiles `find.name.regexp`, naming the field in the error.
 pub fn compile_find_regexp(find: &FindRef) -> Result<Option<regex::Regex>, ProviderError> {
     find.name

@@ -29,13 +29,11 @@ use super::AzureProvider;
 use super::errors::{Ctx, map_error};
 use crate::{
     Existence, MANAGED_BY_TAG, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient,
-    compile_find_regexp, find_matches, metadata_json,
+    metadata_json,
 };
 
 /// Key Vault's page size limit; one list transaction returns at most this many items.
 const PAGE_SIZE: i32 = 25;
-/// Concurrent GETs in `get_all_secrets` (the request budget still applies).
-const FIND_CONCURRENCY: usize = 8;
 
 /// The attributes every Key Vault object has.
 #[derive(Default)]
@@ -348,36 +346,7 @@ impl SecretsClient for AzureProvider {
     }
 
     async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
-        let re = compile_find_regexp(find)?;
-        let all = self.list_secret_properties().await?;
-        let matches: Vec<SecretProperties> = all
-            .into_iter()
-            .filter(|p| p.enabled && find_matches(re.as_ref(), &find.tags, p))
-            .collect();
-        let results: Vec<(String, Result<RemoteValue, ProviderError>)> = futures::stream::iter(matches)
-            .map(|p| async move {
-                let remote = RemoteRef {
-                    key: p.name.clone(),
-                    ..RemoteRef::default()
-                };
-                let got = self.get_secret(&remote).await;
-                (p.name, got)
-            })
-            .buffer_unordered(FIND_CONCURRENCY)
-            .collect()
-            .await;
-        let mut out = BTreeMap::new();
-        for (name, got) in results {
-            match got {
-                Ok(v) => {
-                    out.insert(name, v.value);
-                }
-                // Deleted or disabled between the list and the GET: as if it had not matched.
-                Err(ProviderError::NotFound { .. } | ProviderError::Disabled { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+        crate::find_secrets(self, find).await
     }
 
     async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, ProviderError> {
