@@ -313,34 +313,7 @@ fn vault_failure_leaves_the_secret_then_recovers() {
         env.emulator
             .set_secret(&remote, "before-outage")
             .unwrap_or_else(|e| panic!("{e}"));
-        let creds: Secret = yaml(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: akv-sp\n  namespace: {}\nstringData:\n  client-id: keyferry-e2e\n  client-secret: emulator-accepts-any\n",
-            ns.name
-        ));
-        apply(&Api::namespaced(client.clone(), &ns.name), &creds).await;
-        let store: SecretStore = yaml(&format!(
-            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: akv\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: akv-sp, key: client-id}}\n        clientSecret: {{name: akv-sp, key: client-secret}}\n",
-            ns = ns.name,
-            url = env.emulator.vault_url(),
-            tenant = env.emulator.tenant_id(),
-        ));
-        apply(&Api::namespaced(client.clone(), &ns.name), &store).await;
-        let store_ready = eventually(Duration::from_secs(60), || {
-            let api: Api<SecretStore> = Api::namespaced(client.clone(), &ns.name);
-            async move {
-                let s = api.get("akv").await.ok()?;
-                s.status?
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-        assert!(
-            store_ready.is_some(),
-            "the store never validated against the emulator"
-        );
+        emulator_store(env, &ns.name, "akv", false).await;
 
         let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
         apply(
@@ -1052,18 +1025,7 @@ fn the_change_feed_delivers_new_versions_without_waiting_for_the_refresh() {
         env.emulator
             .set_secret(&remote, "v1")
             .unwrap_or_else(|e| panic!("{e}"));
-        let creds: Secret = yaml(&format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sp\n  namespace: {}\nstringData:\n  client-id: keyferry-e2e-feed\n  client-secret: feed\n",
-            ns.name
-        ));
-        apply(&Api::namespaced(client.clone(), &ns.name), &creds).await;
-        let store: SecretStore = yaml(&format!(
-            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: akv\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: sp, key: client-id}}\n        clientSecret: {{name: sp, key: client-secret}}\n",
-            ns = ns.name,
-            url = env.emulator.vault_url(),
-            tenant = env.emulator.tenant_id(),
-        ));
-        apply(&Api::namespaced(client.clone(), &ns.name), &store).await;
+        emulator_store(env, &ns.name, "akv", false).await;
         let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
         apply(
             &ess,
