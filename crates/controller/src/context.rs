@@ -58,8 +58,11 @@ pub struct Context {
     pub hmac: crate::drift::HmacKey,
     retries: RetryTracker,
     seen: Mutex<HashSet<String>>,
-    /// ExternalSecrets whose remote secrets the change feed saw change (by uid).
-    dirty: Mutex<HashSet<String>>,
+    /// Pending wake-ups (by uid): ExternalSecrets whose remote secrets the change feed saw change,
+    /// each with the sequence number of its latest wake-up. A wake-up stays pending until a sync that
+    /// started after it succeeded ([`Context::settle_wake_up`]), so a failed sync retries with backoff
+    /// instead of waiting for the refresh interval.
+    dirty: WakeUps,
     /// The content hash of each ExternalSecret's Secret as keyferry last left it (by uid).
     settled: Mutex<HashMap<String, String>>,
 }
@@ -87,7 +90,7 @@ impl Context {
             hmac: crate::drift::HmacKey::generate(),
             retries: RetryTracker::default(),
             seen: Mutex::new(HashSet::new()),
-            dirty: Mutex::new(HashSet::new()),
+            dirty: WakeUps::default(),
             settled: Mutex::new(HashMap::new()),
         }
     }
@@ -109,20 +112,28 @@ impl Context {
 
     /// Marks an ExternalSecret as having changed remote secrets (the change feed saw them change).
     pub fn mark_dirty(&self, uid: &str) {
-        self.dirty
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.to_owned());
+        self.dirty.mark(uid);
     }
 
-    /// Whether the change feed marked an ExternalSecret.
+    /// The pending wake-up of an ExternalSecret, if any: pass it to [`Context::settle_wake_up`] once
+    /// a sync that started after this call succeeded.
+    pub fn pending_wake_up(&self, uid: &str) -> Option<u64> {
+        self.dirty.pending(uid)
+    }
+
+    /// Whether the change feed marked an ExternalSecret and no sync has delivered it yet.
     pub fn is_dirty(&self, uid: &str) -> bool {
-        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).contains(uid)
+        self.dirty.pending(uid).is_some()
     }
 
-    /// Clears the mark (a sync is running).
+    /// A sync that started when the pending wake-up was `seen` succeeded: see [`WakeUps::settle`].
+    pub fn settle_wake_up(&self, uid: &str, seen: Option<u64>) {
+        self.dirty.settle(uid, seen);
+    }
+
+    /// Drops any pending wake-up (the object is gone, or does not refresh on remote changes).
     pub fn clear_dirty(&self, uid: &str) {
-        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.dirty.clear(uid);
     }
 
     /// Records the content hash of a Secret as keyferry left it.
@@ -163,6 +174,11 @@ impl Context {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|uid| live_uids.contains(uid));
         self.retries.retain(|uid| live_uids.contains(uid));
+        self.dirty.retain(|uid| live_uids.contains(uid));
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|uid, _| live_uids.contains(uid));
         self.clients.retain(|key| live_stores.contains(key));
         self.metrics.set_provider_clients(self.clients.len());
     }
@@ -192,6 +208,62 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, reference).await {
             tracing::debug!(error = %crate::error::kube_one_line(&e), reason, "could not publish event");
         }
+    }
+}
+
+/// Pending wake-ups by object uid, each with the sequence number of its latest wake-up. A wake-up
+/// stays pending until a sync that started after it succeeded, so a failed sync retries with
+/// backoff instead of waiting for the refresh interval, and a wake-up that arrives while a sync runs
+/// is not lost when that sync succeeds.
+#[derive(Default)]
+pub struct WakeUps {
+    pending: Mutex<HashMap<String, u64>>,
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl WakeUps {
+    /// Records a wake-up.
+    pub fn mark(&self, uid: &str) {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.lock().insert(uid.to_owned(), seq);
+    }
+
+    /// The latest pending wake-up of `uid`.
+    pub fn pending(&self, uid: &str) -> Option<u64> {
+        self.lock().get(uid).copied()
+    }
+
+    /// A sync that started when the pending wake-up was `seen` succeeded: clears it, unless a newer
+    /// wake-up arrived meanwhile (its change may not be in what was written).
+    pub fn settle(&self, uid: &str, seen: Option<u64>) {
+        let mut pending = self.lock();
+        if seen.is_some() && pending.get(uid).copied() == seen {
+            pending.remove(uid);
+        }
+    }
+
+    /// Drops the wake-up of `uid`.
+    pub fn clear(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// Keeps only the wake-ups whose uid passes `keep`.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|uid, _| keep(uid));
+    }
+
+    /// How many are pending.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -298,6 +370,31 @@ impl RetryTracker {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_wake_up_stays_pending_until_a_sync_after_it_succeeds() {
+        let w = WakeUps::default();
+        w.mark("a");
+        let first = w.pending("a");
+        assert!(first.is_some());
+        w.settle("a", None);
+        assert_eq!(
+            w.pending("a"),
+            first,
+            "a sync that saw no wake-up settles nothing"
+        );
+        // woken again while a sync ran: that sync's success does not settle the newer wake-up
+        w.mark("a");
+        w.settle("a", first);
+        let second = w.pending("a");
+        assert!(second.is_some() && second != first);
+        w.settle("a", second);
+        assert_eq!(w.pending("a"), None);
+        w.mark("b");
+        w.retain(|uid| uid != "b");
+        assert_eq!(w.len(), 0, "deleted objects are pruned");
+    }
+
     use super::*;
 
     #[test]

@@ -114,22 +114,25 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         Err(e) => return fail(ctx, es, &meta, e).await,
     };
 
-    // schedule (no client required)
+    // schedule (no client required). A pending wake-up is settled only after a successful sync that
+    // started after it, so a failed attempt is retried with backoff (level-triggered rotation).
     let settled = ctx.settled(&uid);
+    let wake_up = ctx.pending_wake_up(&uid);
     let reason = match schedule(
         es,
         &validated,
         &current,
         first_seen,
-        ctx.is_dirty(&uid),
+        wake_up.is_some(),
         settled.as_deref(),
     ) {
-        Decision::SyncNow(reason) => {
-            ctx.clear_dirty(&uid);
-            reason
-        }
+        Decision::SyncNow(reason) => reason,
         Decision::WaitFor(d) => return Ok(Action::requeue(d)),
-        Decision::AwaitChange => return Ok(Action::await_change()),
+        Decision::AwaitChange => {
+            // This object does not refresh on remote changes: a wake-up has nothing to deliver.
+            ctx.clear_dirty(&uid);
+            return Ok(Action::await_change());
+        }
     };
     tracing::debug!(namespace = %target.namespace, name = %es.name_any(), reason = reason.as_str(), "syncing");
 
@@ -226,6 +229,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         &conditions::now_rfc3339(),
     );
     apply::write_status(ctx, es, &next).await?;
+    ctx.settle_wake_up(&uid, wake_up);
     match written {
         Some(_) if drift => {
             ctx.metrics.secret_write("updated");
@@ -365,6 +369,7 @@ async fn remove(
         &conditions::now_rfc3339(),
     );
     apply::write_status(ctx, es, &next).await?;
+    ctx.clear_dirty(&es.uid().unwrap_or_default());
     let seed = refresh::jitter_seed(
         &es.uid().unwrap_or_default(),
         next.refresh_time.as_deref().unwrap_or_default(),
