@@ -265,6 +265,16 @@ pub fn store_spec(doc: &Located<Manifest>) -> Vec<RawFinding> {
                 ));
             }
         }
+        if namespaced && let Some(what) = keyferry_providers::azure::store_auth::ambient_identity(az, true) {
+            // The controller refuses these unless started with
+            // --allow-ambient-identity-for-namespaced-stores (see docs/security.md).
+            problems.push((
+                "azurekv".into(),
+                format!(
+                    "spec.provider.azurekv: {what} is the controller's ambient identity; a namespaced SecretStore may only use credentials from its own namespace (authSecretRef or serviceAccountRef); the controller refuses it unless started with --allow-ambient-identity-for-namespaced-stores"
+                ),
+            ));
+        }
         if namespaced {
             let mut selectors = Vec::new();
             if let Some(r) = &az.auth_secret_ref {
@@ -475,6 +485,32 @@ mod tests {
             store_spec(&d[1].located).is_empty(),
             "a ClusterSecretStore may name namespaces"
         );
+    }
+
+    #[test]
+    fn namespaced_stores_with_ambient_identities_are_flagged() {
+        let store = |kind: &str, auth: &str| {
+            format!(
+                "apiVersion: external-secrets.io/v1\nkind: {kind}\nmetadata: {{name: s, namespace: team}}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: https://kv.vault.azure.net/\n      tenantId: t\n{auth}"
+            )
+        };
+        for auth in [
+            "      authType: ManagedIdentity\n",
+            "      authType: WorkloadIdentity\n",
+            "      authType: WorkloadIdentity\n      authSecretRef:\n        clientId: {name: c, key: id}\n",
+        ] {
+            let d = docs(&store("SecretStore", auth));
+            let msgs: Vec<_> = store_spec(&d[0].located).into_iter().map(|f| f.message).collect();
+            assert_eq!(msgs.len(), 1, "{auth}: {msgs:?}");
+            assert!(msgs[0].contains("ambient identity"), "{msgs:?}");
+            let d = docs(&store("ClusterSecretStore", auth));
+            assert!(
+                store_spec(&d[0].located).is_empty(),
+                "cluster stores may use them: {auth}"
+            );
+        }
+        let own_sa = "      authType: WorkloadIdentity\n      serviceAccountRef: {name: team-sa}\n";
+        assert!(store_spec(&docs(&store("SecretStore", own_sa))[0].located).is_empty());
     }
 
     #[test]
