@@ -98,7 +98,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     let meta = validate::meta_version(es);
 
     // validate (no client required)
-    let validated = match validate::validate(es) {
+    let validated = match validate::validate_with(es, ctx.settings.allow_token_secret_types) {
         Ok(v) => v,
         Err(e) => return fail(ctx, es, &meta, e).await,
     };
