@@ -250,7 +250,10 @@ impl<'a> State<'a> {
                 RewriteStep::Regexp { re, target } => re.replace_all(&key, target.as_str()).into_owned(),
                 RewriteStep::Transform(tpl) => {
                     let f = format!("{field}.rewrite[{j}].transform.template");
-                    let input = Value::Map(BTreeMap::from([("value".to_owned(), Value::Str(key))]));
+                    let input = Value::Map(std::sync::Arc::new(BTreeMap::from([(
+                        "value".to_owned(),
+                        Value::Str(key),
+                    )])));
                     let out = tpl.execute(&input).map_err(|e| template_error(self.esr, &f, e))?;
                     String::from_utf8(out).map_err(|_| {
                         template_error(
@@ -358,6 +361,27 @@ fn missing_property(esr: &EsRef, field: &str, p: &str, key: &str, e: &PropertyEr
         property: p.to_owned(),
         key: key.to_owned(),
         detail: Some(e.to_string()),
+    }
+}
+
+/// [`shape`] on tokio's blocking pool: templates may run up to their step, byte and time bounds,
+/// which must not hold up the async workers (lease renewal, other reconciles).
+pub async fn shape_blocking(
+    es: &ExternalSecret,
+    plan: &Plan,
+    fetched: &Fetched,
+) -> Result<DesiredSecret, SyncError> {
+    let (es2, plan2, fetched2) = (es.clone(), plan.clone(), fetched.clone());
+    match tokio::task::spawn_blocking(move || shape(&es2, &plan2, &fetched2)).await {
+        Ok(result) => result,
+        Err(_) => Err(template_error(
+            &plan.es,
+            "spec.target.template",
+            TemplateError {
+                pos: Default::default(),
+                message: "template evaluation did not complete".to_owned(),
+            },
+        )),
     }
 }
 

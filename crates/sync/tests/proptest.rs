@@ -93,9 +93,9 @@ fn data() -> Value {
     );
     m.insert(
         "list".to_owned(),
-        Value::List(vec![Value::Int(1), Value::Str("two".to_owned())]),
+        Value::List(vec![Value::Int(1), Value::Str("two".to_owned())].into()),
     );
-    Value::Map(m)
+    Value::Map(m.into())
 }
 
 proptest! {

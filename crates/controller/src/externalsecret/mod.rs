@@ -143,7 +143,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     // build: read the vault and shape the desired Secret
     let t = Instant::now();
     let synced = match keyferry_sync::fetch(&validated.plan, &stores).await {
-        Ok(fetched) => keyferry_sync::shape(es, &validated.plan, &fetched),
+        Ok(fetched) => keyferry_sync::shape_blocking(es, &validated.plan, &fetched).await,
         Err(e) => Err(e),
     };
     ctx.metrics.synced(reason.as_str(), t.elapsed());
