@@ -26,6 +26,7 @@ pub mod decode;
 pub mod desired;
 pub mod error;
 pub mod fetch;
+pub mod metadata;
 pub mod plan;
 pub mod property;
 pub mod shape;

@@ -103,6 +103,14 @@ pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<Desi
         annotations,
         target.immutable.unwrap_or(false),
     );
+    if let Some(tp) = &plan.template {
+        desired.templated_metadata = tp
+            .labels
+            .iter()
+            .map(|(k, _)| format!("labels/{k}"))
+            .chain(tp.annotations.iter().map(|(k, _)| format!("annotations/{k}")))
+            .collect();
+    }
     desired.versions = plan
         .reads
         .iter()
@@ -421,13 +429,42 @@ fn apply_template(
     };
     let mut labels = BTreeMap::new();
     let mut annotations = BTreeMap::new();
+    // Checked here with the apiserver's rules, so a bad rendered value never reaches the apiserver
+    // (whose 422 would quote it back); the error names the key, never the value.
+    let bad = |f: &str, why: String| {
+        template_error(
+            esr,
+            f,
+            TemplateError {
+                pos: Default::default(),
+                message: why,
+            },
+        )
+    };
     for (k, tpl) in &tp.labels {
         let f = format!("spec.target.template.metadata.labels.{k}");
-        labels.insert(k.clone(), text(&f, run(&f, tpl)?)?);
+        let v = text(&f, run(&f, tpl)?)?;
+        crate::metadata::check_key(k).map_err(|why| bad(&f, format!("label key: {why}")))?;
+        crate::metadata::check_label_value(&v)
+            .map_err(|why| bad(&f, format!("rendered label value ({} bytes) {why}", v.len())))?;
+        labels.insert(k.clone(), v);
     }
+    let mut total = 0usize;
     for (k, tpl) in &tp.annotations {
         let f = format!("spec.target.template.metadata.annotations.{k}");
-        annotations.insert(k.clone(), text(&f, run(&f, tpl)?)?);
+        let v = text(&f, run(&f, tpl)?)?;
+        crate::metadata::check_key(k).map_err(|why| bad(&f, format!("annotation key: {why}")))?;
+        total = total.saturating_add(k.len()).saturating_add(v.len());
+        if total > crate::metadata::MAX_ANNOTATIONS_SIZE {
+            return Err(bad(
+                &f,
+                format!(
+                    "annotations exceed {} bytes in total",
+                    crate::metadata::MAX_ANNOTATIONS_SIZE
+                ),
+            ));
+        }
+        annotations.insert(k.clone(), v);
     }
     let mut data = if merge || !tp.produces_data() {
         fetched.clone()
