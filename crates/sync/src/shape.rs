@@ -38,17 +38,7 @@ use crate::plan::{DataFromSource, Plan, Read, RewriteStep, TemplatePlan};
 use crate::property::{self, PropertyError};
 use crate::template::{Template, TemplateError, Value, secrets_value};
 
-/// Whether `key` is a valid Kubernetes Secret data key: 1–253 characters of `[-._a-zA-Z0-9]`, and
-/// not `.` or `..`.
-pub fn is_valid_secret_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 253
-        && key != "."
-        && key != ".."
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
+pub use keyferry_api::names::is_valid_secret_key;
 
 /// Shapes the fetched values into the desired Secret (see the module docs for the rules).
 pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<DesiredSecret, SyncError> {

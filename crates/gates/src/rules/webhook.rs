@@ -61,19 +61,14 @@ pub fn k8s_names(es: &EsView<'_>) -> Vec<RawFinding> {
     });
     for (i, d) in es.spec.data.iter().enumerate().filter(|_| !replaced) {
         let key = d.secret_key.as_str();
-        let valid = !key.is_empty()
-            && key.len() <= 253
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
+        if !keyferry_api::names::is_valid_secret_key(key) {
             out.push(
                 RawFinding::new(
                     Rule::K8sName,
                     es.file(),
                     es.line_of_key("secretKey", key, 0),
                     format!(
-                        "spec.data[{i}].secretKey: {key:?} is not a valid Secret key (1-253 characters of a-z, A-Z, 0-9, '-', '_' and '.')"
+                        "spec.data[{i}].secretKey: {key:?} is not a valid Secret key (1-253 characters of a-z, A-Z, 0-9, '-', '_' and '.', not \".\" or \"..\")"
                     ),
                 )
                 .with_object(es.object()),
@@ -394,6 +389,14 @@ mod tests {
             templated.is_empty(),
             "template variables are not Secret keys: {templated:?}"
         );
+        // `.` and `..` pass the character rule but the apiserver (and the controller) refuse them.
+        for key in [".", ".."] {
+            let f = run(
+                k8s_names,
+                &format!("  data:\n  - {{secretKey: \"{key}\", remoteRef: {{key: a-b}}}}\n"),
+            );
+            assert_eq!(f.len(), 1, "{key}: {f:?}");
+        }
         assert!(is_dns_subdomain("netbox-db-credentials.v1"));
         assert!(!is_dns_subdomain("-a") && !is_dns_subdomain("a..b") && !is_dns_subdomain(""));
     }
