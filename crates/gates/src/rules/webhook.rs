@@ -179,8 +179,8 @@ pub fn datafrom_shape(es: &EsView<'_>) -> Vec<RawFinding> {
     out.into_iter().map(|f| f.with_object(es.object())).collect()
 }
 
-/// `KF006`: `deletionPolicy` must fit `creationPolicy` (ESO refuses `Delete` with `Merge`, and
-/// `Merge` with `None`).
+/// `KF006`: `deletionPolicy` must fit `creationPolicy` (ESO refuses `Delete` with `Merge` or `None`,
+/// and `Merge` with `None`; the controller refuses the same pairs).
 pub fn policy_conflict(es: &EsView<'_>) -> Vec<RawFinding> {
     let target = es.spec.target_or_default();
     let message = match (
@@ -189,6 +189,9 @@ pub fn policy_conflict(es: &EsView<'_>) -> Vec<RawFinding> {
     ) {
         (CreationPolicy::Merge, DeletionPolicy::Delete) => {
             "spec.target: deletionPolicy Delete needs a Secret keyferry owns; set creationPolicy Owner"
+        }
+        (CreationPolicy::None, DeletionPolicy::Delete) => {
+            "spec.target: deletionPolicy Delete cannot be used with creationPolicy None (keyferry must not delete a Secret it did not create)"
         }
         (CreationPolicy::None, DeletionPolicy::Merge) => {
             "spec.target: deletionPolicy Merge cannot be used with creationPolicy None (there is no Secret to merge into)"
@@ -447,6 +450,12 @@ mod tests {
             &format!("  target: {{creationPolicy: None, deletionPolicy: Merge}}\n{data}"),
         );
         assert_eq!(f.len(), 1);
+        // ESO's rule the controller already had: Delete with None.
+        let f = run(
+            policy_conflict,
+            &format!("  target: {{creationPolicy: None, deletionPolicy: Delete}}\n{data}"),
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
         assert!(
             run(
                 policy_conflict,
