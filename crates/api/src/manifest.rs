@@ -190,8 +190,21 @@ pub fn parse_documents(file: &str, text: &str) -> Vec<Result<Located<Manifest>, 
         .collect()
 }
 
+/// Largest YAML document accepted: etcd stores objects of at most 1.5 MiB, so a larger manifest could
+/// never be applied; refusing it bounds the parser's work and memory.
+pub const MAX_DOCUMENT_BYTES: usize = 3 * 1024 * 1024;
+
 /// Parses one YAML document.
 pub fn parse_document(origin: Origin, doc: &str) -> Result<Manifest, ManifestError> {
+    if doc.len() > MAX_DOCUMENT_BYTES {
+        return Err(ManifestError::MalformedYaml {
+            origin,
+            message: format!(
+                "document is {} bytes, more than the {MAX_DOCUMENT_BYTES} accepted (etcd's object limit is 1.5 MiB)",
+                doc.len()
+            ),
+        });
+    }
     let value: serde_json::Value =
         serde_yaml_ng::from_str(doc).map_err(|e| ManifestError::MalformedYaml {
             origin: origin.clone(),
@@ -299,6 +312,22 @@ fn yaml_message(e: &serde_yaml_ng::Error, doc_start_line: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_documents_are_refused_before_parsing() {
+        let doc = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata: {{k: \"{}\"}}\n",
+            "a".repeat(MAX_DOCUMENT_BYTES)
+        );
+        let got = parse_documents("big.yaml", &doc);
+        let msg = got
+            .first()
+            .and_then(|r| r.as_ref().err())
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains("more than the"), "{msg}");
+        assert!(msg.len() < 300, "the message does not echo the document");
+    }
 
     const NETBOX: &str = r#"
 apiVersion: external-secrets.io/v1beta1

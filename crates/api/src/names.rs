@@ -11,6 +11,18 @@ pub enum ObjectType {
     Certificate,
 }
 
+/// Whether `key` is a valid Kubernetes Secret data key: 1–253 characters of `[-._a-zA-Z0-9]`, and
+/// not `.` or `..` (the apiserver refuses those). One rule for the controller, `render` and `validate`.
+pub fn is_valid_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// Splits a remote key into its object type and name: `cert/tls` → (Certificate, `tls`).
 pub fn split_remote_key(key: &str) -> (ObjectType, &str) {
     if let Some(name) = key.strip_prefix("secret/") {

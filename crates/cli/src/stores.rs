@@ -11,9 +11,8 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
 use keyferry_api::manifest::{Located, Manifest};
-use keyferry_api::secret_store::{
-    AzureAuthType, AzureKvProvider, ProviderKind, SecretKeySelector, StoreProvider,
-};
+use keyferry_api::secret_store::{AzureKvProvider, ProviderKind, SecretKeySelector, StoreProvider};
+use keyferry_providers::azure::store_auth::{self, AmbientPolicy, StoreAuthInputs};
 use keyferry_providers::azure::{AzureCredentials, AzureProvider, ConnectOptions};
 use keyferry_providers::seed::VaultSeed;
 use keyferry_providers::{FakeStore, SecretValue, SecretsClient};
@@ -218,8 +217,11 @@ pub fn build_client(
     }
 }
 
-/// Credentials for an Azure store: `authSecretRef` keys from `--credentials` manifests, else the
-/// standard `AZURE_*` variables.
+/// Credentials for an Azure store through the mapping the controller uses
+/// ([`store_auth::store_credentials`]): `authSecretRef` keys from `--credentials` manifests, else
+/// (no `--credentials`, or no `authSecretRef`) the user's own `AZURE_*` variables. Offline commands
+/// act with the user's identity, so ambient identities are allowed here; `validate` flags
+/// namespaced stores that would need them in a cluster.
 fn azure_credentials(
     key: &StoreKey,
     spec: &AzureKvProvider,
@@ -230,71 +232,37 @@ fn azure_credentials(
     } else {
         ""
     };
-    let env_tenant = std::env::var("AZURE_TENANT_ID").ok();
-    match spec.auth_type_or_default() {
-        AzureAuthType::ManagedIdentity => Ok(AzureCredentials::ManagedIdentity {
-            client_id: spec.identity_id.clone(),
-        }),
-        AzureAuthType::ServicePrincipal if spec.auth_secret_ref.is_some() && !credentials.is_empty() => {
-            let refs = spec
-                .auth_secret_ref
-                .as_ref()
-                .ok_or("spec.provider.azurekv.authSecretRef is missing")?;
-            let get = |field: &str, sel: &Option<SecretKeySelector>| -> Result<Option<SecretValue>, String> {
-                sel.as_ref()
-                    .map(|s| credentials.get(s, default_ns, field))
-                    .transpose()
-            };
-            let client_id = get("clientId", &refs.client_id)?
-                .ok_or("spec.provider.azurekv.authSecretRef.clientId is required")?;
-            let client_id = utf8(&client_id, "authSecretRef.clientId")?;
-            let tenant_id = match get("tenantId", &refs.tenant_id)? {
-                Some(t) => utf8(&t, "authSecretRef.tenantId")?,
-                None => spec.tenant_id.clone().or(env_tenant).ok_or(
-                    "no tenant: set spec.provider.azurekv.tenantId, authSecretRef.tenantId or AZURE_TENANT_ID",
-                )?,
-            };
-            match (
-                get("clientSecret", &refs.client_secret)?,
-                get("clientCertificate", &refs.client_certificate)?,
-            ) {
-                (Some(secret), None) => Ok(AzureCredentials::ClientSecret {
-                    tenant_id,
-                    client_id,
-                    secret,
-                }),
-                (None, Some(pem)) => Ok(AzureCredentials::ClientCertificate {
-                    tenant_id,
-                    client_id,
-                    pem,
-                }),
-                (Some(_), Some(_)) => {
-                    Err("authSecretRef sets both clientSecret and clientCertificate; set one".to_owned())
+    let fields = match &spec.auth_secret_ref {
+        Some(refs) if !credentials.is_empty() => {
+            let mut fields = BTreeMap::new();
+            for (field, sel) in [
+                ("clientId", &refs.client_id),
+                ("clientSecret", &refs.client_secret),
+                ("clientCertificate", &refs.client_certificate),
+                ("tenantId", &refs.tenant_id),
+            ] {
+                if let Some(sel) = sel {
+                    fields.insert(field.to_owned(), credentials.get(sel, default_ns, field)?);
                 }
-                (None, None) => Err("authSecretRef needs clientSecret or clientCertificate".to_owned()),
             }
+            Some(fields)
         }
-        auth => {
-            let creds = AzureCredentials::from_env().map_err(|e| {
-                format!(
-                    "{e} (pass the store's credential Secret with --credentials, or set AZURE_* variables)"
-                )
-            })?;
-            if !creds.fits(auth) {
-                return Err(format!(
-                    "spec.provider.azurekv.authType is {auth:?}, but the AZURE_* variables describe {}",
-                    creds.identity()
-                ));
-            }
-            Ok(creds)
-        }
-    }
-}
-
-fn utf8(v: &SecretValue, field: &str) -> Result<String, String> {
-    v.expose_str()
-        .map(|s| s.trim().to_owned())
-        .ok_or_else(|| format!("{field} is not UTF-8"))
+        _ => None,
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    store_auth::store_credentials(
+        spec,
+        StoreAuthInputs {
+            namespaced: key.kind == StoreKind::SecretStore,
+            secret_fields: fields.as_ref(),
+            service_account: None,
+            ambient: AmbientPolicy {
+                allow_for_namespaced: true,
+                env: &env,
+            },
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Secret manifests given with `--credentials`, by (namespace, name).

@@ -91,6 +91,20 @@ pub struct ControllerArgs {
     #[arg(long, env = "KEYFERRY_ALLOW_SERVICE_ACCOUNT_TOKENS", default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_service_account_tokens: bool,
 
+    /// Let namespaced SecretStores use the controller's ambient identities: the node's managed
+    /// identity, the controller's own workload identity (`AZURE_FEDERATED_TOKEN_FILE`,
+    /// `AZURE_CLIENT_ID`) and `AZURE_*` credentials. Off by default: with it, anyone who may create a
+    /// SecretStore in any watched namespace can read every vault the controller's identity can.
+    /// ClusterSecretStores (created by cluster admins) may always use them.
+    #[arg(long, env = "KEYFERRY_ALLOW_AMBIENT_IDENTITY_FOR_NAMESPACED_STORES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_ambient_identity_for_namespaced_stores: bool,
+
+    /// Allow target Secrets of type `kubernetes.io/service-account-token` and
+    /// `bootstrap.kubernetes.io/token`. Off by default: the cluster mints a token for the service
+    /// account a service-account-token Secret names, and bootstrap tokens let nodes join.
+    #[arg(long, env = "KEYFERRY_ALLOW_TOKEN_SECRET_TYPES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_token_secret_types: bool,
+
     /// Seconds between change-feed polls: one property listing per vault client (no values), which
     /// invalidates the read cache for changed secrets and syncs exactly the ExternalSecrets using
     /// them (periodic ones), without waiting for their refresh interval. 0 turns the feed off.
@@ -160,6 +174,8 @@ impl Default for ControllerArgs {
             ca_file: None,
             azure_authority_host: None,
             allow_service_account_tokens: false,
+            allow_ambient_identity_for_namespaced_stores: false,
+            allow_token_secret_types: false,
             change_feed_interval_secs: 15,
             cache_max_age_secs: 600,
             vault_requests_per_second: 200.0,

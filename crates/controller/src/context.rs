@@ -26,6 +26,10 @@ pub struct Settings {
     pub enable_cluster_stores: bool,
     /// `--allow-service-account-tokens`.
     pub allow_service_account_tokens: bool,
+    /// `--allow-ambient-identity-for-namespaced-stores`.
+    pub allow_ambient_identity_for_namespaced_stores: bool,
+    /// `--allow-token-secret-types`.
+    pub allow_token_secret_types: bool,
     /// `--change-feed-interval-secs` (zero: off).
     pub change_feed_interval: Duration,
     /// How long cached vault reads may be reused (zero: only in-flight sharing).

@@ -131,13 +131,29 @@ impl ReconcileError {
 }
 
 /// A Kubernetes API error as one line: the status message for API errors, else the error's first
-/// line.
+/// line — with every value the apiserver quotes back removed (see [`scrub_values`]).
 pub fn kube_one_line(e: &kube::Error) -> String {
     let text = match e {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
         other => other.to_string(),
     };
-    crate::conditions::one_line(text.lines().next().unwrap_or_default())
+    crate::conditions::one_line(&scrub_values(text.lines().next().unwrap_or_default()))
+}
+
+/// Removes the values a 422 quotes back (`Invalid value: "<value>": reason`, also `Unsupported` and
+/// `Duplicate` values): a templated label or annotation may hold a secret, and this text reaches
+/// status, events and logs. The field path and the reason stay.
+pub fn scrub_values(text: &str) -> String {
+    static VALUE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"(Invalid|Unsupported|Duplicate|Required) value: (?:"(?:[^"\\]|\\.)*"?|[^:,]*)"#)
+            .ok()
+    });
+    match VALUE.as_ref() {
+        Some(re) => re.replace_all(text, "$1 value: <redacted>").into_owned(),
+        // Cannot happen (the pattern is a constant); fail closed.
+        None if text.contains(" value: ") => "the apiserver refused a value (details withheld)".to_owned(),
+        None => text.to_owned(),
+    }
 }
 
 /// Whether an API error is a 404.
@@ -153,6 +169,33 @@ pub fn is_conflict(e: &kube::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apiserver_values_are_scrubbed() {
+        let canary = "canary-5f1e";
+        for msg in [
+            format!(
+                r#"Secret "s" is invalid: metadata.labels: Invalid value: "{canary} x": a valid label must be an empty string or consist of alphanumeric characters"#
+            ),
+            format!(
+                r#"Secret "s" is invalid: [metadata.annotations: Invalid value: "quoted \"{canary}\" inside": bad, type: Unsupported value: "{canary}": supported values: "Opaque"]"#
+            ),
+            format!("spec.x: Invalid value: {canary}: must be positive"),
+        ] {
+            let e = kube::Error::Api(Box::new(kube::core::Status {
+                message: msg.clone(),
+                code: 422,
+                ..Default::default()
+            }));
+            let line = kube_one_line(&e);
+            assert!(!line.contains("canary"), "{line}");
+            assert!(line.contains("value: <redacted>"), "{line}");
+            assert!(
+                line.contains("metadata.") || line.contains("spec.x"),
+                "field path kept: {line}"
+            );
+        }
+    }
 
     #[test]
     fn categories_come_from_the_cause() {

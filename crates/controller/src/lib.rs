@@ -191,6 +191,8 @@ pub async fn run_with_client(
         controller_class: args.controller_class.clone(),
         enable_cluster_stores: args.enable_cluster_stores,
         allow_service_account_tokens: args.allow_service_account_tokens,
+        allow_ambient_identity_for_namespaced_stores: args.allow_ambient_identity_for_namespaced_stores,
+        allow_token_secret_types: args.allow_token_secret_types,
         change_feed_interval: std::time::Duration::from_secs(args.change_feed_interval_secs),
         // Without a change feed nothing tells the cache a value changed: share only in-flight reads.
         cache_max_age: if args.change_feed_interval_secs == 0 {

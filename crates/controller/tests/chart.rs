@@ -91,8 +91,33 @@ fn workload_rbac_is_read_and_patch_only_and_the_feed_defaults_to_15s() {
         "{rule}"
     );
     assert!(
-        rule.contains("verbs: [\"get\", \"list\", \"watch\", \"patch\"]"),
-        "rollout restarts need only get/list/watch + patch: {rule}"
+        rule.contains("verbs: [\"list\", \"patch\"]"),
+        "rollout restarts need only list + patch: {rule}"
+    );
+    // No code path uses update on Secrets, status or ExternalSecrets (server-side apply = patch).
+    for needle in [
+        "verbs: [\"get\", \"list\", \"watch\", \"create\", \"patch\", \"delete\"]",
+        "verbs: [\"create\", \"patch\", \"delete\"]",
+        "verbs: [\"patch\"]",
+    ] {
+        assert!(rbac.contains(needle), "rbac.yaml lacks {needle}");
+    }
+    let values = chart_file("values.yaml");
+    assert!(
+        values.contains("rolloutRestarts:\n    enabled: false"),
+        "rollout restarts are opt-in at install time"
+    );
+    assert!(
+        !values.contains("prometheus.io/port: "),
+        "the port annotation follows metrics.port"
+    );
+    assert!(
+        chart_file("templates/service.yaml")
+            .contains("prometheus.io/port: {{ .Values.metrics.port | quote }}")
+    );
+    assert!(
+        chart_file("templates/deployment.yaml")
+            .contains("controller.leaderElection.enabled=false needs replicaCount: 1")
     );
     let gate = rbac
         .find("if .Values.controller.rolloutRestarts.enabled")

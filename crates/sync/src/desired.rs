@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 /// `<redacted: 12 bytes>`.
 pub const REDACTED_PREFIX: &str = "<redacted: ";
 
-/// The Secret the pipeline wants to exist. `Debug` is safe: values print as their length only.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The Secret the pipeline wants to exist. `Debug` is safe: values, templated metadata and the
+/// unkeyed hash print as their length only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct DesiredSecret {
     /// `spec.target.name`, defaulting to the ExternalSecret's name.
     pub name: String,
@@ -37,6 +38,9 @@ pub struct DesiredSecret {
     pub versions: BTreeMap<String, String>,
     /// Remote keys confirmed missing and skipped under `deletionPolicy` Delete/Merge.
     pub missing: Vec<String>,
+    /// Labels and annotations that came from the template (`labels/<key>`, `annotations/<key>`):
+    /// they may hold values, so redacted output shows only their size.
+    pub templated_metadata: std::collections::BTreeSet<String>,
 }
 
 /// SHA-256 (hex) over the type and the sorted keys and values, each length-prefixed so that no two
@@ -58,6 +62,23 @@ pub fn content_hash(type_: &str, data: &BTreeMap<String, SecretValue>) -> String
         field(v.expose());
     }
     hex::encode(h.finalize())
+}
+
+impl std::fmt::Debug for DesiredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.to_secret(false).metadata;
+        f.debug_struct("DesiredSecret")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("type_", &self.type_)
+            .field("data", &self.data)
+            .field("labels", &shown.labels)
+            .field("annotations", &shown.annotations)
+            .field("immutable", &self.immutable)
+            .field("versions", &self.versions)
+            .field("missing", &self.missing)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DesiredSecret {
@@ -86,6 +107,7 @@ impl DesiredSecret {
             content_hash,
             versions: BTreeMap::new(),
             missing: Vec::new(),
+            templated_metadata: Default::default(),
         }
     }
 
@@ -110,12 +132,26 @@ impl DesiredSecret {
                 .collect();
             (None, Some(redacted))
         };
+        // Redacted: templated metadata shows its size only, and the unkeyed data hash is left out
+        // (a SHA-256 of values lets anyone confirm a guessed value offline).
+        let meta = |kind: &str, m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            m.iter()
+                .filter(|(k, _)| reveal || k.as_str() != ANNOTATION_DATA_HASH)
+                .map(|(k, v)| {
+                    if !reveal && self.templated_metadata.contains(&format!("{kind}/{k}")) {
+                        (k.clone(), format!("{REDACTED_PREFIX}{} bytes>", v.len()))
+                    } else {
+                        (k.clone(), v.clone())
+                    }
+                })
+                .collect()
+        };
         Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 namespace: (!self.namespace.is_empty()).then(|| self.namespace.clone()),
-                labels: Some(self.labels.clone()),
-                annotations: Some(self.annotations.clone()),
+                labels: Some(meta("labels", &self.labels)),
+                annotations: Some(meta("annotations", &self.annotations)),
                 ..ObjectMeta::default()
             },
             type_: Some(self.type_.clone()),

@@ -26,6 +26,7 @@ pub mod decode;
 pub mod desired;
 pub mod error;
 pub mod fetch;
+pub mod metadata;
 pub mod plan;
 pub mod property;
 pub mod shape;
@@ -36,7 +37,7 @@ pub use error::{EsRef, ResolveError, SyncError};
 pub use fetch::{DEFAULT_CONCURRENCY, Fetched, ReadOutcome, SingleStore, StoreResolver, fetch, fetch_with};
 pub use keyferry_providers::SecretValue;
 pub use plan::{DataFromPlan, DataFromSource, DataPlan, FindRead, Plan, Read, plan};
-pub use shape::shape;
+pub use shape::{shape, shape_blocking};
 
 use keyferry_api::ExternalSecret;
 
@@ -47,5 +48,5 @@ pub async fn sync(
 ) -> Result<DesiredSecret, SyncError> {
     let plan = plan(es)?;
     let fetched = fetch(&plan, stores).await?;
-    shape(es, &plan, &fetched)
+    shape_blocking(es, &plan, &fetched).await
 }

@@ -38,17 +38,7 @@ use crate::plan::{DataFromSource, Plan, Read, RewriteStep, TemplatePlan};
 use crate::property::{self, PropertyError};
 use crate::template::{Template, TemplateError, Value, secrets_value};
 
-/// Whether `key` is a valid Kubernetes Secret data key: 1–253 characters of `[-._a-zA-Z0-9]`, and
-/// not `.` or `..`.
-pub fn is_valid_secret_key(key: &str) -> bool {
-    !key.is_empty()
-        && key.len() <= 253
-        && key != "."
-        && key != ".."
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
+pub use keyferry_api::names::is_valid_secret_key;
 
 /// Shapes the fetched values into the desired Secret (see the module docs for the rules).
 pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<DesiredSecret, SyncError> {
@@ -103,6 +93,14 @@ pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<Desi
         annotations,
         target.immutable.unwrap_or(false),
     );
+    if let Some(tp) = &plan.template {
+        desired.templated_metadata = tp
+            .labels
+            .iter()
+            .map(|(k, _)| format!("labels/{k}"))
+            .chain(tp.annotations.iter().map(|(k, _)| format!("annotations/{k}")))
+            .collect();
+    }
     desired.versions = plan
         .reads
         .iter()
@@ -250,7 +248,10 @@ impl<'a> State<'a> {
                 RewriteStep::Regexp { re, target } => re.replace_all(&key, target.as_str()).into_owned(),
                 RewriteStep::Transform(tpl) => {
                     let f = format!("{field}.rewrite[{j}].transform.template");
-                    let input = Value::Map(BTreeMap::from([("value".to_owned(), Value::Str(key))]));
+                    let input = Value::Map(std::sync::Arc::new(BTreeMap::from([(
+                        "value".to_owned(),
+                        Value::Str(key),
+                    )])));
                     let out = tpl.execute(&input).map_err(|e| template_error(self.esr, &f, e))?;
                     String::from_utf8(out).map_err(|_| {
                         template_error(
@@ -361,6 +362,27 @@ fn missing_property(esr: &EsRef, field: &str, p: &str, key: &str, e: &PropertyEr
     }
 }
 
+/// [`shape`] on tokio's blocking pool: templates may run up to their step, byte and time bounds,
+/// which must not hold up the async workers (lease renewal, other reconciles).
+pub async fn shape_blocking(
+    es: &ExternalSecret,
+    plan: &Plan,
+    fetched: &Fetched,
+) -> Result<DesiredSecret, SyncError> {
+    let (es2, plan2, fetched2) = (es.clone(), plan.clone(), fetched.clone());
+    match tokio::task::spawn_blocking(move || shape(&es2, &plan2, &fetched2)).await {
+        Ok(result) => result,
+        Err(_) => Err(template_error(
+            &plan.es,
+            "spec.target.template",
+            TemplateError {
+                pos: Default::default(),
+                message: "template evaluation did not complete".to_owned(),
+            },
+        )),
+    }
+}
+
 fn template_error(esr: &EsRef, field: &str, source: TemplateError) -> SyncError {
     SyncError::Template {
         es: esr.clone(),
@@ -397,13 +419,42 @@ fn apply_template(
     };
     let mut labels = BTreeMap::new();
     let mut annotations = BTreeMap::new();
+    // Checked here with the apiserver's rules, so a bad rendered value never reaches the apiserver
+    // (whose 422 would quote it back); the error names the key, never the value.
+    let bad = |f: &str, why: String| {
+        template_error(
+            esr,
+            f,
+            TemplateError {
+                pos: Default::default(),
+                message: why,
+            },
+        )
+    };
     for (k, tpl) in &tp.labels {
         let f = format!("spec.target.template.metadata.labels.{k}");
-        labels.insert(k.clone(), text(&f, run(&f, tpl)?)?);
+        let v = text(&f, run(&f, tpl)?)?;
+        crate::metadata::check_key(k).map_err(|why| bad(&f, format!("label key: {why}")))?;
+        crate::metadata::check_label_value(&v)
+            .map_err(|why| bad(&f, format!("rendered label value ({} bytes) {why}", v.len())))?;
+        labels.insert(k.clone(), v);
     }
+    let mut total = 0usize;
     for (k, tpl) in &tp.annotations {
         let f = format!("spec.target.template.metadata.annotations.{k}");
-        annotations.insert(k.clone(), text(&f, run(&f, tpl)?)?);
+        let v = text(&f, run(&f, tpl)?)?;
+        crate::metadata::check_key(k).map_err(|why| bad(&f, format!("annotation key: {why}")))?;
+        total = total.saturating_add(k.len()).saturating_add(v.len());
+        if total > crate::metadata::MAX_ANNOTATIONS_SIZE {
+            return Err(bad(
+                &f,
+                format!(
+                    "annotations exceed {} bytes in total",
+                    crate::metadata::MAX_ANNOTATIONS_SIZE
+                ),
+            ));
+        }
+        annotations.insert(k.clone(), v);
     }
     let mut data = if merge || !tp.produces_data() {
         fetched.clone()

@@ -74,6 +74,9 @@ async fn no_error_or_debug_output_contains_a_value() {
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: '{{ .a }}: [1]'}]}}\n",
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: 'k: {{ .a }}: ['}]}}\n",
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: '- {{ .a }}'}]}}\n",
+        // templated metadata the apiserver would refuse: refused here, naming the key only
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {metadata: {labels: {l: '{{ .a }}'}}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {metadata: {labels: {'{{ .a }}': x}}}}\n",
         // null bytes, missing secrets
         "data:\n- {secretKey: a, remoteRef: {key: nul, decodingStrategy: Base64, nullBytePolicy: Fail}}\n",
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\n- {secretKey: b, remoteRef: {key: gone}}\n",
@@ -92,7 +95,7 @@ async fn no_error_or_debug_output_contains_a_value() {
     }
 
     // Successful runs: Debug of plan, fetched and desired, and the redacted YAML.
-    let ok = "data:\n- {secretKey: a, remoteRef: {key: plain}}\n- {secretKey: b, remoteRef: {key: json, property: n.x}}\ndataFrom:\n- extract: {key: json}\n  rewrite: [{regexp: {source: '^', target: 'x-'}}]\ntarget: {template: {mergePolicy: Merge, data: {c: '{{ .a }}{{ .b }}'}}}\n";
+    let ok = "data:\n- {secretKey: a, remoteRef: {key: plain}}\n- {secretKey: b, remoteRef: {key: json, property: n.x}}\ndataFrom:\n- extract: {key: json}\n  rewrite: [{regexp: {source: '^', target: 'x-'}}]\ntarget: {template: {mergePolicy: Merge, metadata: {annotations: {ann: '{{ .a }}'}}, data: {c: '{{ .a }}{{ .b }}'}}}\n";
     let e = es(&format!("{STORE}{ok}"));
     let p = plan(&e).unwrap();
     let f = fetch(&p, &SingleStore::new(s.clone())).await.unwrap();
@@ -103,6 +106,16 @@ async fn no_error_or_debug_output_contains_a_value() {
         &format!("{p:?}\n{f:?}\n{d:?}\n{p:#?}\n{f:#?}\n{d:#?}"),
     );
     assert_clean("redacted YAML", &d.to_yaml(false));
+    // Templated metadata is shown by size only, and no unkeyed hash of the values is printed.
+    assert_eq!(
+        d.annotations["ann"], CANARY,
+        "the applied Secret carries the annotation"
+    );
+    assert!(
+        !d.to_yaml(false).contains(&d.content_hash),
+        "unkeyed data hash in redacted output"
+    );
+    assert!(d.to_yaml(true).contains(CANARY));
     assert_clean("redacted Secret", &format!("{:?}", d.to_secret(false)));
     assert!(
         d.to_yaml(true)

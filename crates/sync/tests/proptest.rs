@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use keyferry_api::external_secret::DecodingStrategy;
 use keyferry_sync::decode::decode;
 use keyferry_sync::property::{parse_path, select};
-use keyferry_sync::template::{Template, Value};
+use keyferry_sync::template::{MAX_ALLOC, MAX_STEPS, MAX_VALUE, Template, Value};
 use proptest::prelude::*;
 
 /// Pieces of template syntax, so generated templates get past the lexer and reach the parser and
@@ -93,9 +93,35 @@ fn data() -> Value {
     );
     m.insert(
         "list".to_owned(),
-        Value::List(vec![Value::Int(1), Value::Str("two".to_owned())]),
+        Value::List(vec![Value::Int(1), Value::Str("two".to_owned())].into()),
     );
-    Value::Map(m)
+    Value::Map(m.into())
+}
+
+proptest! {
+    // Each case may run up to the step bound (a million steps): few cases.
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nested_amplifying_templates_stay_within_the_engine_bounds(
+        counts in prop::collection::vec(0u32..5000, 1..4),
+        body in prop::sample::select(&[
+            "{{ $.a }}", "{{ $x := $ }}", "{{ $x := list $ $ . }}", "{{ $x := splitList \"l\" $.a }}",
+            "{{ $x := fromJson $.json }}", "{{ toJson $ }}", "{{ printf \"%s%s\" $.a $.a }}",
+        ][..]),
+    ) {
+        // Ranges nested as deep as `counts`, each around an amplifying body: whatever the result,
+        // the engine's own accounting stays within its bounds.
+        let mut src = body.to_owned();
+        for n in &counts {
+            src = format!("{{{{ range {n} }}}}{src}{{{{ end }}}}");
+        }
+        let t = Template::parse(&src).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let (_, stats) = t.execute_with_stats(&data(), std::time::Duration::from_secs(60));
+        prop_assert!(stats.allocated <= MAX_ALLOC, "{src}: {stats:?}");
+        prop_assert!(stats.output <= MAX_VALUE, "{src}: {stats:?}");
+        prop_assert!(stats.steps <= MAX_STEPS + 1, "{src}: {stats:?}");
+    }
 }
 
 proptest! {

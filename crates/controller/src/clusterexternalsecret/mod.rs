@@ -71,6 +71,12 @@ pub fn external_secret_name(ces: &ClusterExternalSecret) -> String {
         .unwrap_or_else(|| ces.name_any())
 }
 
+/// Whether `es` has an owner reference to `ces` (by uid).
+pub fn owned_by(es: &ExternalSecret, ces: &ClusterExternalSecret) -> bool {
+    ces.uid()
+        .is_some_and(|uid| es.owner_references().iter().any(|o| o.uid == uid))
+}
+
 /// The ExternalSecret to apply in one namespace (pure): the CES's spec, metadata, and an owner
 /// reference so it is garbage-collected with the ClusterExternalSecret.
 pub fn build_external_secret(ces: &ClusterExternalSecret, namespace: &str) -> ExternalSecret {
@@ -185,6 +191,27 @@ async fn reconcile_inner(ces: &ClusterExternalSecret, ctx: &Context) -> Result<A
         let mut body = serde_json::to_value(&es).unwrap_or_default();
         if let Some(obj) = body.as_object_mut() {
             obj.remove("status");
+        }
+        // Like ESO: an ExternalSecret of that name this ClusterExternalSecret does not own is not
+        // taken over (a forced apply would otherwise rewrite a team's own ExternalSecret).
+        match api.get_opt(&name).await {
+            Ok(Some(existing)) if !owned_by(&existing, ces) => {
+                failed.push(ClusterExternalSecretNamespaceFailure {
+                    namespace: ns.clone(),
+                    reason: Some(format!(
+                        "ExternalSecret {ns}/{name} already exists and is not owned by this ClusterExternalSecret; not taken over"
+                    )),
+                });
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failed.push(ClusterExternalSecretNamespaceFailure {
+                    namespace: ns.clone(),
+                    reason: Some(crate::error::kube_one_line(&e)),
+                });
+                continue;
+            }
         }
         match api.patch(&name, &pp, &Patch::Apply(&body)).await {
             Ok(_) => provisioned.push(ns.clone()),
@@ -314,6 +341,19 @@ mod tests {
         let mut c = ClusterExternalSecret::new("shared-db", ClusterExternalSecretSpec::default());
         c.metadata.uid = Some("ces-uid".into());
         c
+    }
+
+    #[test]
+    fn only_owned_external_secrets_are_updated() {
+        let c = ces();
+        let ours = build_external_secret(&c, "team-a");
+        assert!(owned_by(&ours, &c));
+        let mut theirs = ours.clone();
+        theirs.metadata.owner_references = None;
+        assert!(!owned_by(&theirs, &c), "a team's own ExternalSecret is not ours");
+        let mut other = ces();
+        other.metadata.uid = Some("other-uid".into());
+        assert!(!owned_by(&ours, &other));
     }
 
     fn ns(name: &str, labels: &[(&str, &str)]) -> (String, BTreeMap<String, String>, bool) {

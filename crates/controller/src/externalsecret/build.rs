@@ -122,6 +122,25 @@ pub fn plan_write(
             ),
         });
     }
+    // A Secret someone else created (no controller and no reconcile.external-secrets.io/managed
+    // label) is not taken over: overwriting it would silently replace another writer's data, and
+    // Owner would then garbage-collect it with the ExternalSecret. Secrets keyferry or ESO wrote
+    // carry the label, so migrating from ESO and re-adopting our own Secrets still work.
+    if current.exists
+        && current.controller_uid.is_none()
+        && current
+            .labels
+            .get(keyferry_api::LABEL_MANAGED)
+            .map(String::as_str)
+            != Some("true")
+    {
+        return Err(Blocked {
+            reason: conditions::es::SECRET_SYNCED_ERROR,
+            message: format!(
+                "{secret_label} exists and was not created by keyferry or ESO (no reconcile.external-secrets.io/managed=true label); keyferry does not take it over: delete it, label it, or use creationPolicy Merge"
+            ),
+        });
+    }
     let same_data = current.exists && current.data_hash == desired.content_hash;
     if current.exists && current.immutable && !same_data {
         return Err(Blocked {
@@ -341,6 +360,31 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn secrets_created_by_someone_else_are_not_adopted() {
+        let d = desired("v1");
+        let mut foreign = current_from(&d, None);
+        foreign.labels.remove(LABEL_MANAGED);
+        for creation in [CreationPolicy::Owner, CreationPolicy::Orphan] {
+            let plan = plan_write(&es(), &target(creation, DeletionPolicy::Retain), &d, &foreign);
+            let msg = match plan {
+                Err(b) => b.message,
+                other => panic!("{creation:?}: {other:?}"),
+            };
+            assert!(msg.contains("does not take it over"), "{msg}");
+        }
+        // Merge is the way to write into someone else's Secret.
+        assert!(
+            plan_write(
+                &es(),
+                &target(CreationPolicy::Merge, DeletionPolicy::Retain),
+                &d,
+                &foreign
+            )
+            .is_ok()
+        );
     }
 
     #[test]

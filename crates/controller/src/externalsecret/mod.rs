@@ -98,7 +98,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     let meta = validate::meta_version(es);
 
     // validate (no client required)
-    let validated = match validate::validate(es) {
+    let validated = match validate::validate_with(es, ctx.settings.allow_token_secret_types) {
         Ok(v) => v,
         Err(e) => return fail(ctx, es, &meta, e).await,
     };
@@ -146,7 +146,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     // build: read the vault and shape the desired Secret
     let t = Instant::now();
     let synced = match keyferry_sync::fetch(&validated.plan, &stores).await {
-        Ok(fetched) => keyferry_sync::shape(es, &validated.plan, &fetched),
+        Ok(fetched) => keyferry_sync::shape_blocking(es, &validated.plan, &fetched).await,
         Err(e) => Err(e),
     };
     ctx.metrics.synced(reason.as_str(), t.elapsed());

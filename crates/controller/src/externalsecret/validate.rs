@@ -67,6 +67,42 @@ pub fn validate(es: &ExternalSecret) -> Result<Validated, ReconcileError> {
     })
 }
 
+/// Secret types that make the cluster mint or honour credentials: the token controller fills a
+/// `kubernetes.io/service-account-token` Secret with a token for the service account its annotation
+/// names (so whoever can create an ExternalSecret could mint tokens for any service account in the
+/// namespace), and a `bootstrap.kubernetes.io/token` Secret in kube-system lets nodes join the
+/// cluster. Refused unless the controller runs with `--allow-token-secret-types`.
+pub const TOKEN_SECRET_TYPES: [&str; 2] = [
+    "kubernetes.io/service-account-token",
+    "bootstrap.kubernetes.io/token",
+];
+
+/// [`validate`], plus the checks that depend on controller flags.
+pub fn validate_with(es: &ExternalSecret, allow_token_types: bool) -> Result<Validated, ReconcileError> {
+    let v = validate(es)?;
+    check_secret_type(es, allow_token_types)?;
+    Ok(v)
+}
+
+/// Refuses the [`TOKEN_SECRET_TYPES`] unless allowed.
+pub fn check_secret_type(es: &ExternalSecret, allow_token_types: bool) -> Result<(), ReconcileError> {
+    let type_ = es
+        .spec
+        .target_or_default()
+        .template
+        .and_then(|t| t.type_)
+        .unwrap_or_default();
+    if !allow_token_types && TOKEN_SECRET_TYPES.contains(&type_.trim()) {
+        return Err(ReconcileError::InvalidTarget(format!(
+            "ExternalSecret {}/{}: spec.target.template.type: {} Secrets make the cluster mint or accept credentials; the controller refuses them unless started with --allow-token-secret-types",
+            es.namespace().unwrap_or_default(),
+            es.name_any(),
+            type_.trim()
+        )));
+    }
+    Ok(())
+}
+
 /// The defaulted target section, with the name checked.
 pub fn target_settings(es: &ExternalSecret) -> Result<TargetSettings, ReconcileError> {
     let t = es.spec.target_or_default();
@@ -149,6 +185,28 @@ mod tests {
 
     pub(crate) fn es(yaml: &str) -> ExternalSecret {
         serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn token_secret_types_are_refused_unless_allowed() {
+        for type_ in TOKEN_SECRET_TYPES
+            .iter()
+            .chain([&" kubernetes.io/service-account-token "])
+        {
+            let e = es(&format!(
+                "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: t, namespace: team}}\nspec:\n  secretStoreRef: {{name: s}}\n  target:\n    template:\n      type: \"{type_}\"\n  data: [{{secretKey: a, remoteRef: {{key: a}}}}]\n"
+            ));
+            let err = validate_with(&e, false)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("--allow-token-secret-types"), "{type_}: {err}");
+            assert!(validate_with(&e, true).is_ok(), "{type_}");
+        }
+        let opaque = es(
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {name: t, namespace: team}\nspec:\n  secretStoreRef: {name: s}\n  target: {template: {type: kubernetes.io/dockerconfigjson}}\n  data: [{secretKey: a, remoteRef: {key: a}}]\n",
+        );
+        assert!(validate_with(&opaque, false).is_ok());
     }
 
     const BASIC: &str = r#"

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keyferry_api::secret_store::{AzureAuthType, AzureKvProvider, ProviderKind};
+use keyferry_api::secret_store::{AzureKvProvider, ProviderKind};
+pub use keyferry_providers::azure::store_auth::ServiceAccountIdentity;
+use keyferry_providers::azure::store_auth::{self, AmbientPolicy, StoreAuthError, StoreAuthInputs};
 use keyferry_providers::azure::{AssertionSource, AzureCredentials, AzureProvider, ConnectOptions};
 use keyferry_providers::{FakeStore, ProviderError, SecretValue, SecretsClient};
 
@@ -21,13 +23,13 @@ pub enum BuildError {
         /// Why.
         source: keyferry_api::secret_store::ProviderSpecError,
     },
-    /// Credentials are missing or do not fit the auth type.
-    #[error("{store}: {detail}")]
-    Credentials {
+    /// Credentials are missing, contradict each other, or borrow an identity the store may not use.
+    #[error("{store}: {source}")]
+    Auth {
         /// The store.
         store: String,
-        /// What is missing (field names only).
-        detail: String,
+        /// Why (field names only, never values).
+        source: StoreAuthError,
     },
     /// The provider refused the configuration.
     #[error("{store}: {source}")]
@@ -44,7 +46,8 @@ impl BuildError {
     pub fn category(&self) -> &'static str {
         match self {
             BuildError::Provider { .. } => "invalid_store",
-            BuildError::Credentials { .. } | BuildError::Config { .. } => "invalid_provider_config",
+            BuildError::Auth { source, .. } => source.category(),
+            BuildError::Config { .. } => "invalid_provider_config",
         }
     }
 }
@@ -58,16 +61,8 @@ pub struct BuildInputs<'a> {
     /// For WorkloadIdentity with a `serviceAccountRef`: the token source and the service account's
     /// client/tenant annotations.
     pub service_account: Option<ServiceAccountIdentity>,
-}
-
-/// A service account used for per-store workload identity.
-pub struct ServiceAccountIdentity {
-    /// Where fresh tokens come from.
-    pub source: Arc<dyn AssertionSource>,
-    /// `azure.workload.identity/client-id` annotation.
-    pub client_id: Option<String>,
-    /// `azure.workload.identity/tenant-id` annotation.
-    pub tenant_id: Option<String>,
+    /// `--allow-ambient-identity-for-namespaced-stores`.
+    pub allow_ambient_for_namespaced: bool,
 }
 
 /// The provider name of a store, for metrics (`azurekv`, `fake`, `unknown`).
@@ -107,7 +102,13 @@ pub fn build_client(
     match kind {
         ProviderKind::Fake(fake) => Ok(Arc::new(FakeStore::from_spec(&label, fake))),
         ProviderKind::AzureKv(az) => {
-            let creds = azure_credentials(&label, az, inputs.credentials, inputs.service_account)?;
+            let creds = azure_credentials(
+                store,
+                az,
+                inputs.credentials,
+                inputs.service_account,
+                inputs.allow_ambient_for_namespaced,
+            )?;
             let provider = AzureProvider::new(az, creds, inputs.connect)
                 .map_err(|source| BuildError::Config { store: label, source })?;
             Ok(Arc::new(provider))
@@ -115,92 +116,51 @@ pub fn build_client(
     }
 }
 
-fn text(creds: &Credentials, field: &str) -> Option<String> {
-    creds
-        .values
-        .get(field)
-        .and_then(|v| v.expose_str())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
+/// Refuses an ambient identity (managed identity, the controller's workload identity, environment
+/// credentials) for a namespaced SecretStore unless allowed. Checked before a client is built *or
+/// shared*: a namespaced store with the same settings as a ClusterSecretStore must not get its client.
+pub fn refuse_ambient(store: &StoreObject, allow_ambient_for_namespaced: bool) -> Result<(), BuildError> {
+    if store.is_cluster() || allow_ambient_for_namespaced {
+        return Ok(());
+    }
+    match store.spec().provider.kind() {
+        Ok(ProviderKind::AzureKv(az)) => match store_auth::ambient_identity(az, true) {
+            Some(what) => Err(BuildError::Auth {
+                store: store.label(),
+                source: StoreAuthError::AmbientRefused { what },
+            }),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
 }
 
-/// Turns a store's auth settings and the credentials read for it into [`AzureCredentials`].
+/// Turns a store's auth settings and the credentials read for it into [`AzureCredentials`], through
+/// the one mapping shared with the offline commands ([`store_auth::store_credentials`]).
 pub fn azure_credentials(
-    label: &str,
+    store: &StoreObject,
     az: &AzureKvProvider,
     creds: &Credentials,
     service_account: Option<ServiceAccountIdentity>,
+    allow_ambient_for_namespaced: bool,
 ) -> Result<AzureCredentials, BuildError> {
-    let missing = |what: &str| BuildError::Credentials {
-        store: label.to_owned(),
-        detail: what.to_owned(),
-    };
-    let tenant = text(creds, "tenantId").or_else(|| az.tenant_id.clone().filter(|t| !t.is_empty()));
-    match az.auth_type_or_default() {
-        AzureAuthType::ServicePrincipal => {
-            let tenant_id = tenant.ok_or_else(|| {
-                missing("ServicePrincipal needs spec.provider.azurekv.tenantId or authSecretRef.tenantId")
-            })?;
-            let client_id = text(creds, "clientId").ok_or_else(|| {
-                missing("ServicePrincipal needs spec.provider.azurekv.authSecretRef.clientId")
-            })?;
-            if let Some(secret) = creds.values.get("clientSecret") {
-                Ok(AzureCredentials::ClientSecret {
-                    tenant_id,
-                    client_id,
-                    secret: secret.clone(),
-                })
-            } else if let Some(pem) = creds.values.get("clientCertificate") {
-                Ok(AzureCredentials::ClientCertificate {
-                    tenant_id,
-                    client_id,
-                    pem: pem.clone(),
-                })
-            } else {
-                Err(missing(
-                    "ServicePrincipal needs authSecretRef.clientSecret or authSecretRef.clientCertificate",
-                ))
-            }
-        }
-        AzureAuthType::ManagedIdentity => Ok(AzureCredentials::ManagedIdentity {
-            client_id: az.identity_id.clone().filter(|s| !s.is_empty()),
-        }),
-        AzureAuthType::WorkloadIdentity => match service_account {
-            Some(sa) => {
-                let client_id = text(creds, "clientId").or(sa.client_id).ok_or_else(|| {
-                    missing("WorkloadIdentity needs authSecretRef.clientId or the service account annotation azure.workload.identity/client-id")
-                })?;
-                let tenant_id = tenant.or(sa.tenant_id).ok_or_else(|| {
-                    missing("WorkloadIdentity needs tenantId or the service account annotation azure.workload.identity/tenant-id")
-                })?;
-                Ok(AzureCredentials::WorkloadIdentityAssertion {
-                    tenant_id,
-                    client_id,
-                    source: sa.source,
-                })
-            }
-            None => {
-                // The controller's own projected token (AZURE_FEDERATED_TOKEN_FILE).
-                let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-                let token_file = env("AZURE_FEDERATED_TOKEN_FILE").ok_or_else(|| {
-                    missing("WorkloadIdentity without serviceAccountRef needs AZURE_FEDERATED_TOKEN_FILE in the controller's environment")
-                })?;
-                let client_id = text(creds, "clientId")
-                    .or_else(|| env("AZURE_CLIENT_ID"))
-                    .ok_or_else(|| {
-                        missing("WorkloadIdentity needs authSecretRef.clientId or AZURE_CLIENT_ID")
-                    })?;
-                let tenant_id = tenant
-                    .or_else(|| env("AZURE_TENANT_ID"))
-                    .ok_or_else(|| missing("WorkloadIdentity needs tenantId or AZURE_TENANT_ID"))?;
-                Ok(AzureCredentials::WorkloadIdentity {
-                    tenant_id,
-                    client_id,
-                    token_file: token_file.into(),
-                })
-            }
+    let env = |k: &str| std::env::var(k).ok();
+    store_auth::store_credentials(
+        az,
+        StoreAuthInputs {
+            namespaced: !store.is_cluster(),
+            secret_fields: Some(&creds.values),
+            service_account,
+            ambient: AmbientPolicy {
+                allow_for_namespaced: allow_ambient_for_namespaced,
+                env: &env,
+            },
         },
-    }
+    )
+    .map_err(|source| BuildError::Auth {
+        store: store.label(),
+        source,
+    })
 }
 
 /// Fresh service-account tokens from the Kubernetes TokenRequest API.
@@ -239,7 +199,7 @@ impl AssertionSource for TokenRequestSource {
 mod tests {
     use super::*;
     use keyferry_api::external_secret::RemoteRef;
-    use keyferry_api::secret_store::{FakeProvider, FakeProviderData, StoreProvider};
+    use keyferry_api::secret_store::{AzureAuthType, FakeProvider, FakeProviderData, StoreProvider};
     use keyferry_api::{SecretStore, SecretStoreSpec};
 
     fn creds(pairs: &[(&str, &str)]) -> Credentials {
@@ -250,51 +210,70 @@ mod tests {
         c
     }
 
+    fn namespaced(az: &AzureKvProvider) -> StoreObject {
+        let mut store = SecretStore::new(
+            "s",
+            SecretStoreSpec {
+                provider: StoreProvider {
+                    azurekv: Some(az.clone()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        store.metadata.namespace = Some("team-a".into());
+        StoreObject::Namespaced(Arc::new(store))
+    }
+
     #[test]
-    fn service_principal_needs_tenant_client_and_secret() {
+    fn service_principal_needs_client_and_secret() {
         let az = AzureKvProvider {
             vault_url: "https://kv.vault.azure.net".into(),
+            tenant_id: Some("t".into()),
+            auth_secret_ref: Some(Default::default()),
             ..Default::default()
         };
-        let err = azure_credentials(
-            "s",
-            &az,
-            &creds(&[("clientId", "c"), ("clientSecret", "x")]),
-            None,
-        );
-        assert!(
-            matches!(err, Err(BuildError::Credentials { .. })),
-            "tenant missing"
-        );
-        let az = AzureKvProvider {
-            tenant_id: Some("t".into()),
-            ..az
-        };
+        let store = namespaced(&az);
         let ok = azure_credentials(
-            "s",
+            &store,
             &az,
             &creds(&[("clientId", "c"), ("clientSecret", "canary-x")]),
             None,
+            false,
         );
         let ok = ok.unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(ok, AzureCredentials::ClientSecret { .. }));
         assert!(!format!("{ok:?}").contains("canary"));
-        let err = azure_credentials("s", &az, &creds(&[("clientId", "c")]), None);
+        let err = azure_credentials(&store, &az, &creds(&[("clientId", "c")]), None, false);
         assert!(
-            matches!(err, Err(BuildError::Credentials { .. })),
+            matches!(err, Err(BuildError::Auth { .. })),
             "no secret nor certificate"
         );
     }
 
     #[test]
-    fn managed_identity_uses_identity_id() {
+    fn namespaced_managed_identity_is_refused_unless_allowed() {
         let az = AzureKvProvider {
             vault_url: "https://kv.vault.azure.net".into(),
             auth_type: Some(AzureAuthType::ManagedIdentity),
             identity_id: Some("mi-1".into()),
             ..Default::default()
         };
-        let got = azure_credentials("s", &az, &Credentials::default(), None);
+        let store = namespaced(&az);
+        let err = azure_credentials(&store, &az, &Credentials::default(), None, false)
+            .err()
+            .map(|e| (e.category(), e.to_string()));
+        let (category, msg) = err.unwrap_or_default();
+        assert_eq!(category, "not_allowed");
+        assert!(
+            msg.starts_with("SecretStore team-a/s") || msg.contains("team-a"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("--allow-ambient-identity-for-namespaced-stores"),
+            "{msg}"
+        );
+        let got = azure_credentials(&store, &az, &Credentials::default(), None, true);
         assert!(
             matches!(got, Ok(AzureCredentials::ManagedIdentity { client_id: Some(ref id) }) if id == "mi-1")
         );
@@ -323,6 +302,7 @@ mod tests {
                 credentials: &Credentials::default(),
                 connect: &connect,
                 service_account: None,
+                allow_ambient_for_namespaced: false,
             },
         );
         let client = client.unwrap_or_else(|e| panic!("{e}"));
@@ -355,6 +335,7 @@ mod tests {
                 credentials: &Credentials::default(),
                 connect: &connect,
                 service_account: None,
+                allow_ambient_for_namespaced: false,
             },
         )
         .err()

@@ -294,6 +294,7 @@ pub async fn client_for(
         build::vault_label(store),
         crate::stores::identity_digest(&store.spec().provider, &creds)
     );
+    build::refuse_ambient(store, ctx.settings.allow_ambient_identity_for_namespaced_stores)?;
     let shared = if service_account.is_none() {
         ctx.clients.shared(&identity)
     } else {
@@ -308,6 +309,7 @@ pub async fn client_for(
                     credentials: &creds,
                     connect: &ctx.connect,
                     service_account,
+                    allow_ambient_for_namespaced: ctx.settings.allow_ambient_identity_for_namespaced_stores,
                 },
             )?;
             ctx.metrics.provider_built(build::provider_name(store));

@@ -29,9 +29,17 @@ fn truthy(v: Option<&serde_yaml_ng::Value>) -> bool {
     }
 }
 
-/// Renders `templates/rbac.yaml` with the chart's default values.
+/// Renders `templates/rbac.yaml` with the chart's default values, plus
+/// `controller.rolloutRestarts.enabled=true` (opt-in at install time; the e2e tests roll workloads).
 pub fn render_rbac(fullname: &str, namespace: &str, sa: &str) -> Vec<serde_yaml_ng::Value> {
-    let values: serde_yaml_ng::Value = super::yaml(&repo_file("charts/keyferry/values.yaml"));
+    let mut values: serde_yaml_ng::Value = super::yaml(&repo_file("charts/keyferry/values.yaml"));
+    if let Some(r) = values
+        .get_mut("controller")
+        .and_then(|c| c.get_mut("rolloutRestarts"))
+        .and_then(|r| r.get_mut("enabled"))
+    {
+        *r = serde_yaml_ng::Value::Bool(true);
+    }
     let template = repo_file("charts/keyferry/templates/rbac.yaml");
     let mut keep = vec![true];
     let mut out = String::new();

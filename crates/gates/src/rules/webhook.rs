@@ -61,19 +61,14 @@ pub fn k8s_names(es: &EsView<'_>) -> Vec<RawFinding> {
     });
     for (i, d) in es.spec.data.iter().enumerate().filter(|_| !replaced) {
         let key = d.secret_key.as_str();
-        let valid = !key.is_empty()
-            && key.len() <= 253
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
+        if !keyferry_api::names::is_valid_secret_key(key) {
             out.push(
                 RawFinding::new(
                     Rule::K8sName,
                     es.file(),
                     es.line_of_key("secretKey", key, 0),
                     format!(
-                        "spec.data[{i}].secretKey: {key:?} is not a valid Secret key (1-253 characters of a-z, A-Z, 0-9, '-', '_' and '.')"
+                        "spec.data[{i}].secretKey: {key:?} is not a valid Secret key (1-253 characters of a-z, A-Z, 0-9, '-', '_' and '.', not \".\" or \"..\")"
                     ),
                 )
                 .with_object(es.object()),
@@ -184,8 +179,8 @@ pub fn datafrom_shape(es: &EsView<'_>) -> Vec<RawFinding> {
     out.into_iter().map(|f| f.with_object(es.object())).collect()
 }
 
-/// `KF006`: `deletionPolicy` must fit `creationPolicy` (ESO refuses `Delete` with `Merge`, and
-/// `Merge` with `None`).
+/// `KF006`: `deletionPolicy` must fit `creationPolicy` (ESO refuses `Delete` with `Merge` or `None`,
+/// and `Merge` with `None`; the controller refuses the same pairs).
 pub fn policy_conflict(es: &EsView<'_>) -> Vec<RawFinding> {
     let target = es.spec.target_or_default();
     let message = match (
@@ -194,6 +189,9 @@ pub fn policy_conflict(es: &EsView<'_>) -> Vec<RawFinding> {
     ) {
         (CreationPolicy::Merge, DeletionPolicy::Delete) => {
             "spec.target: deletionPolicy Delete needs a Secret keyferry owns; set creationPolicy Owner"
+        }
+        (CreationPolicy::None, DeletionPolicy::Delete) => {
+            "spec.target: deletionPolicy Delete cannot be used with creationPolicy None (keyferry must not delete a Secret it did not create)"
         }
         (CreationPolicy::None, DeletionPolicy::Merge) => {
             "spec.target: deletionPolicy Merge cannot be used with creationPolicy None (there is no Secret to merge into)"
@@ -264,6 +262,16 @@ pub fn store_spec(doc: &Located<Manifest>) -> Vec<RawFinding> {
                     "spec.provider.azurekv.authSecretRef: authType ServicePrincipal needs clientId and clientSecret (or clientCertificate)".into(),
                 ));
             }
+        }
+        if namespaced && let Some(what) = keyferry_providers::azure::store_auth::ambient_identity(az, true) {
+            // The controller refuses these unless started with
+            // --allow-ambient-identity-for-namespaced-stores (see docs/security.md).
+            problems.push((
+                "azurekv".into(),
+                format!(
+                    "spec.provider.azurekv: {what} is the controller's ambient identity; a namespaced SecretStore may only use credentials from its own namespace (authSecretRef or serviceAccountRef); the controller refuses it unless started with --allow-ambient-identity-for-namespaced-stores"
+                ),
+            ));
         }
         if namespaced {
             let mut selectors = Vec::new();
@@ -384,6 +392,14 @@ mod tests {
             templated.is_empty(),
             "template variables are not Secret keys: {templated:?}"
         );
+        // `.` and `..` pass the character rule but the apiserver (and the controller) refuse them.
+        for key in [".", ".."] {
+            let f = run(
+                k8s_names,
+                &format!("  data:\n  - {{secretKey: \"{key}\", remoteRef: {{key: a-b}}}}\n"),
+            );
+            assert_eq!(f.len(), 1, "{key}: {f:?}");
+        }
         assert!(is_dns_subdomain("netbox-db-credentials.v1"));
         assert!(!is_dns_subdomain("-a") && !is_dns_subdomain("a..b") && !is_dns_subdomain(""));
     }
@@ -434,6 +450,12 @@ mod tests {
             &format!("  target: {{creationPolicy: None, deletionPolicy: Merge}}\n{data}"),
         );
         assert_eq!(f.len(), 1);
+        // ESO's rule the controller already had: Delete with None.
+        let f = run(
+            policy_conflict,
+            &format!("  target: {{creationPolicy: None, deletionPolicy: Delete}}\n{data}"),
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
         assert!(
             run(
                 policy_conflict,
@@ -475,6 +497,32 @@ mod tests {
             store_spec(&d[1].located).is_empty(),
             "a ClusterSecretStore may name namespaces"
         );
+    }
+
+    #[test]
+    fn namespaced_stores_with_ambient_identities_are_flagged() {
+        let store = |kind: &str, auth: &str| {
+            format!(
+                "apiVersion: external-secrets.io/v1\nkind: {kind}\nmetadata: {{name: s, namespace: team}}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: https://kv.vault.azure.net/\n      tenantId: t\n{auth}"
+            )
+        };
+        for auth in [
+            "      authType: ManagedIdentity\n",
+            "      authType: WorkloadIdentity\n",
+            "      authType: WorkloadIdentity\n      authSecretRef:\n        clientId: {name: c, key: id}\n",
+        ] {
+            let d = docs(&store("SecretStore", auth));
+            let msgs: Vec<_> = store_spec(&d[0].located).into_iter().map(|f| f.message).collect();
+            assert_eq!(msgs.len(), 1, "{auth}: {msgs:?}");
+            assert!(msgs[0].contains("ambient identity"), "{msgs:?}");
+            let d = docs(&store("ClusterSecretStore", auth));
+            assert!(
+                store_spec(&d[0].located).is_empty(),
+                "cluster stores may use them: {auth}"
+            );
+        }
+        let own_sa = "      authType: WorkloadIdentity\n      serviceAccountRef: {name: team-sa}\n";
+        assert!(store_spec(&docs(&store("SecretStore", own_sa))[0].located).is_empty());
     }
 
     #[test]

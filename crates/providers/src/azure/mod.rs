@@ -24,6 +24,7 @@ mod client;
 mod credentials;
 mod errors;
 mod retry;
+pub mod store_auth;
 mod transport;
 
 use std::path::Path;

@@ -2,11 +2,15 @@
 //!
 //! Semantics follow Go's `text/template` with ESO's `missingkey=error`: a missing map key is an
 //! error, not `<no value>`. Execution is bounded: output and every intermediate string are capped at
-//! [`MAX_VALUE`] bytes, and at most [`MAX_STEPS`] nodes and range iterations run, so a hostile
-//! template cannot exhaust memory or CPU.
+//! [`MAX_VALUE`] bytes, at most [`MAX_STEPS`] nodes and range iterations run, every byte copied or
+//! produced is counted against [`MAX_ALLOC`] *before* it is allocated (`range N` materializes
+//! nothing; `$`, `.`, lists and maps are shared, so copying them is free), and a wall-clock
+//! deadline ([`MAX_DURATION`]) backs these up — so a hostile template cannot exhaust memory or CPU.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::funcs::{self, Func};
 use super::parser::{Command, Node, Operand, Pipeline};
@@ -16,6 +20,23 @@ use super::{Pos, TemplateError};
 pub const MAX_VALUE: usize = 1024 * 1024;
 /// Most nodes and range iterations one execution may run.
 pub const MAX_STEPS: u64 = 1_000_000;
+/// Most bytes one execution may allocate in total (every value copied or produced is counted, before
+/// it is made): the engine's own accounting, an upper bound of what it holds at once besides its input.
+pub const MAX_ALLOC: usize = 16 * 1024 * 1024;
+/// Longest wall-clock time one execution may take (a backstop; the step and byte bounds end hostile
+/// templates long before).
+pub const MAX_DURATION: Duration = Duration::from_secs(1);
+
+/// What one execution cost, by the engine's own accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecStats {
+    /// Nodes, calls and range iterations run.
+    pub steps: u64,
+    /// Bytes charged against [`MAX_ALLOC`] (copies and results, counted before they are made).
+    pub allocated: usize,
+    /// Output bytes.
+    pub output: usize,
+}
 
 /// A template value. `Debug` shows the type and size only: values hold secrets.
 #[derive(Clone, PartialEq)]
@@ -32,10 +53,10 @@ pub enum Value {
     Str(String),
     /// Bytes that are not UTF-8 (binary secret values).
     Bytes(Vec<u8>),
-    /// A list.
-    List(Vec<Value>),
-    /// A map with string keys, iterated in key order.
-    Map(BTreeMap<String, Value>),
+    /// A list (shared: copying a list is cheap).
+    List(Arc<Vec<Value>>),
+    /// A map with string keys, iterated in key order (shared: copying `$` or `.` is cheap).
+    Map(Arc<BTreeMap<String, Value>>),
 }
 
 impl fmt::Debug for Value {
@@ -67,10 +88,10 @@ impl Value {
                 .as_i64()
                 .map_or_else(|| Value::Float(n.as_f64().unwrap_or(0.0)), Value::Int),
             serde_json::Value::String(s) => Value::Str(s.clone()),
-            serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
-            serde_json::Value::Object(o) => {
-                Value::Map(o.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
-            }
+            serde_json::Value::Array(a) => Value::List(Arc::new(a.iter().map(Value::from_json).collect())),
+            serde_json::Value::Object(o) => Value::Map(Arc::new(
+                o.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect(),
+            )),
         }
     }
 
@@ -105,14 +126,27 @@ impl Value {
         }
     }
 
-    /// Approximate size in bytes (strings' lengths, summed through lists and maps).
+    /// Approximate size in bytes (strings' lengths, summed through lists and maps; 8 per scalar
+    /// and per container, so nesting empty lists is not free).
     pub fn size(&self) -> usize {
         match self {
             Value::Str(s) => s.len(),
             Value::Bytes(b) => b.len(),
-            Value::List(l) => l.iter().map(Value::size).sum(),
-            Value::Map(m) => m.iter().map(|(k, v)| k.len() + v.size()).sum(),
+            Value::List(l) => l.iter().fold(8usize, |n, v| n.saturating_add(v.size())),
+            Value::Map(m) => m.iter().fold(8usize, |n, (k, v)| {
+                n.saturating_add(k.len()).saturating_add(v.size())
+            }),
             _ => 8,
+        }
+    }
+
+    /// What copying the value allocates on the heap: its bytes for strings; nothing for scalars
+    /// and shared containers (a reference count).
+    fn copy_cost(&self) -> usize {
+        match self {
+            Value::Str(s) => s.len(),
+            Value::Bytes(b) => b.len(),
+            _ => 0,
         }
     }
 
@@ -184,6 +218,8 @@ pub(crate) struct Eval<'a> {
     vars: Vec<(String, Value)>,
     out: Vec<u8>,
     steps: u64,
+    allocated: usize,
+    deadline: Instant,
 }
 
 fn err(pos: Pos, message: impl Into<String>) -> TemplateError {
@@ -194,15 +230,26 @@ fn err(pos: Pos, message: impl Into<String>) -> TemplateError {
 }
 
 impl<'a> Eval<'a> {
-    pub(crate) fn run(nodes: &[Node], root: &'a Value) -> Result<Vec<u8>, TemplateError> {
+    pub(crate) fn run(
+        nodes: &[Node],
+        root: &'a Value,
+        max_duration: Duration,
+    ) -> (Result<Vec<u8>, TemplateError>, ExecStats) {
         let mut ev = Eval {
             root,
             vars: Vec::new(),
             out: Vec::new(),
             steps: 0,
+            allocated: 0,
+            deadline: Instant::now() + max_duration,
         };
-        ev.list(nodes, root)?;
-        Ok(ev.out)
+        let result = ev.list(nodes, root);
+        let stats = ExecStats {
+            steps: ev.steps,
+            allocated: ev.allocated,
+            output: ev.out.len(),
+        };
+        (result.map(|_| ev.out), stats)
     }
 
     fn step(&mut self, pos: Pos) -> Result<(), TemplateError> {
@@ -210,6 +257,24 @@ impl<'a> Eval<'a> {
         if self.steps > MAX_STEPS {
             return Err(err(pos, format!("template runs more than {MAX_STEPS} steps")));
         }
+        // Checking the clock is cheap but not free: every 1024 steps (and the first).
+        if self.steps % 1024 == 1 && Instant::now() > self.deadline {
+            return Err(err(pos, "template ran past its deadline"));
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` against [`MAX_ALLOC`] before they are allocated.
+    fn charge(&mut self, pos: Pos, bytes: usize) -> Result<(), TemplateError> {
+        let total = self.allocated.saturating_add(bytes);
+        if total > MAX_ALLOC {
+            // Refused, so not allocated: `allocated` stays within the bound.
+            return Err(err(
+                pos,
+                format!("template allocates more than {MAX_ALLOC} bytes"),
+            ));
+        }
+        self.allocated = total;
         Ok(())
     }
 
@@ -306,24 +371,12 @@ impl<'a> Eval<'a> {
             cmds: pipe.cmds.clone(),
         };
         let v = self.pipeline(&bare, dot)?;
-        let items: Vec<(Value, Value)> = match v {
-            Value::List(l) => l
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| (Value::Int(i as i64), v))
-                .collect(),
-            Value::Map(m) => m.into_iter().map(|(k, v)| (Value::Str(k), v)).collect(),
-            Value::Int(n) if n >= 0 => {
-                // Bound before allocating: each iteration is a step anyway.
-                if n.unsigned_abs() > MAX_STEPS {
-                    return Err(err(
-                        pipe.pos,
-                        format!("template runs more than {MAX_STEPS} steps"),
-                    ));
-                }
-                (0..n).map(|i| (Value::Int(i), Value::Int(i))).collect()
-            }
-            Value::Nil => Vec::new(),
+        // Iterate in place: nothing is materialized, each element is copied (and charged) when used.
+        let len = match &v {
+            Value::List(l) => l.len(),
+            Value::Map(m) => m.len(),
+            Value::Int(n) if *n >= 0 => usize::try_from(*n).unwrap_or(usize::MAX),
+            Value::Nil => 0,
             other => {
                 return Err(err(
                     pipe.pos,
@@ -331,14 +384,28 @@ impl<'a> Eval<'a> {
                 ));
             }
         };
-        if items.is_empty() {
+        if len == 0 {
             let mark = self.vars.len();
             let flow = self.list(otherwise, dot)?;
             self.vars.truncate(mark);
             return Ok(flow);
         }
-        for (key, elem) in items {
+        let mut keys = match &v {
+            Value::Map(m) => Some(m.iter()),
+            _ => None,
+        };
+        for i in 0..len {
             self.step(pipe.pos)?;
+            let index = Value::Int(i64::try_from(i).unwrap_or(i64::MAX));
+            let (key, elem) = match (&v, keys.as_mut()) {
+                (Value::List(l), _) => (index, l[i].clone()),
+                (Value::Map(_), Some(it)) => match it.next() {
+                    Some((k, e)) => (Value::Str(k.clone()), e.clone()),
+                    None => break,
+                },
+                _ => (index.clone(), index),
+            };
+            self.charge(pipe.pos, key.copy_cost().saturating_add(elem.copy_cost()))?;
             let mark = self.vars.len();
             match pipe.vars.as_slice() {
                 [] => {}
@@ -409,14 +476,26 @@ impl<'a> Eval<'a> {
         literal: &[bool],
     ) -> Result<Value, TemplateError> {
         self.step(pos)?;
-        funcs::call(f, args, literal).map_err(|m| err(pos, format!("{}: {m}", f.name())))
+        // Functions bound their own results (MAX_VALUE, checked before building); the result is
+        // counted here, and what they would build from oversized input is refused up front.
+        self.charge(pos, funcs::precharge(f, &args))?;
+        let v = funcs::call(f, args, literal).map_err(|m| err(pos, format!("{}: {m}", f.name())))?;
+        self.charge(pos, v.size())?;
+        Ok(v)
     }
 
     fn operand(&mut self, op: &Operand, dot: &Value) -> Result<Value, TemplateError> {
         Ok(match op {
             Operand::Func(f, pos) => self.call(*f, *pos, Vec::new(), &[])?,
-            Operand::Field(names, pos) => fields(dot, names, *pos)?,
-            Operand::Dot => dot.clone(),
+            Operand::Field(names, pos) => {
+                let v = fields(dot, names, *pos)?;
+                self.charge(*pos, v.copy_cost())?;
+                v
+            }
+            Operand::Dot => {
+                self.charge(Pos::default(), dot.copy_cost())?;
+                dot.clone()
+            }
             Operand::Var(name, names, pos) => {
                 let base = if name.is_empty() {
                     self.root
@@ -426,7 +505,9 @@ impl<'a> Eval<'a> {
                         None => return Err(err(*pos, format!("undefined variable \"${name}\""))),
                     }
                 };
-                fields(base, names, *pos)?
+                let v = fields(base, names, *pos)?;
+                self.charge(*pos, v.copy_cost())?;
+                v
             }
             Operand::Sub(pipe, names, pos) => {
                 let v = self.pipeline(pipe, dot)?;
@@ -441,7 +522,7 @@ impl<'a> Eval<'a> {
     }
 }
 
-/// `.a.b.c` on `base`; a missing key is an error (ESO's `missingkey=error`).
+/// `.a.b.c` on `base`; a missing key is an error (ESO's `missingkey=error`). Only the end is copied.
 fn fields(base: &Value, names: &[String], pos: Pos) -> Result<Value, TemplateError> {
     let mut cur = base;
     for name in names {

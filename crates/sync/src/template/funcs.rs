@@ -116,6 +116,24 @@ fn str_value(s: String) -> Value {
     Value::Str(s)
 }
 
+/// What `f` will allocate beyond its result's size, estimated from its arguments before it runs:
+/// `splitList` and `fromJson` build one value (32 bytes and more) per piece of a string, which the
+/// result's byte size does not show.
+pub(crate) fn precharge(f: Func, args: &[Value]) -> usize {
+    let piece = std::mem::size_of::<Value>().saturating_add(16);
+    match (f, args) {
+        (Func::Split, [sep, s]) => match (text(sep), text(s)) {
+            (Ok(sep), Ok(s)) if !sep.is_empty() => {
+                s.matches(&*sep).count().saturating_add(1).saturating_mul(piece)
+            }
+            _ => 0,
+        },
+        // At most one JSON value per byte or two of input; parsed twice (serde_json, then Value).
+        (Func::FromJson, [s]) => bytes(s).map_or(0, |b| b.len().saturating_mul(piece)),
+        _ => 0,
+    }
+}
+
 /// Calls `f`; errors are prefixed with the function's name by the caller.
 ///
 /// `literal[i]` tells whether argument `i` was written in the template as a string literal: only
@@ -352,9 +370,11 @@ pub(crate) fn call(f: Func, args: Vec<Value>, literal: &[bool]) -> R {
             if sep.is_empty() {
                 return Err("empty separator".to_owned());
             }
-            Value::List(s.split(&*sep).map(|p| Value::Str(p.to_owned())).collect())
+            Value::List(std::sync::Arc::new(
+                s.split(&*sep).map(|p| Value::Str(p.to_owned())).collect(),
+            ))
         }
-        Func::List => Value::List(args.clone()),
+        Func::List => Value::List(std::sync::Arc::new(args.clone())),
         Func::Dict => {
             if !a.len().is_multiple_of(2) {
                 return Err("expected key/value pairs".to_owned());
@@ -363,7 +383,7 @@ pub(crate) fn call(f: Func, args: Vec<Value>, literal: &[bool]) -> R {
             for pair in a.chunks(2) {
                 m.insert(text(&pair[0])?.into_owned(), pair[1].clone());
             }
-            Value::Map(m)
+            Value::Map(std::sync::Arc::new(m))
         }
         Func::Sha256sum => {
             arity(a, 1)?;
@@ -380,9 +400,9 @@ pub(crate) fn call(f: Func, args: Vec<Value>, literal: &[bool]) -> R {
 
 fn index(cur: Value, key: &Value, literal: bool) -> R {
     match cur {
-        Value::Map(mut m) => {
+        Value::Map(m) => {
             let k = text(key)?;
-            m.remove(&*k).ok_or_else(|| {
+            m.get(&*k).cloned().ok_or_else(|| {
                 if literal {
                     format!("map has no entry for key {k:?}")
                 } else {
@@ -390,13 +410,13 @@ fn index(cur: Value, key: &Value, literal: bool) -> R {
                 }
             })
         }
-        Value::List(mut l) => {
+        Value::List(l) => {
             let i = int(key)?;
             let len = l.len();
             usize::try_from(i)
                 .ok()
                 .filter(|&i| i < len)
-                .map(|i| l.swap_remove(i))
+                .map(|i| l[i].clone())
                 .ok_or_else(|| format!("index out of range: {i} (list of {len})"))
         }
         Value::Nil => Err("index of nil".to_owned()),

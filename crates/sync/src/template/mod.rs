@@ -29,7 +29,7 @@ mod printf;
 use std::collections::BTreeMap;
 use std::fmt;
 
-pub use eval::{MAX_STEPS, MAX_VALUE, Value};
+pub use eval::{ExecStats, MAX_ALLOC, MAX_DURATION, MAX_STEPS, MAX_VALUE, Value};
 use keyferry_providers::SecretValue;
 
 /// A position in a template: 1-based line and column (in characters).
@@ -80,7 +80,17 @@ impl Template {
 
     /// Executes the template with `data` as dot (and `$`).
     pub fn execute(&self, data: &Value) -> Result<Vec<u8>, TemplateError> {
-        eval::Eval::run(&self.nodes, data)
+        self.execute_with_stats(data, MAX_DURATION).0
+    }
+
+    /// Executes with a wall-clock limit and reports what the execution cost (steps, bytes charged,
+    /// output), whether it succeeded or not.
+    pub fn execute_with_stats(
+        &self,
+        data: &Value,
+        max_duration: std::time::Duration,
+    ) -> (Result<Vec<u8>, TemplateError>, ExecStats) {
+        eval::Eval::run(&self.nodes, data, max_duration)
     }
 
     /// Executes the template over secret data: each key is a string (or bytes, when not UTF-8).
@@ -91,11 +101,11 @@ impl Template {
 
 /// Secret data as a template map.
 pub fn secrets_value(data: &BTreeMap<String, SecretValue>) -> Value {
-    Value::Map(
+    Value::Map(std::sync::Arc::new(
         data.iter()
             .map(|(k, v)| (k.clone(), Value::from_bytes(v.expose().to_vec())))
             .collect(),
-    )
+    ))
 }
 
 /// The names of the supported functions.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Template, Value};
+use super::{MAX_ALLOC, MAX_STEPS, MAX_VALUE, Template, Value};
 
 fn data() -> Value {
     let mut m = BTreeMap::new();
@@ -19,9 +19,9 @@ fn data() -> Value {
     }
     m.insert(
         "list".to_owned(),
-        Value::List(vec![Value::Str("a".into()), Value::Str("b".into())]),
+        Value::List(vec![Value::Str("a".into()), Value::Str("b".into())].into()),
     );
-    Value::Map(m)
+    Value::Map(m.into())
 }
 
 fn render(src: &str) -> String {
@@ -279,14 +279,14 @@ fn binary_values_pass_through() {
     let mut m = BTreeMap::new();
     m.insert("bin".to_owned(), Value::Bytes(vec![0xff, 0x00, 0xfe]));
     let t = Template::parse("{{ .bin }}|{{ .bin | b64enc }}").unwrap();
-    let out = t.execute(&Value::Map(m)).unwrap();
+    let out = t.execute(&Value::Map(m.into())).unwrap();
     assert_eq!(out, [&[0xff, 0x00, 0xfe][..], b"|/wD+"].concat());
 }
 
 #[test]
 fn value_debug_is_redacted() {
     let v = Value::Str("canary-123".into());
-    let shown = format!("{v:?} {:?}", Value::List(vec![v.clone()]));
+    let shown = format!("{v:?} {:?}", Value::List(vec![v.clone()].into()));
     assert!(!shown.contains("canary"), "{shown}");
 }
 
@@ -318,4 +318,89 @@ fn eso_documentation_examples() {
     assert_eq!(render(cfg), "[1][2][three]");
     let pem = "-----BEGIN-----\n{{ .b64 | b64dec | nindent 2 | trim }}\n-----END-----";
     assert_eq!(render(pem), "-----BEGIN-----\nhello\n-----END-----");
+}
+
+/// Hostile templates (issue 11): each must end with an error, within the engine's own byte
+/// accounting (MAX_ALLOC) and output bound — no wall-clock assertion.
+#[test]
+fn worst_case_templates_end_in_errors_within_bounds() {
+    use std::sync::Arc;
+    let big = "a".repeat(25 * 1024); // AKV's largest value
+    let json = format!("[{}0]", "0,".repeat(12 * 1024));
+    let data = Value::Map(Arc::new(BTreeMap::from([
+        ("big".to_owned(), Value::Str(big)),
+        ("json".to_owned(), Value::Str(json)),
+    ])));
+    let cases = [
+        ("{{ range 1000000000 }}xx{{ end }}", "exceeds"),
+        ("{{ range 1000000000 }}{{ end }}", "steps"),
+        ("{{ range 1000000 }}{{ $x := $ }}{{ $y := . }}{{ end }}", "steps"),
+        ("{{ range 1000000 }}{{ $x := $.big }}{{ end }}", "allocates"),
+        (
+            "{{ range 1000000 }}{{ $x := index $ \"big\" }}{{ end }}",
+            "allocates",
+        ),
+        (
+            "{{ $x := list }}{{ range 200 }}{{ $x = list $x $x }}{{ end }}",
+            "exceeds",
+        ),
+        (
+            "{{ range 100000 }}{{ $l := splitList \"a\" $.big }}{{ end }}",
+            "allocates",
+        ),
+        (
+            "{{ range 100000 }}{{ $j := fromJson $.json }}{{ end }}",
+            "allocates",
+        ),
+        (
+            "{{ range 1000 }}{{ range 1000 }}{{ range 1000 }}{{ end }}{{ end }}{{ end }}",
+            "steps",
+        ),
+        (
+            "{{ range 100000 }}{{ $x := indent 40 $.big }}{{ end }}",
+            "allocates",
+        ),
+        (
+            "{{ range 100000 }}{{ $x := printf \"%s%s%s%s\" $.big $.big $.big $.big }}{{ end }}",
+            "allocates",
+        ),
+        (
+            "{{ range $i, $v := $ }}{{ range 1000000 }}{{ $v }}{{ end }}{{ end }}",
+            "exceeds",
+        ),
+    ];
+    for (src, want) in cases {
+        let t = Template::parse(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        let (result, stats) = t.execute_with_stats(&data, std::time::Duration::from_secs(60));
+        let e = result.err().unwrap_or_else(|| panic!("{src}: no error"));
+        assert!(e.message.contains(want), "{src}: {e}");
+        assert!(stats.allocated <= MAX_ALLOC, "{src}: {stats:?}");
+        assert!(stats.output <= MAX_VALUE, "{src}: {stats:?}");
+        assert!(stats.steps <= MAX_STEPS + 1, "{src}: {stats:?}");
+    }
+}
+
+#[test]
+fn a_deadline_ends_execution() {
+    let t = Template::parse("{{ range 100000 }}{{ end }}").unwrap_or_else(|e| panic!("{e}"));
+    let (result, _) = t.execute_with_stats(&Value::Nil, std::time::Duration::ZERO);
+    let e = result.err().map(|e| e.message).unwrap_or_default();
+    assert!(e.contains("deadline"), "{e}");
+}
+
+#[test]
+fn copying_dot_is_cheap() {
+    use std::sync::Arc;
+    let data = Value::Map(Arc::new(BTreeMap::from([(
+        "k".to_owned(),
+        Value::Str("v".repeat(100_000)),
+    )])));
+    let t = Template::parse("{{ range 1000 }}{{ $x := $ }}{{ $y := . }}{{ end }}ok")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (result, stats) = t.execute_with_stats(&data, std::time::Duration::from_secs(60));
+    assert_eq!(result.ok().as_deref(), Some(&b"ok"[..]));
+    assert!(
+        stats.allocated < 100_000,
+        "copying $ and . is charged as a pointer: {stats:?}"
+    );
 }
