@@ -51,7 +51,11 @@ fn one_line(s: &str) -> String {
 
 impl Agent {
     /// Loads the config and builds the vault clients (a vault that cannot be built is retried).
-    pub fn new(config_path: &Path, connect: ConnectOptions) -> Result<Agent, ConfigError> {
+    pub fn new(config_path: &Path, mut connect: ConnectOptions) -> Result<Agent, ConfigError> {
+        // Every round is a retry: keep one call's own retries short, so an outage shows in status
+        // within about one interval instead of after the default 90 s of backoff.
+        connect.retry.max_retries = connect.retry.max_retries.min(2);
+        connect.retry.max_elapsed = connect.retry.max_elapsed.min(Duration::from_secs(10));
         let config = AgentConfig::load(config_path)?;
         let state = AgentState::load(&config.state_dir());
         let mut agent = Agent {
@@ -63,7 +67,10 @@ impl Agent {
             last_good: BTreeMap::new(),
             state,
         };
-        agent.state.outputs.retain(|name, _| agent.config.output(name).is_some());
+        agent
+            .state
+            .outputs
+            .retain(|name, _| agent.config.output(name).is_some());
         agent.build_vaults();
         for o in &agent.config.outputs {
             remove_stale_temps(&o.path);
@@ -278,7 +285,8 @@ impl Agent {
         for (name, v) in &self.vaults {
             if let Err(e) = v.cached.poll_changes().await {
                 tracing::warn!(vault = %name, error = %e, "first listing failed");
-                self.vault_errors.insert(name.clone(), format!("change feed: {}", one_line(&e.to_string())));
+                self.vault_errors
+                    .insert(name.clone(), format!("change feed: {}", one_line(&e.to_string())));
             }
         }
     }
@@ -309,8 +317,13 @@ impl Agent {
         let vaults: Vec<(String, VaultClient)> =
             self.vaults.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
         for (vault, client) in vaults {
-            let of_vault: Vec<OutputConfig> =
-                self.config.outputs.iter().filter(|o| o.vault == vault).cloned().collect();
+            let of_vault: Vec<OutputConfig> = self
+                .config
+                .outputs
+                .iter()
+                .filter(|o| o.vault == vault)
+                .cloned()
+                .collect();
             match client.cached.poll_changes().await {
                 Ok(changed) => {
                     let recovered = self.vault_errors.remove(&vault).is_some() || unbuilt.contains(&vault);
@@ -376,8 +389,11 @@ impl Agent {
                 self.config = config;
                 self.vaults.clear();
                 self.vault_errors.clear();
-                self.state.outputs.retain(|n, _| self.config.outputs.iter().any(|o| &o.name == n));
-                self.last_good.retain(|n, _| self.config.outputs.iter().any(|o| &o.name == n));
+                self.state
+                    .outputs
+                    .retain(|n, _| self.config.outputs.iter().any(|o| &o.name == n));
+                self.last_good
+                    .retain(|n, _| self.config.outputs.iter().any(|o| &o.name == n));
                 self.build_vaults();
                 self.baseline().await;
                 self.sync_all().await;

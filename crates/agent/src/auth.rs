@@ -329,7 +329,10 @@ impl HostIdentityCredential {
                 .or_else(|| body.get("error"))
                 .and_then(|v| v.as_str())
                 .unwrap_or("no detail");
-            return Err(format!("{}: token endpoint answered {status}: {detail}", self.describe()));
+            return Err(format!(
+                "{}: token endpoint answered {status}: {detail}",
+                self.describe()
+            ));
         }
         let token = body
             .get("access_token")
@@ -359,7 +362,9 @@ impl TokenCredential for HostIdentityCredential {
         _options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
         let [scope] = scopes else {
-            return Err(credential_error("managed identity needs exactly one scope".into()));
+            return Err(credential_error(
+                "managed identity needs exactly one scope".into(),
+            ));
         };
         let resource = scope.strip_suffix("/.default").unwrap_or(scope);
         let mut cached = self.cached.lock().await;

@@ -267,7 +267,16 @@ impl AgentConfig {
             ))
         })?;
         if let Some(path) = unknown.first() {
-            let (parent, field) = path.rsplit_once('.').unwrap_or(("", path));
+            // serde_ignored writes `outputs.0.data.0.x`; name it like serde_path_to_error does.
+            let mut parts: Vec<String> = Vec::new();
+            for seg in path.split('.') {
+                match (seg.parse::<usize>(), parts.last_mut()) {
+                    (Ok(i), Some(last)) => last.push_str(&format!("[{i}]")),
+                    _ => parts.push(seg.to_owned()),
+                }
+            }
+            let path = parts.join(".");
+            let (parent, field) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
             let at = if parent.is_empty() {
                 String::new()
             } else {
@@ -398,7 +407,11 @@ impl AgentConfig {
             keyferry_sync::plan(&es).map_err(|e| {
                 let text = e.to_string();
                 let text = text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest);
-                format!("{at}: {}", text.replace("spec.target.template", "template").replace("spec.", ""))
+                format!(
+                    "{at}: {}",
+                    text.replace("spec.target.template", "template")
+                        .replace("spec.", "")
+                )
             })?;
         }
         Ok(())
@@ -424,16 +437,23 @@ fn describe_path(raw: &serde_yaml_ng::Value, path: &str) -> String {
         let Some((index, tail)) = rest.split_once(']') else {
             continue;
         };
-        let name = index
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| raw.get(list)?.get(i)?.get(label_field)?.as_str().map(str::to_owned));
+        let name = index.parse::<usize>().ok().and_then(|i| {
+            raw.get(list)?
+                .get(i)?
+                .get(label_field)?
+                .as_str()
+                .map(str::to_owned)
+        });
         let tail = tail.trim_start_matches('.');
         let head = match name {
             Some(n) => format!("{list}[{index}] ({n})"),
             None => format!("{list}[{index}]"),
         };
-        return if tail.is_empty() { head } else { format!("{head}: {tail}") };
+        return if tail.is_empty() {
+            head
+        } else {
+            format!("{head}: {tail}")
+        };
     }
     if path == "." || path.is_empty() {
         "(top level)".to_owned()
@@ -481,7 +501,9 @@ outputs:
 "#;
 
     fn err(text: &str) -> String {
-        AgentConfig::parse("agent.yaml", text).expect_err("should fail").to_string()
+        AgentConfig::parse("agent.yaml", text)
+            .expect_err("should fail")
+            .to_string()
     }
 
     #[test]
@@ -495,21 +517,35 @@ outputs:
     fn errors_are_one_line_naming_file_output_and_field() {
         let e = err(&GOOD.replace("timeoutSeconds: 30", "timeoutSecs: 30"));
         assert_eq!(e.lines().count(), 1);
-        assert!(e.starts_with("agent.yaml: outputs[0] (netbox-db): onChange"), "{e}");
+        assert!(
+            e.starts_with("agent.yaml: outputs[0] (netbox-db): onChange"),
+            "{e}"
+        );
         assert!(e.contains("timeoutSecs"), "{e}");
 
         // Unknown field inside the ExternalSecret-shaped data (API types accept unknown fields).
-        let e = err(&GOOD.replace("{key: netbox-db-password}", "{key: netbox-db-password, vesion: x}"));
-        assert!(e.starts_with("agent.yaml: outputs[0] (netbox-db): data[0].remoteRef"), "{e}");
+        let e = err(&GOOD.replace(
+            "{key: netbox-db-password}",
+            "{key: netbox-db-password, vesion: x}",
+        ));
+        assert!(
+            e.starts_with("agent.yaml: outputs[0] (netbox-db): data[0].remoteRef"),
+            "{e}"
+        );
         assert!(e.contains("unknown field `vesion`"), "{e}");
 
         let e = err(&GOOD.replace("\"0600\"", "\"0999\""));
-        assert_eq!(e, "agent.yaml: outputs[0] (netbox-db): mode: \"0999\" is not an octal file mode like \"0600\"");
+        assert_eq!(
+            e,
+            "agent.yaml: outputs[0] (netbox-db): mode: \"0999\" is not an octal file mode like \"0600\""
+        );
 
         let e = err(&GOOD.replace("vault: hybridops", "vault: other"));
         assert!(e.contains("outputs[0] (netbox-db): vault: no vault named"), "{e}");
 
-        let e = err(&GOOD.replace("format: env", "").replace("mode: \"0600\"", "format: xml"));
+        let e = err(&GOOD
+            .replace("format: env", "")
+            .replace("mode: \"0600\"", "format: xml"));
         assert!(e.starts_with("agent.yaml: outputs[0] (netbox-db): format"), "{e}");
 
         let e = err(&GOOD.replace(

@@ -57,14 +57,13 @@ impl FormatError {
 /// Whether `key` is a portable environment variable name.
 pub fn is_env_name(key: &str) -> bool {
     let mut chars = key.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn text<'a>(key: &str, v: &'a SecretValue) -> Result<&'a str, FormatError> {
-    v.expose_str().ok_or_else(|| FormatError::NotUtf8 { key: key.to_owned() })
+    v.expose_str()
+        .ok_or_else(|| FormatError::NotUtf8 { key: key.to_owned() })
 }
 
 fn keys(data: &BTreeMap<String, SecretValue>) -> String {
@@ -72,7 +71,10 @@ fn keys(data: &BTreeMap<String, SecretValue>) -> String {
 }
 
 /// The file content for `data` in the output's format.
-pub fn render(output: &OutputConfig, data: &BTreeMap<String, SecretValue>) -> Result<SecretValue, FormatError> {
+pub fn render(
+    output: &OutputConfig,
+    data: &BTreeMap<String, SecretValue>,
+) -> Result<SecretValue, FormatError> {
     match output.format {
         Format::Env => {
             let mut out = String::from("# written by keyferry agent; edits are overwritten\n");
@@ -117,7 +119,11 @@ pub fn render(output: &OutputConfig, data: &BTreeMap<String, SecretValue>) -> Re
             Ok(SecretValue::new(s.into_bytes()))
         }
         Format::Raw | Format::Template => {
-            let format = if output.format == Format::Raw { "raw" } else { "template" };
+            let format = if output.format == Format::Raw {
+                "raw"
+            } else {
+                "template"
+            };
             let value = match &output.key {
                 Some(k) => data.get(k).ok_or_else(|| FormatError::MissingKey {
                     key: k.clone(),
@@ -179,12 +185,19 @@ mod tests {
     }
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, SecretValue> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), SecretValue::from(*v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), SecretValue::from(*v)))
+            .collect()
     }
 
     #[test]
     fn env_quotes_what_shells_and_systemd_would_expand() {
-        let out = render(&output(Format::Env), &data(&[("A", "x\"$y`\\\nz"), ("B", "plain")])).unwrap();
+        let out = render(
+            &output(Format::Env),
+            &data(&[("A", "x\"$y`\\\nz"), ("B", "plain")]),
+        )
+        .unwrap();
         let s = out.expose_str().unwrap();
         assert!(s.contains("A=\"x\\\"\\$y\\`\\\\\\nz\"\n"), "{s}");
         assert!(s.contains("B=\"plain\"\n"));

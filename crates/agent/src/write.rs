@@ -128,7 +128,10 @@ pub fn on_disk(path: &Path, content: &[u8], own: Ownership) -> OnDisk {
 }
 
 fn temp_prefix(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     format!(".{name}.keyferry-")
 }
 
@@ -145,7 +148,9 @@ pub fn remove_stale_temps(path: &Path) {
         if name.starts_with(&prefix) && name.ends_with(".tmp") {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!(file = %entry.path().display(), "removed a stale temp file"),
-                Err(e) => tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale temp file"),
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale temp file")
+                }
             }
         }
     }
@@ -167,7 +172,11 @@ pub fn write_atomic(path: &Path, content: &[u8], own: Ownership) -> Result<(), W
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
     let suffix: u64 = rand::random();
-    let temp: PathBuf = dir.join(format!("{}{}-{suffix:016x}.tmp", temp_prefix(path), std::process::id()));
+    let temp: PathBuf = dir.join(format!(
+        "{}{}-{suffix:016x}.tmp",
+        temp_prefix(path),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file: File = OpenOptions::new()
             .write(true)

@@ -128,7 +128,11 @@ fn status(args: &StatusArgs) -> ExitCode {
         StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&state).unwrap_or_default()),
         StatusFormat::Text => print!("{}", state.to_text()),
     }
-    if state.healthy() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if state.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 async fn agent(args: AgentArgs) -> ExitCode {

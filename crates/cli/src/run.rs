@@ -45,14 +45,23 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let output = match &args.output {
         Some(name) => match agent.config().output(name) {
             Some(o) => o.clone(),
-            None => return fail(EXIT_CONFIG, &format!("--output {name}: no such output in the config")),
+            None => {
+                return fail(
+                    EXIT_CONFIG,
+                    &format!("--output {name}: no such output in the config"),
+                );
+            }
         },
         None if outputs.len() == 1 => outputs[0].clone(),
         None => {
             let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
             return fail(
                 EXIT_CONFIG,
-                &format!("the config has {} outputs; choose one with --output ({})", names.len(), names.join(", ")),
+                &format!(
+                    "the config has {} outputs; choose one with --output ({})",
+                    names.len(),
+                    names.join(", ")
+                ),
             );
         }
     };
@@ -73,6 +82,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
     drop(desired);
     // Only returns on failure.
     let e = cmd.exec();
-    let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+    let code = if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
     fail(code, &format!("cannot run {}: {e}", args.command[0]))
 }
