@@ -514,3 +514,39 @@ async fn every_auth_kind_works_against_the_emulator() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_client_secret_file_is_picked_up() {
+    use keyferry_emulator::{ClientEntry, Clients};
+    let config = EmulatorConfig {
+        clients: Clients::Allowed(vec![ClientEntry {
+            client_id: "11111111-1111-1111-1111-111111111111".into(),
+            client_secret: Some("the-right-secret".into()),
+            federated: false,
+        }]),
+        ..EmulatorConfig::default()
+    };
+    let emu = Emulator::start(config).await.unwrap();
+    emu.set_secret("netbox-db-password", CANARY_1).unwrap();
+    emu.set_secret("netbox-api-token", TOKEN_CANARY).unwrap();
+    let s = setup(&emu, auth_sp); // writes a secret the emulator rejects
+    let mut child = command(&emu)
+        .args(["agent", "--change-feed-interval-secs", "1", "--config"])
+        .arg(&s.config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("status to show the auth failure", Duration::from_secs(60), || {
+        status_json(&emu, &s)["outputs"]["netbox-db-password"]["lastError"].is_string()
+    })
+    .await;
+    assert!(!s.path("out/netbox-db-password").exists());
+    std::fs::write(s.path("sp-secret"), "the-right-secret\n").unwrap();
+    wait_for("sync with the new secret", Duration::from_secs(60), || {
+        read(&s.path("out/netbox-db-password")) == CANARY_1
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
