@@ -157,9 +157,13 @@ fn hooks_run(s: &Setup) -> usize {
     read(&s.path("hooks.log")).lines().count()
 }
 
-fn sigterm(child: &Child) {
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(pid, sig).unwrap();
+}
+
+fn sigterm(child: &Child) {
+    signal(child, nix::sys::signal::Signal::SIGTERM);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -283,6 +287,31 @@ async fn rotation_outage_recovery_and_clean_stop() {
         emu.counters().requests(Operation::GetSecret),
         0,
         "no GETs at rest"
+    );
+
+    // SIGHUP reloads the config: a new output appears; an invalid config is refused and the
+    // running one kept.
+    let added = format!(
+        "{}  - name: api-token\n    path: {}\n    format: raw\n    vault: hybridops\n    data: [{{secretKey: t, remoteRef: {{key: netbox-api-token}}}}]\n",
+        read(&s.config),
+        s.path("out/api-token").display()
+    );
+    std::fs::write(&s.config, added).unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGHUP);
+    wait_for("reloaded output", Duration::from_secs(30), || {
+        read(&s.path("out/api-token")) == TOKEN_CANARY
+    })
+    .await;
+    let good = read(&s.config);
+    std::fs::write(&s.config, good.replace("kind: Agent", "kind: Agnet")).unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGHUP);
+    wait_for("reload refusal in the log", Duration::from_secs(30), || {
+        read(&s.path("agent.log")).contains("reload failed")
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload does not stop the agent"
     );
 
     sigterm(&child);
@@ -549,4 +578,27 @@ async fn a_rotated_client_secret_file_is_picked_up() {
     .await;
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn owner_and_group_are_set_before_the_file_is_visible() {
+    use std::os::unix::fs::MetadataExt as _;
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIPPED: setting another owner needs root (CAP_CHOWN)");
+        return;
+    }
+    let emu = emulator().await;
+    let s = setup(&emu, auth_sp);
+    let cfg = read(&s.config).replace(
+        "    mode: \"0600\"\n",
+        "    mode: \"0600\"\n    owner: \"65534\"\n    group: \"65534\"\n",
+    );
+    std::fs::write(&s.config, cfg).unwrap();
+    let out = output(command(&emu).args(["agent", "--once", "--config"]).arg(&s.config)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let meta = std::fs::metadata(s.path("out/netbox-db-password")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (65534, 65534, 0o600)
+    );
 }
