@@ -602,3 +602,123 @@ async fn owner_and_group_are_set_before_the_file_is_visible() {
         (65534, 65534, 0o600)
     );
 }
+
+/// Runs a command as `nobody` when we are root (PostgreSQL refuses to run as root).
+fn as_pg_user(root: bool, program: &str) -> Command {
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--", program]);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The db-01 example hook against a real PostgreSQL: the agent writes the password file and its
+/// `onChange` sets the role's password, including quotes and backslashes.
+#[tokio::test(flavor = "multi_thread")]
+async fn db01_hook_sets_the_postgres_role_password() {
+    let root = nix::unistd::Uid::effective().is_root();
+    let have = |p: &str| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(have("initdb") && have("pg_ctl") && have("psql")) || (root && !have("runuser")) {
+        println!("SKIPPED: PostgreSQL (initdb, pg_ctl, psql) not installed");
+        return;
+    }
+    let emu = emulator().await;
+    let new_password = "canary-new'pw\\x\"y";
+    emu.set_secret("netbox-db-password", new_password).unwrap();
+    let pg = tempfile::tempdir().unwrap();
+    let data = pg.path().join("data");
+    let sock = pg.path().display().to_string();
+    if root {
+        std::fs::set_permissions(pg.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let ok = |o: std::io::Result<Output>, what: &str| {
+        let o = o.unwrap();
+        assert!(o.status.success(), "{what}: {}", text(&o));
+    };
+    ok(
+        as_pg_user(root, "initdb")
+            .args(["-U", "keyferry", "-A", "trust", "-D"])
+            .arg(&data)
+            .output(),
+        "initdb",
+    );
+    ok(
+        as_pg_user(root, "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-o", &format!("-k {sock} -c listen_addresses=''"), "-l"])
+            .arg(pg.path().join("log"))
+            .arg("start")
+            .output(),
+        "pg_ctl start",
+    );
+    let psql = |user: &str, password: Option<&str>, sql: &str| {
+        let mut c = Command::new("psql");
+        c.args(["-h", &sock, "-U", user, "-d", "postgres", "-Atc", sql])
+            .env_remove("PGPASSWORD");
+        if let Some(p) = password {
+            c.env("PGPASSWORD", p);
+        }
+        c.output().unwrap()
+    };
+    let created = psql("keyferry", None, "CREATE ROLE netbox LOGIN PASSWORD 'old'");
+    assert!(created.status.success(), "{}", text(&created));
+    // netbox must log in with its password from now on.
+    let hba = data.join("pg_hba.conf");
+    let conf = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all netbox scram-sha-256\n{conf}")).unwrap();
+    ok(
+        as_pg_user(root, "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("reload")
+            .output(),
+        "reload",
+    );
+
+    let s = setup(&emu, auth_sp);
+    let hook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/vm/db-01/pg-set-role-password");
+    let pw_file = s.path("out/netbox-db-password");
+    let cfg = read(&s.config).replace(
+        &format!(
+            "[\"/bin/sh\", \"-c\", \"echo changed >> {}\"]",
+            s.path("hooks.log").display()
+        ),
+        &format!(
+            "[\"/bin/sh\", \"{}\", \"netbox\", \"{}\"]",
+            hook.display(),
+            pw_file.display()
+        ),
+    );
+    std::fs::write(&s.config, cfg).unwrap();
+    let out = output(
+        command(&emu)
+            .args(["agent", "--once", "--config"])
+            .arg(&s.config)
+            .env("PGHOST", &sock)
+            .env("PGUSER", "keyferry"),
+    )
+    .await;
+    let log = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("password of role netbox set"), "{log}");
+    assert!(
+        !log.contains(new_password) && !log.contains("canary-new"),
+        "{log}"
+    );
+    let login = psql("netbox", Some(new_password), "SELECT current_user");
+    assert!(login.status.success(), "{}", text(&login));
+    assert!(!psql("netbox", Some("old"), "SELECT 1").status.success());
+    let _ = as_pg_user(root, "pg_ctl")
+        .arg("-D")
+        .arg(&data)
+        .args(["-m", "fast", "stop"])
+        .output();
+}
