@@ -114,8 +114,13 @@ impl Agent {
     }
 
     fn fail(&mut self, o: &OutputConfig, error: String, category: &str) {
-        tracing::warn!(output = %o.name, error = %error, category, "sync failed; the file is left as it is");
         let st = self.output_state(o);
+        // Once per distinct error, not every round of an outage.
+        if st.last_error.as_deref() == Some(error.as_str()) {
+            tracing::debug!(output = %o.name, error = %error, category, "sync still failing");
+        } else {
+            tracing::warn!(output = %o.name, error = %error, category, "sync failed; the file is left as it is");
+        }
         st.last_attempt = Some(now());
         st.last_error = Some(error);
         st.error_category = Some(category.to_owned());
@@ -180,7 +185,15 @@ impl Agent {
                 return false;
             }
         };
-        let hook_result = if changed {
+        // A hook that failed (even before a restart) runs again until it succeeds: the file may
+        // already hold the new value while the service does not.
+        let hook_pending = self
+            .state
+            .outputs
+            .get(&o.name)
+            .and_then(|st| st.on_change.as_deref())
+            .is_some_and(|h| h != "ok");
+        let hook_result = if changed || hook_pending {
             self.run_hook(&o, &values).await
         } else {
             None

@@ -722,3 +722,37 @@ async fn db01_hook_sets_the_postgres_role_password() {
         .args(["-m", "fast", "stop"])
         .output();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_on_change_is_reported_and_retried_until_it_succeeds() {
+    let emu = emulator().await;
+    let s = setup(&emu, auth_sp);
+    let good = read(&s.config);
+    let failing = good
+        .replace(
+            "[\"/bin/sh\", \"-c\", \"echo changed >>",
+            "[\"/bin/sh\", \"-c\", \"exit 3; echo changed >>",
+        )
+        .replace("timeoutSeconds: 10", "timeoutSeconds: 10\n      attempts: 2");
+    std::fs::write(&s.config, failing).unwrap();
+    let out = output(command(&emu).args(["agent", "--once", "--config"]).arg(&s.config)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        read(&s.path("out/netbox-db-password")),
+        CANARY_1,
+        "the file is written"
+    );
+    let st = status_json(&emu, &s);
+    let err = st["outputs"]["netbox-db-password"]["lastError"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(err.contains("onChange") && err.contains("exit status: 3"), "{st}");
+    assert_eq!(hooks_run(&s), 0);
+    // The content is unchanged now, but the hook is still owed: it runs on the next sync.
+    std::fs::write(&s.config, good).unwrap();
+    let out = output(command(&emu).args(["agent", "--once", "--config"]).arg(&s.config)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(hooks_run(&s), 1);
+    assert!(status_json(&emu, &s)["outputs"]["netbox-db-password"]["lastError"].is_null());
+}
