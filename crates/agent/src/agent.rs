@@ -42,6 +42,7 @@ pub struct Agent {
     /// Last content written or confirmed per output (last known good).
     last_good: BTreeMap<String, SecretValue>,
     state: AgentState,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an output could not be synced (one line, no values).
@@ -66,6 +67,7 @@ impl Agent {
             vault_errors: BTreeMap::new(),
             last_good: BTreeMap::new(),
             state,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         };
         agent
             .state
@@ -76,6 +78,11 @@ impl Agent {
             remove_stale_temps(&o.path);
         }
         Ok(agent)
+    }
+
+    /// The agent's metrics (serve them with [`crate::metrics::serve`]).
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        self.metrics.clone()
     }
 
     /// The loaded configuration.
@@ -233,6 +240,7 @@ impl Agent {
             OnDisk::Missing => true,
             OnDisk::Different => {
                 if self.last_good.get(&o.name) == Some(content) {
+                    self.metrics.drift_restored();
                     tracing::warn!(output = %o.name, path = %o.path.display(), "file edited by hand; restoring the vault's content");
                 }
                 true
@@ -241,6 +249,7 @@ impl Agent {
         if disk != OnDisk::InStep {
             write_atomic(&o.path, content.expose(), own).map_err(|e| (e.to_string(), e.category()))?;
             if changed {
+                self.metrics.wrote();
                 tracing::info!(output = %o.name, path = %o.path.display(), bytes = content.len(), "wrote file");
             }
         }
@@ -250,7 +259,9 @@ impl Agent {
 
     async fn run_hook(&self, o: &OutputConfig, values: &[SecretValue]) -> Option<String> {
         let hook = o.on_change.as_ref()?;
-        Some(match hooks::run(hook, &o.name, &o.path, values).await {
+        let result = hooks::run(hook, &o.name, &o.path, values).await;
+        self.metrics.hook(result.is_ok());
+        Some(match result {
             Ok(()) => "ok".to_owned(),
             Err(e) => {
                 tracing::error!(output = %o.name, error = %e, category = e.category(), "onChange failed");
@@ -339,6 +350,7 @@ impl Agent {
                 .collect();
             match client.cached.poll_changes().await {
                 Ok(changed) => {
+                    self.metrics.polled(true, changed.len());
                     let recovered = self.vault_errors.remove(&vault).is_some() || unbuilt.contains(&vault);
                     if recovered {
                         tracing::info!(vault = %vault, "vault reachable again");
@@ -359,6 +371,7 @@ impl Agent {
                     }
                 }
                 Err(e) => {
+                    self.metrics.polled(false, 0);
                     let why = format!("vault {vault} unreachable: {}", one_line(&e.to_string()));
                     if !self.vault_errors.contains_key(&vault) {
                         tracing::warn!(vault = %vault, error = %why, category = e.category(), "change feed failed; files are kept as they are");
@@ -388,6 +401,19 @@ impl Agent {
     /// Writes the state file (errors are logged: status is secondary to the files).
     pub fn save_state(&mut self) {
         self.state.vault_errors = self.vault_errors.clone();
+        let failing = self
+            .state
+            .outputs
+            .values()
+            .filter(|o| o.last_error.is_some())
+            .count();
+        self.metrics.outputs(self.state.outputs.len() - failing, failing);
+        let (mut h, mut m, mut i) = (0, 0, 0);
+        for v in self.vaults.values() {
+            let st = v.cached.stats();
+            (h, m, i) = (h + st.hits, m + st.misses, i + st.invalidations);
+        }
+        self.metrics.cache(h, m, i);
         let dir = self.config.state_dir();
         if let Err(e) = self.state.save(&dir) {
             tracing::warn!(error = %e, "cannot write the state file");

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod format;
 pub mod hooks;
+pub mod metrics;
 pub mod pipeline;
 pub mod state;
 pub mod write;

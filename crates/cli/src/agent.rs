@@ -43,6 +43,9 @@ pub struct AgentArgs {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `keyferry agent status`.
@@ -157,6 +160,12 @@ async fn agent(args: AgentArgs) -> ExitCode {
     };
     if args.once {
         return ExitCode::from(agent.once().await);
+    }
+    if let Some(addr) = args.metrics_addr
+        && let Err(e) = keyferry_agent::metrics::serve(addr, agent.metrics()).await
+    {
+        eprintln!("keyferry agent: --metrics-addr {addr}: {e}");
+        return ExitCode::from(EXIT_CONFIG);
     }
     let interval = agent.interval(args.change_feed_interval_secs);
     match agent.run(interval).await {

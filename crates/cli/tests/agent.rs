@@ -157,6 +157,15 @@ fn hooks_run(s: &Setup) -> usize {
     read(&s.path("hooks.log")).lines().count()
 }
 
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    conn.read_to_string(&mut body).unwrap();
+    body
+}
+
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
     nix::sys::signal::kill(pid, sig).unwrap();
@@ -220,8 +229,14 @@ async fn rotation_outage_recovery_and_clean_stop() {
     let emu = emulator().await;
     let s = setup(&emu, auth_sp);
     let log = std::fs::File::create(s.path("agent.log")).unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = command(&emu)
-        .args(["agent", "--change-feed-interval-secs", "1", "--config"])
+        .args(["agent", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--change-feed-interval-secs", "1", "--config"])
         .arg(&s.config)
         .stdout(Stdio::null())
         .stderr(log)
@@ -288,6 +303,19 @@ async fn rotation_outage_recovery_and_clean_stop() {
         0,
         "no GETs at rest"
     );
+
+    // /metrics: the controller's names where they mean the same; no values.
+    let metrics = http_get(metrics_port, "/metrics");
+    for name in [
+        "keyferry_change_feed_polls_total{result=\"ok\"}",
+        "keyferry_change_feed_polls_total{result=\"error\"}",
+        "keyferry_agent_file_writes_total",
+        "keyferry_agent_on_change_total{result=\"ok\"} 3",
+        "keyferry_agent_outputs{ready=\"true\"} 2",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert_no_canary("metrics", &metrics);
 
     // SIGHUP reloads the config: a new output appears; an invalid config is refused and the
     // running one kept.
