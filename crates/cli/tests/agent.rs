@@ -207,6 +207,22 @@ async fn once_writes_files_with_modes_and_status_shows_versions_not_values() {
     let out = output(command(&emu).args(["agent", "--once", "--config"]).arg(&s.config)).await;
     assert_eq!(read(&env), env_text);
     assert_no_canary("agent log", &text(&out));
+    // An unreachable vault at start keeps the files that were written.
+    let fault = emu.inject_fault(FaultSpec::new(FaultKind::Unavailable)).unwrap();
+    let out = output(command(&emu).args(["agent", "--once", "--config"]).arg(&s.config)).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(read(&env), env_text);
+    assert_eq!(read(&pw), CANARY_1);
+    let st = status_json(&emu, &s);
+    assert!(
+        st["outputs"]["netbox-env"]["lastError"]
+            .as_str()
+            .unwrap_or("")
+            .contains("503"),
+        "{st}"
+    );
+    emu.remove_fault(fault);
+
     // A missing vault secret fails that output only: exit 1, the other file still written.
     let cfg = read(&s.config).replace("key: netbox-api-token", "key: netbox-no-such-secret");
     std::fs::write(&s.config, cfg).unwrap();
