@@ -74,9 +74,6 @@ impl Agent {
             .outputs
             .retain(|name, _| agent.config.output(name).is_some());
         agent.build_vaults();
-        for o in &agent.config.outputs {
-            remove_stale_temps(&o.path);
-        }
         Ok(agent)
     }
 
@@ -270,6 +267,14 @@ impl Agent {
         })
     }
 
+    /// Removes temp files a killed agent left (only the writing agent does this, never `run`,
+    /// which could race with a running agent's write).
+    fn clean_stale_temps(&self) {
+        for o in &self.config.outputs {
+            remove_stale_temps(&o.path);
+        }
+    }
+
     /// Syncs every output; returns how many failed.
     pub async fn sync_all(&mut self) -> usize {
         let names: Vec<String> = self.config.outputs.iter().map(|o| o.name.clone()).collect();
@@ -434,6 +439,7 @@ impl Agent {
                 self.last_good
                     .retain(|n, _| self.config.outputs.iter().any(|o| &o.name == n));
                 self.build_vaults();
+                self.clean_stale_temps();
                 self.baseline().await;
                 self.sync_all().await;
                 self.save_state();
@@ -444,6 +450,7 @@ impl Agent {
 
     /// `--once`: sync every output, write the state, return the exit code.
     pub async fn once(&mut self) -> u8 {
+        self.clean_stale_temps();
         let failed = self.sync_all().await;
         self.save_state();
         if failed == 0 { EXIT_OK } else { EXIT_FAILED }
@@ -463,6 +470,7 @@ impl Agent {
         );
         // Signals interrupt only at await points; a file write has none, so a stop never leaves a
         // temp file behind.
+        self.clean_stale_temps();
         let start = async {
             self.baseline().await;
             let failed = self.sync_all().await;
