@@ -308,6 +308,16 @@ async fn rotation_outage_recovery_and_clean_stop() {
     })
     .await;
 
+    // A hand edit is reverted within a round, from the last known good content (no vault read).
+    let env = s.path("out/netbox.env");
+    let good = read(&env);
+    std::fs::write(&env, "DB_PASSWORD=edited\n").unwrap();
+    wait_for("hand edit reverted", Duration::from_secs(30), || {
+        read(&env) == good
+    })
+    .await;
+    assert!(read(&s.path("agent.log")).contains("edited by hand"));
+
     // At rest: listings only, no reads.
     emu.reset_counters();
     wait_for("rounds at rest", Duration::from_secs(30), || {
@@ -328,6 +338,7 @@ async fn rotation_outage_recovery_and_clean_stop() {
         "keyferry_agent_file_writes_total",
         "keyferry_agent_on_change_total{result=\"ok\"} 3",
         "keyferry_agent_outputs{ready=\"true\"} 2",
+        "keyferry_drift_restored_total 1",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
