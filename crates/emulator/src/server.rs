@@ -429,6 +429,7 @@ impl Emulator {
     }
 
     fn cleanup(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.app.arc_key_dir);
         if self.remove_ca_file {
             self.remove_ca_file = false;
             let _ = std::fs::remove_file(&self.ca_file);
