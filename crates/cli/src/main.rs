@@ -4,11 +4,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod crds;
 mod demo;
 mod gates;
 mod inputs;
 mod render;
+mod run;
 mod stores;
 
 /// Azure Key Vault secrets into Kubernetes and VMs.
@@ -35,6 +37,10 @@ enum Command {
     Check(gates::CheckCommand),
     /// Render the Secrets that ExternalSecret manifests produce (values redacted unless --reveal).
     Render(render::RenderArgs),
+    /// VM agent: keep files on a host in step with Key Vault (`agent status` shows how they are).
+    Agent(agent::AgentCommand),
+    /// Run a command with one agent output's data as environment variables (no file written).
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Validate(args) => keyferry_gates::cli::run_validate(args),
             Command::Check(args) => gates::run_check(args).await,
+            Command::Agent(cmd) => agent::run(cmd).await,
+            Command::Run(args) => run::run(args).await,
             Command::Emulator(args) => match keyferry_emulator::run_cli(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -96,6 +96,9 @@ pub fn env_lines(emulator: &Emulator) -> Vec<String> {
         format!("IDENTITY_ENDPOINT={}", emulator.identity_endpoint()),
         format!("IDENTITY_HEADER={}", emulator.identity_header()),
         format!("ADMIN_URL={}", emulator.admin_url()),
+        format!("IMDS_URL={}", emulator.imds_endpoint()),
+        format!("ARC_URL={}", emulator.arc_endpoint()),
+        format!("ARC_KEY_DIR={}", emulator.arc_key_dir().display()),
     ]
 }
 

@@ -1,4 +1,5 @@
-//! Identity endpoints: the Entra-style token endpoint and the App Service managed-identity endpoint.
+//! Identity endpoints: the Entra-style token endpoint and the managed-identity endpoints (App
+//! Service, Azure VM IMDS, Azure Arc).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -266,4 +267,143 @@ pub(crate) async fn managed_identity(
             client_id,
         },
     )
+}
+
+#[derive(Serialize)]
+struct ImdsTokenResponse<'a> {
+    access_token: &'a str,
+    /// Seconds, as a string (IMDS sends strings).
+    expires_in: String,
+    expires_on: String,
+    ext_expires_in: String,
+    not_before: String,
+    resource: &'a str,
+    token_type: &'static str,
+    client_id: &'a str,
+}
+
+/// Checks `Metadata: true` and the query; mints a token for the resource.
+fn metadata_token(app: &AppState, headers: &HeaderMap, query: Option<String>, api_version: &str) -> Response {
+    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        return msi_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "Required metadata header not specified",
+        );
+    }
+    let params: HashMap<String, String> = query
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    if params.get("api-version").map(String::as_str) != Some(api_version) {
+        return msi_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("api-version must be {api_version}."),
+        );
+    }
+    let Some(resource) = params
+        .get("resource")
+        .map(|r| normalize_resource(r))
+        .filter(|r| !r.is_empty())
+    else {
+        return msi_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "The resource parameter is required.",
+        );
+    };
+    let client_id = params
+        .get("client_id")
+        .map_or(MANAGED_IDENTITY_CLIENT_ID, String::as_str);
+    let lifetime = app.token_lifetime_secs;
+    let (access_token, claims) = app.tokens.mint(resource, client_id, &app.tenant_id, lifetime);
+    json(
+        StatusCode::OK,
+        &ImdsTokenResponse {
+            access_token: &access_token,
+            expires_in: lifetime.to_string(),
+            expires_on: claims.exp.to_string(),
+            ext_expires_in: lifetime.to_string(),
+            not_before: (claims.exp - lifetime).to_string(),
+            resource,
+            token_type: "Bearer",
+            client_id,
+        },
+    )
+}
+
+/// `GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=…` with `Metadata: true`
+/// (Azure VM Instance Metadata Service).
+pub(crate) async fn imds(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    metadata_token(&app, &headers, query, "2018-02-01")
+}
+
+/// A fresh directory for Arc challenge key files (only the emulator's user can read it).
+pub(crate) fn arc_key_dir() -> Result<std::path::PathBuf, crate::error::EmulatorError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let dir = std::env::temp_dir().join(format!(
+        "keyferry-emulator-arc-{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| crate::error::EmulatorError::Config(format!("cannot create {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+/// `GET /arc/metadata/identity/oauth2/token?api-version=2020-06-01&resource=…` (Azure Arc HIMDS).
+///
+/// Without `Authorization`, writes a random key to `<arc_key_dir>/<id>.key` and answers `401`
+/// with `WWW-Authenticate: Basic realm=<that path>`; with `Authorization: Basic <key>` (a key it
+/// handed out) it mints a token.
+pub(crate) async fn arc(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .map(str::trim);
+    let Some(given) = given else {
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        let path = app.arc_key_dir.join(format!("{}.key", random_id()));
+        if let Err(e) = std::fs::write(&path, &key) {
+            return msi_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                &format!("cannot write key file: {e}"),
+            );
+        }
+        app.arc_keys.lock().unwrap_or_else(|p| p.into_inner()).push(key);
+        let mut response = msi_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Use the key file in the realm.",
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("Basic realm={}", path.display())) {
+            response.headers_mut().insert("www-authenticate", v);
+        }
+        return response;
+    };
+    let known = app
+        .arc_keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|k| constant_time_eq(k, given));
+    if !known {
+        return msi_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Invalid key in the Authorization header.",
+        );
+    }
+    metadata_token(&app, &headers, query, "2020-06-01")
 }

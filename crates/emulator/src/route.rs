@@ -41,7 +41,8 @@ pub enum Operation {
     RestoreSecret,
     /// `POST /{tenant}/oauth2/v2.0/token`
     Token,
-    /// `GET /msi/token` (App Service managed identity protocol)
+    /// `GET /msi/token` (App Service managed identity protocol), `GET /metadata/identity/oauth2/token`
+    /// (Azure VM IMDS) and `GET /arc/metadata/identity/oauth2/token` (Azure Arc)
     ManagedIdentity,
     /// Anything else that reached the vault (unknown paths or methods).
     Other,
@@ -224,7 +225,9 @@ pub(crate) fn classify(method: &Method, path: &str) -> Operation {
     let segments = split(path);
     match segments.as_slice() {
         [_, "oauth2", "v2.0", "token"] if method == Method::POST => Operation::Token,
-        ["msi", "token"] => Operation::ManagedIdentity,
+        ["msi", "token"]
+        | ["metadata", "identity", "oauth2", "token"]
+        | ["arc", "metadata", "identity", "oauth2", "token"] => Operation::ManagedIdentity,
         _ => parse(method, path)
             .map(|r| r.operation())
             .unwrap_or(Operation::Other),

@@ -45,6 +45,10 @@ pub(crate) struct AppState {
     pub(crate) clients: Clients,
     pub(crate) token_lifetime_secs: i64,
     pub(crate) identity_header: String,
+    /// Where the Azure Arc endpoint writes its challenge key files.
+    pub(crate) arc_key_dir: PathBuf,
+    /// Key file contents the Arc endpoint handed out and still accepts.
+    pub(crate) arc_keys: std::sync::Mutex<Vec<String>>,
 }
 
 /// The error that makes hyper close the connection without an answer (a `drop` fault).
@@ -211,11 +215,15 @@ impl Emulator {
                 .identity_header
                 .clone()
                 .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>())),
+            arc_key_dir: identity::arc_key_dir()?,
+            arc_keys: std::sync::Mutex::new(Vec::new()),
         });
 
         let router = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(identity::token))
             .route("/msi/token", get(identity::managed_identity))
+            .route("/metadata/identity/oauth2/token", get(identity::imds))
+            .route("/arc/metadata/identity/oauth2/token", get(identity::arc))
             .merge(admin::router())
             .fallback(vault::handle)
             .with_state(app.clone());
@@ -296,6 +304,22 @@ impl Emulator {
     /// `IDENTITY_HEADER` for the App Service managed-identity protocol.
     pub fn identity_header(&self) -> &str {
         &self.app.identity_header
+    }
+
+    /// The Azure VM IMDS token endpoint (`Metadata: true`, api-version 2018-02-01).
+    pub fn imds_endpoint(&self) -> String {
+        format!("{}/metadata/identity/oauth2/token", self.app.authority_host)
+    }
+
+    /// The Azure Arc (HIMDS) token endpoint: answers `401` with `WWW-Authenticate: Basic
+    /// realm=<key file>` and then accepts `Authorization: Basic <key file contents>`.
+    pub fn arc_endpoint(&self) -> String {
+        format!("{}/arc/metadata/identity/oauth2/token", self.app.authority_host)
+    }
+
+    /// The directory the Arc endpoint writes its challenge key files to.
+    pub fn arc_key_dir(&self) -> &Path {
+        &self.app.arc_key_dir
     }
 
     /// Base URL of the admin API.
@@ -405,6 +429,7 @@ impl Emulator {
     }
 
     fn cleanup(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.app.arc_key_dir);
         if self.remove_ca_file {
             self.remove_ca_file = false;
             let _ = std::fs::remove_file(&self.ca_file);

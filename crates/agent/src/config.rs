@@ -1,0 +1,557 @@
+//! The agent's configuration file (`kind: Agent`), its validation and its JSON Schema.
+//!
+//! Every error is one line naming the file, the output (or vault) and the field, e.g.
+//! `/etc/keyferry/agent.yaml: outputs[0] (netbox-db): mode: "0999" is not an octal file mode`.
+//! Unknown fields are errors, also inside the ExternalSecret-shaped `data`/`dataFrom`/`template`
+//! (whose API types accept unknown fields in Kubernetes, where the apiserver prunes them).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use keyferry_api::external_secret::{ExternalSecretData, ExternalSecretDataFrom, ExternalSecretTemplate};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The `apiVersion` of agent configs.
+pub const API_VERSION: &str = "keyferry.io/v1alpha1";
+/// The `kind` of agent configs.
+pub const KIND: &str = "Agent";
+
+/// A configuration error: one line naming the file, the object and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {detail}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// `outputs[0] (name): field: what`.
+    pub detail: String,
+}
+
+impl ConfigError {
+    /// Metrics/log category.
+    pub fn category(&self) -> &'static str {
+        "config"
+    }
+}
+
+/// The agent configuration: which vaults to read and which files to keep in step with them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(title = "keyferry agent configuration")]
+pub struct AgentConfig {
+    /// Always `keyferry.io/v1alpha1`.
+    pub api_version: String,
+    /// Always `Agent`.
+    pub kind: String,
+    /// Where the agent keeps its state file (last sync, versions, errors; never values). Default
+    /// `/var/lib/keyferry-agent` (the systemd unit's `StateDirectory=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds between change-feed rounds (one listing per vault). `--change-feed-interval-secs`
+    /// overrides it. Default 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_feed_interval_seconds: Option<u64>,
+    /// The vaults outputs read from.
+    pub vaults: Vec<VaultConfig>,
+    /// The files the agent writes.
+    pub outputs: Vec<OutputConfig>,
+}
+
+/// One Azure Key Vault and how to authenticate to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The name outputs use in `vault:`.
+    pub name: String,
+    /// `https://<vault>.vault.azure.net/`.
+    pub vault_url: String,
+    /// Entra tenant id (service principal and workload identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Exactly one authentication method.
+    pub auth: AuthConfig,
+}
+
+/// How the agent authenticates to a vault: exactly one of the fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A service principal with a client secret file or a certificate file (PEM: certificate and
+    /// RSA key). The file is re-read when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_principal: Option<ServicePrincipalAuth>,
+    /// The host's managed identity: Azure VM (IMDS) or Azure Arc-enabled server (on-prem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_identity: Option<ManagedIdentityAuth>,
+    /// A federated token file (workload identity federation), re-read at every token refresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentityAuth>,
+}
+
+/// Service principal credentials from files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServicePrincipalAuth {
+    /// Application (client) id.
+    pub client_id: String,
+    /// File holding the client secret (one line). Exactly one of this and `clientCertificateFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM file holding the certificate and its RSA private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_file: Option<PathBuf>,
+}
+
+/// Which managed-identity endpoint protocol to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ManagedIdentitySource {
+    /// Azure VM Instance Metadata Service (`http://169.254.169.254`).
+    Imds,
+    /// Azure Arc-enabled server: the local HIMDS endpoint (`http://localhost:40342`) with its
+    /// challenge-file protocol.
+    Arc,
+}
+
+/// A managed identity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ManagedIdentityAuth {
+    /// Client id of a user-assigned identity (IMDS only; Arc machines have one system identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `imds` or `arc`. Default: `arc` when the Arc agent is installed (`IMDS_ENDPOINT` and
+    /// `IDENTITY_ENDPOINT` set, or `/opt/azcmagent` present), else `imds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ManagedIdentitySource>,
+    /// The token endpoint. Defaults: IMDS `http://169.254.169.254/metadata/identity/oauth2/token`,
+    /// Arc `IDENTITY_ENDPOINT` or `http://localhost:40342/metadata/identity/oauth2/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Arc only: the directory the challenge key file must be in (default
+    /// `/var/opt/azcmagent/tokens`); a challenge naming another place is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arc_key_directory: Option<PathBuf>,
+}
+
+/// Workload identity federation from a token file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadIdentityAuth {
+    /// Client id of the app or user-assigned identity with the federated credential.
+    pub client_id: String,
+    /// The token file (re-read at every token refresh).
+    pub token_file: PathBuf,
+}
+
+/// How an output's data becomes file content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Format {
+    /// `KEY="value"` lines (systemd `EnvironmentFile=` and shell `.` both read them).
+    #[default]
+    Env,
+    /// A JSON object of strings.
+    Json,
+    /// A YAML mapping of strings.
+    Yaml,
+    /// One key's bytes, unchanged (a password file, a certificate).
+    Raw,
+    /// One key of `template.data`, rendered (a config file).
+    Template,
+}
+
+/// A command run after the output's file changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OnChange {
+    /// Program and arguments, run without a shell (use `["/bin/sh", "-c", "..."]` to ask for one).
+    pub command: Vec<String>,
+    /// Kill the command after this many seconds. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    /// Attempts before the change is reported as failed (with backoff 1 s, 2 s, 4 s, …). Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+}
+
+/// One file the agent keeps in step with the vault.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Unique name (used in logs, status and `keyferry run --output`).
+    pub name: String,
+    /// Absolute path of the file.
+    pub path: PathBuf,
+    /// Octal file mode, default `"0600"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Owner (user name or numeric id); default: the agent's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Group (name or numeric id); default: the agent's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// File format, default `env`.
+    #[serde(default)]
+    pub format: Format,
+    /// For `raw` and `template`: which key to write (default: the only one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The vault (a `vaults[].name`).
+    pub vault: String,
+    /// ExternalSecret `spec.data`, same semantics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<ExternalSecretData>,
+    /// ExternalSecret `spec.dataFrom`, same semantics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_from: Vec<ExternalSecretDataFrom>,
+    /// ExternalSecret `spec.target.template`, same semantics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<ExternalSecretTemplate>,
+    /// Run after the file's content changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_change: Option<OnChange>,
+}
+
+impl OutputConfig {
+    /// The file mode (default 0600).
+    pub fn mode_bits(&self) -> u32 {
+        self.mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or(0o600)
+    }
+}
+
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/keyferry-agent";
+
+impl AgentConfig {
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            detail: format!("cannot read: {e}"),
+        })?;
+        AgentConfig::parse(&file, &text)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(file: &str, text: &str) -> Result<AgentConfig, ConfigError> {
+        let err = |detail: String| ConfigError {
+            file: file.to_owned(),
+            detail,
+        };
+        // Keep the raw tree to name outputs in errors by their `name`.
+        let raw: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| err(one_line(&e.to_string())))?;
+        let mut unknown = Vec::new();
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let ignored = serde_ignored::Deserializer::new(de, &mut note);
+        let config: AgentConfig = serde_path_to_error::deserialize(ignored).map_err(|e| {
+            let path = e.path().to_string();
+            err(format!(
+                "{}: {}",
+                describe_path(&raw, &path),
+                one_line(&e.inner().to_string())
+            ))
+        })?;
+        if let Some(path) = unknown.first() {
+            // serde_ignored writes `outputs.0.data.0.x`; name it like serde_path_to_error does.
+            let mut parts: Vec<String> = Vec::new();
+            for seg in path.split('.') {
+                match (seg.parse::<usize>(), parts.last_mut()) {
+                    (Ok(i), Some(last)) => last.push_str(&format!("[{i}]")),
+                    _ => parts.push(seg.to_owned()),
+                }
+            }
+            let path = parts.join(".");
+            let (parent, field) = path.rsplit_once('.').unwrap_or(("", path.as_str()));
+            let at = if parent.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", describe_path(&raw, parent))
+            };
+            return Err(err(format!("{at}unknown field `{field}`")));
+        }
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.api_version != API_VERSION {
+            return Err(format!(
+                "apiVersion: must be {API_VERSION}, got {:?}",
+                self.api_version
+            ));
+        }
+        if self.kind != KIND {
+            return Err(format!("kind: must be {KIND}, got {:?}", self.kind));
+        }
+        if self.change_feed_interval_seconds == Some(0) {
+            return Err("changeFeedIntervalSeconds: must be at least 1".into());
+        }
+        let mut vault_names = BTreeSet::new();
+        for (i, v) in self.vaults.iter().enumerate() {
+            let at = format!("vaults[{i}] ({})", v.name);
+            if v.name.is_empty() {
+                return Err(format!("vaults[{i}]: name: must not be empty"));
+            }
+            if !vault_names.insert(v.name.as_str()) {
+                return Err(format!("{at}: name: duplicate vault name"));
+            }
+            let url = url::Url::parse(&v.vault_url)
+                .map_err(|e| format!("{at}: vaultUrl: {:?} is not a URL: {e}", v.vault_url))?;
+            if url.scheme() != "https" {
+                return Err(format!("{at}: vaultUrl: must be https://, got {:?}", v.vault_url));
+            }
+            let a = &v.auth;
+            let set = [
+                a.service_principal.is_some(),
+                a.managed_identity.is_some(),
+                a.workload_identity.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if set != 1 {
+                return Err(format!(
+                    "{at}: auth: set exactly one of servicePrincipal, managedIdentity, workloadIdentity (found {set})"
+                ));
+            }
+            if let Some(sp) = &a.service_principal {
+                match (&sp.client_secret_file, &sp.client_certificate_file) {
+                    (Some(_), None) | (None, Some(_)) => {}
+                    _ => {
+                        return Err(format!(
+                            "{at}: auth.servicePrincipal: set exactly one of clientSecretFile, clientCertificateFile"
+                        ));
+                    }
+                }
+                if sp.client_id.trim().is_empty() {
+                    return Err(format!("{at}: auth.servicePrincipal.clientId: must not be empty"));
+                }
+            }
+            if (a.service_principal.is_some() || a.workload_identity.is_some())
+                && v.tenant_id.as_deref().is_none_or(|t| t.trim().is_empty())
+            {
+                return Err(format!(
+                    "{at}: tenantId: required for servicePrincipal and workloadIdentity"
+                ));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut paths = BTreeSet::new();
+        for (i, o) in self.outputs.iter().enumerate() {
+            let at = format!("outputs[{i}] ({})", o.name);
+            if o.name.is_empty() {
+                return Err(format!("outputs[{i}]: name: must not be empty"));
+            }
+            if !names.insert(o.name.as_str()) {
+                return Err(format!("{at}: name: duplicate output name"));
+            }
+            if !o.path.is_absolute() || o.path.file_name().is_none() {
+                return Err(format!(
+                    "{at}: path: must be an absolute file path, got {:?}",
+                    o.path.display().to_string()
+                ));
+            }
+            if !paths.insert(o.path.clone()) {
+                return Err(format!("{at}: path: another output writes the same file"));
+            }
+            if let Some(m) = &o.mode {
+                match u32::from_str_radix(m, 8) {
+                    Ok(bits) if bits <= 0o777 => {}
+                    _ => {
+                        return Err(format!(
+                            "{at}: mode: {m:?} is not an octal file mode like \"0600\""
+                        ));
+                    }
+                }
+            }
+            if !vault_names.contains(o.vault.as_str()) {
+                return Err(format!("{at}: vault: no vault named {:?} in vaults", o.vault));
+            }
+            if o.data.is_empty() && o.data_from.is_empty() {
+                return Err(format!("{at}: data: set data or dataFrom"));
+            }
+            if o.format == Format::Template && o.template.is_none() {
+                return Err(format!("{at}: template: format template needs a template"));
+            }
+            if o.key.is_some() && !matches!(o.format, Format::Raw | Format::Template) {
+                return Err(format!("{at}: key: only for format raw or template"));
+            }
+            if let Some(h) = &o.on_change {
+                if h.command.is_empty() || h.command[0].is_empty() {
+                    return Err(format!("{at}: onChange.command: must name a program"));
+                }
+                if h.timeout_seconds == Some(0) {
+                    return Err(format!("{at}: onChange.timeoutSeconds: must be at least 1"));
+                }
+                if h.attempts == Some(0) {
+                    return Err(format!("{at}: onChange.attempts: must be at least 1"));
+                }
+            }
+            // The sync pipeline's own checks (regexps, duplicate keys, templates), before any I/O.
+            let es = crate::pipeline::external_secret(o);
+            keyferry_sync::plan(&es).map_err(|e| {
+                let text = e.to_string();
+                let text = text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest);
+                format!(
+                    "{at}: {}",
+                    text.replace("spec.target.template", "template")
+                        .replace("spec.", "")
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The output named `name`.
+    pub fn output(&self, name: &str) -> Option<&OutputConfig> {
+        self.outputs.iter().find(|o| o.name == name)
+    }
+
+    /// The vault named `name`.
+    pub fn vault(&self, name: &str) -> Option<&VaultConfig> {
+        self.vaults.iter().find(|v| v.name == name)
+    }
+}
+
+/// Turns a serde path (`outputs[0].onChange.command`) into `outputs[0] (name): onChange.command`.
+fn describe_path(raw: &serde_yaml_ng::Value, path: &str) -> String {
+    for (list, label_field) in [("outputs", "name"), ("vaults", "name")] {
+        let Some(rest) = path.strip_prefix(list).and_then(|r| r.strip_prefix('[')) else {
+            continue;
+        };
+        let Some((index, tail)) = rest.split_once(']') else {
+            continue;
+        };
+        let name = index.parse::<usize>().ok().and_then(|i| {
+            raw.get(list)?
+                .get(i)?
+                .get(label_field)?
+                .as_str()
+                .map(str::to_owned)
+        });
+        let tail = tail.trim_start_matches('.');
+        let head = match name {
+            Some(n) => format!("{list}[{index}] ({n})"),
+            None => format!("{list}[{index}]"),
+        };
+        return if tail.is_empty() {
+            head
+        } else {
+            format!("{head}: {tail}")
+        };
+    }
+    if path == "." || path.is_empty() {
+        "(top level)".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The JSON Schema of the config file, as published in `deploy/vm/agent.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(AgentConfig);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+apiVersion: keyferry.io/v1alpha1
+kind: Agent
+vaults:
+  - name: hybridops
+    vaultUrl: https://kv-hybridops.vault.azure.net/
+    tenantId: 00000000-0000-0000-0000-000000000000
+    auth:
+      servicePrincipal: {clientId: c, clientSecretFile: /etc/keyferry/sp-secret}
+outputs:
+  - name: netbox-db
+    path: /etc/keyferry/netbox-db.env
+    mode: "0600"
+    vault: hybridops
+    data:
+      - secretKey: DB_PASSWORD
+        remoteRef: {key: netbox-db-password}
+    onChange:
+      command: ["/usr/bin/systemctl", "reload", "postgresql"]
+      timeoutSeconds: 30
+"#;
+
+    fn err(text: &str) -> String {
+        AgentConfig::parse("agent.yaml", text)
+            .expect_err("should fail")
+            .to_string()
+    }
+
+    #[test]
+    fn the_issue_example_parses() {
+        let c = AgentConfig::parse("agent.yaml", GOOD).expect("valid");
+        assert_eq!(c.outputs[0].mode_bits(), 0o600);
+        assert_eq!(c.outputs[0].format, Format::Env);
+    }
+
+    #[test]
+    fn errors_are_one_line_naming_file_output_and_field() {
+        let e = err(&GOOD.replace("timeoutSeconds: 30", "timeoutSecs: 30"));
+        assert_eq!(e.lines().count(), 1);
+        assert!(
+            e.starts_with("agent.yaml: outputs[0] (netbox-db): onChange"),
+            "{e}"
+        );
+        assert!(e.contains("timeoutSecs"), "{e}");
+
+        // Unknown field inside the ExternalSecret-shaped data (API types accept unknown fields).
+        let e = err(&GOOD.replace(
+            "{key: netbox-db-password}",
+            "{key: netbox-db-password, vesion: x}",
+        ));
+        assert!(
+            e.starts_with("agent.yaml: outputs[0] (netbox-db): data[0].remoteRef"),
+            "{e}"
+        );
+        assert!(e.contains("unknown field `vesion`"), "{e}");
+
+        let e = err(&GOOD.replace("\"0600\"", "\"0999\""));
+        assert_eq!(
+            e,
+            "agent.yaml: outputs[0] (netbox-db): mode: \"0999\" is not an octal file mode like \"0600\""
+        );
+
+        let e = err(&GOOD.replace("vault: hybridops", "vault: other"));
+        assert!(e.contains("outputs[0] (netbox-db): vault: no vault named"), "{e}");
+
+        let e = err(&GOOD
+            .replace("format: env", "")
+            .replace("mode: \"0600\"", "format: xml"));
+        assert!(e.starts_with("agent.yaml: outputs[0] (netbox-db): format"), "{e}");
+
+        let e = err(&GOOD.replace(
+            "servicePrincipal: {clientId: c, clientSecretFile: /etc/keyferry/sp-secret}",
+            "managedIdentity: {}\n      workloadIdentity: {clientId: c, tokenFile: /t}",
+        ));
+        assert!(e.contains("vaults[0] (hybridops): auth: set exactly one"), "{e}");
+    }
+}
