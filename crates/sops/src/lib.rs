@@ -12,6 +12,7 @@
 //! Shamir splitting, comment-based encryption rules and non-age key types are refused with
 //! [`SopsError::Unsupported`].
 
+pub mod bundle;
 mod cipher;
 mod document;
 mod error;
