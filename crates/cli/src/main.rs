@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod crds;
 mod demo;
+mod dr;
 mod gates;
 mod inputs;
 mod render;
@@ -35,6 +36,8 @@ enum Command {
     Check(gates::CheckCommand),
     /// Render the Secrets that ExternalSecret manifests produce (values redacted unless --reveal).
     Render(render::RenderArgs),
+    /// Break-glass DR: export vault secrets to a SOPS/age bundle, verify it is complete and current.
+    Dr(dr::DrArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Render(args) => render::run(args).await,
+            Command::Dr(args) => dr::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Validate(args) => keyferry_gates::cli::run_validate(args),
             Command::Check(args) => gates::run_check(args).await,
