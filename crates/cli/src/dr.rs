@@ -13,7 +13,7 @@ use keyferry_api::external_secret::{ExternalSecret, FindRef, SecretStoreRef, Sto
 use keyferry_api::manifest::{Located, Manifest};
 use keyferry_api::names::{ObjectType, split_remote_key};
 use keyferry_providers::breakglass::{BreakGlassClient, export_entries, same_vault};
-use keyferry_providers::{Existence, ProviderError, SecretsClient};
+use keyferry_providers::{ProviderError, SecretsClient};
 use keyferry_sops::bundle::{BundleMeta, bundle_index, open_bundle, seal_bundle};
 use keyferry_sops::{AgeIdentity, AgeRecipient, Format};
 
@@ -33,6 +33,36 @@ enum DrCommand {
     Export(ExportArgs),
     /// Check a bundle is complete and current, without a key and without reading values.
     Verify(VerifyArgs),
+    /// Create an age key pair: the key file (mode 0600) and its public key (age1…) on stdout.
+    Keygen(KeygenArgs),
+}
+
+/// Arguments of `keyferry dr keygen` (`age-keygen` may not be installed where keyferry is).
+#[derive(Debug, clap::Args)]
+struct KeygenArgs {
+    /// Where to write the private key file; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+fn keygen(args: KeygenArgs) -> ExitCode {
+    if args.out.exists() {
+        return fail(
+            "dr keygen",
+            2,
+            &format!("{}: exists; refusing to overwrite a key", args.out.display()),
+        );
+    }
+    let id = AgeIdentity::generate();
+    if let Err(e) = write_private(&args.out, &id.to_key_file()) {
+        return fail(
+            "dr keygen",
+            2,
+            &format!("{}: cannot write: {e}", args.out.display()),
+        );
+    }
+    println!("{}", id.recipient());
+    ExitCode::SUCCESS
 }
 
 /// Which secrets the bundle must hold.
@@ -102,6 +132,7 @@ pub async fn run(args: DrArgs) -> ExitCode {
     match args.command {
         DrCommand::Export(a) => export(a).await,
         DrCommand::Verify(a) => verify(a).await,
+        DrCommand::Keygen(a) => keygen(a),
     }
 }
 
@@ -438,18 +469,24 @@ async fn verify(args: VerifyArgs) -> ExitCode {
                 Ok(n) => n,
                 Err(e) => return fail(CMD, vault_code(&e), &format!("store {}: {e}", key.name)),
             };
+            // One listing per store: Key Vault lists each secret's update time (not its version id),
+            // so a changed `updated` marks a rotation; when the listing has versions they are compared.
+            let listed: BTreeMap<String, keyferry_providers::SecretProperties> =
+                match client.list_secret_properties().await {
+                    Ok(list) => list
+                        .into_iter()
+                        .map(|p| (p.name.to_ascii_lowercase(), p))
+                        .collect(),
+                    Err(e) => return fail(CMD, vault_code(&e), &format!("store {}: {e}", key.name)),
+                };
             for name in names {
                 checked += 1;
                 let entry: Option<&BundleMeta> = index
                     .iter()
                     .find(|m| same_vault(&m.vault_url, &w.vault_url) && m.name.eq_ignore_ascii_case(&name));
-                let remote = keyferry_api::external_secret::RemoteRef {
-                    key: name.clone(),
-                    ..Default::default()
-                };
-                let current = match client.secret_exists(&remote).await {
-                    Ok(Existence::Present(p)) => p.version,
-                    Ok(_) => {
+                let current = match listed.get(&name) {
+                    Some(p) => p,
+                    None => {
                         if entry.is_none() {
                             findings.push(Finding {
                                 vault: w.vault_url.clone(),
@@ -459,23 +496,16 @@ async fn verify(args: VerifyArgs) -> ExitCode {
                         }
                         continue;
                     }
-                    Err(e) => return fail(CMD, vault_code(&e), &format!("store {}: {e}", key.name)),
                 };
                 let problem = match entry {
                     None => Some("missing from the bundle".to_owned()),
-                    Some(m)
-                        if !m
-                            .version
-                            .as_deref()
-                            .zip(current.as_deref())
-                            .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b)) =>
-                    {
-                        Some(format!(
-                            "stale: bundle has version {}, the vault's current is {}",
-                            m.version.as_deref().unwrap_or("-"),
-                            current.as_deref().unwrap_or("-")
-                        ))
-                    }
+                    Some(m) if !is_current(m, current) => Some(format!(
+                        "stale: bundle has version {} (updated {}), the vault's current is {} (updated {})",
+                        m.version.as_deref().unwrap_or("-"),
+                        m.updated.map_or("-".to_owned(), |u| u.to_string()),
+                        current.version.as_deref().unwrap_or("-"),
+                        current.updated.map_or("-".to_owned(), |u| u.to_string()),
+                    )),
                     Some(_) => None,
                 };
                 if let Some(problem) = problem {
@@ -500,6 +530,15 @@ async fn verify(args: VerifyArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// Whether a bundle entry is the vault's current version: by version id when the listing has one,
+/// else by update time (a new version always has a new `updated`).
+fn is_current(entry: &BundleMeta, listed: &keyferry_providers::SecretProperties) -> bool {
+    match (&entry.version, &listed.version) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        _ => entry.updated.is_some() && entry.updated == listed.updated,
     }
 }
 
