@@ -220,17 +220,29 @@ impl SecretsClient for BreakGlassClient {
 /// How many secrets [`export_entries`] reads at once.
 const EXPORT_CONCURRENCY: usize = 16;
 
-/// Reads the current version of each named secret from a live store into bundle entries. Disabled
-/// secrets are listed without a value; missing ones are returned by name in the second list.
+/// Reads the current version of each named secret from a live store into bundle entries: one
+/// listing for the properties (tags, update times; no values), then one read per enabled secret.
+/// Disabled secrets are listed without a value; missing ones are returned by name in the second
+/// list.
 pub async fn export_entries<C: SecretsClient + ?Sized>(
     client: &C,
     vault_url: &str,
     names: &[String],
 ) -> Result<(Vec<BundleEntry>, Vec<String>), ProviderError> {
+    let listed: BTreeMap<String, SecretProperties> = client
+        .list_secret_properties()
+        .await?
+        .into_iter()
+        .map(|p| (p.name.to_ascii_lowercase(), p))
+        .collect();
+    let listed = &listed;
     let results: Vec<(String, Result<Option<BundleEntry>, ProviderError>)> =
         futures::stream::iter(names.iter().cloned())
             .map(|name| async move {
-                let got = export_one(client, vault_url, &name).await;
+                let got = match listed.get(&name.to_ascii_lowercase()) {
+                    Some(props) => export_one(client, vault_url, props.clone()).await,
+                    None => Ok(None),
+                };
                 (name, got)
             })
             .buffered(EXPORT_CONCURRENCY)
@@ -250,24 +262,22 @@ pub async fn export_entries<C: SecretsClient + ?Sized>(
 async fn export_one<C: SecretsClient + ?Sized>(
     client: &C,
     vault_url: &str,
-    name: &str,
+    mut props: SecretProperties,
 ) -> Result<Option<BundleEntry>, ProviderError> {
-    let remote = RemoteRef {
-        key: name.to_owned(),
-        ..RemoteRef::default()
-    };
-    let props = match client.secret_exists(&remote).await? {
-        Existence::Present(p) => p,
-        Existence::SoftDeleted | Existence::Missing => return Ok(None),
-    };
     let value = if props.enabled {
-        // Read the exact version listed, so the entry's version and value agree.
-        let at = RemoteRef {
-            version: props.version.clone(),
-            ..remote
+        let remote = RemoteRef {
+            key: props.name.clone(),
+            ..RemoteRef::default()
         };
-        match client.get_secret(&at).await {
-            Ok(v) => Some(Plaintext::string(v.value.expose().to_vec())),
+        match client.get_secret(&remote).await {
+            Ok(v) => {
+                // The read names the version it returned (Key Vault lists none): record that one, so
+                // the entry's version and value agree.
+                if v.version.is_some() {
+                    props.version = v.version;
+                }
+                Some(Plaintext::string(v.value.expose().to_vec()))
+            }
             Err(ProviderError::NotFound { .. }) => return Ok(None),
             Err(ProviderError::Disabled { .. }) => None,
             Err(e) => return Err(e),
