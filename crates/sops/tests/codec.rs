@@ -265,3 +265,33 @@ proptest! {
         let _ = parse(&text).and_then(|d| d.decrypt(std::slice::from_ref(&id)));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// A valid file with bytes changed or removed is never accepted with different content, and
+    /// never panics: mutations reach the metadata, the ENC grammar, base64 and the MAC.
+    #[test]
+    fn mutated_files_are_refused_or_unchanged(
+        json in any::<bool>(),
+        edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>(), any::<bool>()), 1..4),
+    ) {
+        static FIXTURE: std::sync::LazyLock<(AgeIdentity, String, String)> = std::sync::LazyLock::new(|| {
+            let id = AgeIdentity::generate();
+            let doc = encrypt(&sample(), &options(&id)).unwrap();
+            (id.clone(), doc.to_text(Format::Yaml).unwrap(), doc.to_text(Format::Json).unwrap())
+        });
+        let (id, yaml, json_text) = &*FIXTURE;
+        let mut bytes = if json { json_text.clone() } else { yaml.clone() }.into_bytes();
+        for (at, byte, remove) in edits {
+            if bytes.is_empty() { break; }
+            let i = at.index(bytes.len());
+            if remove { bytes.remove(i); } else { bytes[i] = byte; }
+        }
+        let Ok(text) = String::from_utf8(bytes) else { return Ok(()) };
+        if let Ok(tree) = parse(&text).and_then(|d| d.decrypt(std::slice::from_ref(id))) {
+            // Accepted only if what is protected is unchanged.
+            prop_assert_eq!(values(&tree), vec![CANARY.as_bytes().to_vec(), b"second-value".to_vec()]);
+        }
+    }
+}
