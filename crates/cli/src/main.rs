@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod agent;
 mod crds;
 mod demo;
+mod dr;
 mod gates;
 mod inputs;
 mod render;
@@ -41,6 +42,8 @@ enum Command {
     Agent(agent::AgentCommand),
     /// Run a command with one agent output's data as environment variables (no file written).
     Run(run::RunArgs),
+    /// Break-glass DR: export vault secrets to a SOPS/age bundle, verify it is complete and current.
+    Dr(dr::DrArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
                 }
             },
             Command::Render(args) => render::run(args).await,
+            Command::Dr(args) => dr::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Validate(args) => keyferry_gates::cli::run_validate(args),
             Command::Check(args) => gates::run_check(args).await,

@@ -20,6 +20,12 @@ pub struct RenderArgs {
     /// Print secret values instead of `<redacted: N bytes>`.
     #[arg(long)]
     pub reveal: bool,
+    /// Serve the stores from this break-glass bundle (SOPS/age, from `keyferry dr export`): no vault.
+    #[arg(long, value_name = "FILE", requires = "age_identity")]
+    pub break_glass: Option<PathBuf>,
+    /// The age key file that opens the --break-glass bundle.
+    #[arg(long, value_name = "KEYFILE", requires = "break_glass")]
+    pub age_identity: Option<PathBuf>,
     #[command(flatten)]
     pub stores: StoreArgs,
 }
@@ -34,7 +40,12 @@ pub async fn run(args: RenderArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage_error(&e.to_string()),
     };
-    let stores = Stores::build(&inputs.documents, &settings);
+    let mut stores = Stores::build(&inputs.documents, &settings);
+    if let (Some(bundle), Some(identity)) = (&args.break_glass, &args.age_identity)
+        && let Err(e) = crate::dr::serve_from_bundle(&mut stores, &inputs.documents, bundle, identity)
+    {
+        return usage_error(&e);
+    }
     let mut failures = inputs.errors;
     let mut rendered: Vec<(String, DesiredSecret)> = Vec::new();
     for doc in &inputs.documents {

@@ -325,3 +325,16 @@ impl Credentials {
         })
     }
 }
+
+impl Stores {
+    /// Replaces each store's client by `f(key)` where it returns one (`render --break-glass` serves
+    /// stores from a bundle this way).
+    pub fn override_clients(&mut self, f: impl Fn(&StoreKey) -> Option<Arc<dyn SecretsClient>>) {
+        self.seeded = None;
+        for (key, client) in self.clients.iter_mut() {
+            if let Some(c) = f(key) {
+                *client = Ok(c);
+            }
+        }
+    }
+}

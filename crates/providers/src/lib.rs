@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use keyferry_api::external_secret::{FindRef, RemoteRef};
 
 pub mod azure;
+pub mod breakglass;
 pub mod cache;
 pub mod conformance;
 pub mod error;
