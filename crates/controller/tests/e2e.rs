@@ -1399,27 +1399,35 @@ fn rotation_rolls_opted_in_workloads_only() {
             first, hmac,
             "the template annotation is the keyed hash of the new content (status.dataHmac)"
         );
-        assert_eq!(
-            rolled("reloader").await.as_deref(),
-            Some(hmac.as_str()),
-            "Reloader's auto annotation"
-        );
-        let sts = statefulsets.get("named").await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            template_annotations(sts.spec.as_ref().map(|s| &s.template))
-                .get(&key)
-                .map(String::as_str),
-            Some(hmac.as_str()),
-            "opted in by name"
-        );
-        let ds = daemonsets.get("agent").await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            template_annotations(ds.spec.as_ref().map(|s| &s.template))
-                .get(&key)
-                .map(String::as_str),
-            Some(hmac.as_str()),
-            "Reloader's reload list"
-        );
+        let reloader = eventually(Duration::from_secs(30), || {
+            let hmac = hmac.clone();
+            let rolled = rolled("reloader");
+            async move { rolled.await.filter(|v| *v == hmac) }
+        })
+        .await;
+        assert!(reloader.is_some(), "Reloader's auto annotation");
+        // Workloads are patched one after another (Deployments, StatefulSets, DaemonSets): wait for
+        // each rather than reading once right after the first.
+        let sts_rolled = eventually(Duration::from_secs(30), || {
+            let (statefulsets, key, hmac) = (statefulsets.clone(), key.clone(), hmac.clone());
+            async move {
+                let sts = statefulsets.get("named").await.ok()?;
+                (template_annotations(sts.spec.as_ref().map(|s| &s.template)).get(&key) == Some(&hmac))
+                    .then_some(())
+            }
+        })
+        .await;
+        assert!(sts_rolled.is_some(), "opted in by name");
+        let ds_rolled = eventually(Duration::from_secs(30), || {
+            let (daemonsets, key, hmac) = (daemonsets.clone(), key.clone(), hmac.clone());
+            async move {
+                let ds = daemonsets.get("agent").await.ok()?;
+                (template_annotations(ds.spec.as_ref().map(|s| &s.template)).get(&key) == Some(&hmac))
+                    .then_some(())
+            }
+        })
+        .await;
+        assert!(ds_rolled.is_some(), "Reloader's reload list");
         assert!(
             rolled("elsewhere").await.is_none(),
             "\"true\" means the Secrets the pods use"
