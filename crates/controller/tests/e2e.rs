@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{apply, env, fake_store, run, wait_ready, wait_secret_value, yaml};
+use common::{apply, emulator_store, env, fake_store, run, wait_ready, wait_secret_value, yaml};
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_api::{ClusterSecretStore, ExternalSecret, SecretStore};
 use keyferry_testkit::{TestNamespace, eventually};
@@ -1236,40 +1236,6 @@ fn scale_many_external_secrets_on_one_store() {
         );
         ns.cleanup().await;
     });
-}
-
-/// A SecretStore in `ns` reading the shared emulator (any client id is accepted), once it is Ready
-/// and its change feed has listed the vault (`status.changeDetection: ChangeFeed`).
-async fn emulator_store(env: &common::Env, ns: &str, name: &str, wait_feed: bool) {
-    let client = env.client();
-    let creds: Secret = yaml(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-sp\n  namespace: {ns}\nstringData:\n  client-id: keyferry-e2e-{name}\n  client-secret: {ns}\n"
-    ));
-    apply(&Api::namespaced(client.clone(), ns), &creds).await;
-    let store: SecretStore = yaml(&format!(
-        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: {name}-sp, key: client-id}}\n        clientSecret: {{name: {name}-sp, key: client-secret}}\n",
-        url = env.emulator.vault_url(),
-        tenant = env.emulator.tenant_id(),
-    ));
-    let stores: Api<SecretStore> = Api::namespaced(client.clone(), ns);
-    apply(&stores, &store).await;
-    let ready = eventually(Duration::from_secs(60), || {
-        let stores = stores.clone();
-        async move {
-            let status = stores.get(name).await.ok()?.status?;
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
-            let feed = !wait_feed || status.change_detection.as_deref() == Some("ChangeFeed");
-            (ready && feed).then_some(())
-        }
-    })
-    .await;
-    assert!(
-        ready.is_some(),
-        "store {ns}/{name} never became Ready (with its change feed: {wait_feed})"
-    );
 }
 
 fn deployment(ns: &str, name: &str, annotations: &str, pod: &str) -> k8s_openapi::api::apps::v1::Deployment {

@@ -9,44 +9,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{apply, env, run, wait_ready, wait_secret_value, yaml};
-use k8s_openapi::api::core::v1::Secret;
-use keyferry_api::{ExternalSecret, SecretStore};
+use common::{apply, emulator_store, env, run, wait_ready, wait_secret_value, yaml};
+use keyferry_api::ExternalSecret;
 use keyferry_emulator::{FaultKind, FaultSpec, Operation};
-use keyferry_testkit::{TestNamespace, eventually};
+use keyferry_testkit::TestNamespace;
 use kube::Api;
-
-/// A SecretStore on the shared emulator (service principal from a Secret in the namespace).
-async fn emulator_store(env: &common::Env, ns: &str, name: &str) {
-    let client = env.client();
-    let creds: Secret = yaml(&format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-sp\n  namespace: {ns}\nstringData:\n  client-id: keyferry-e2e-{name}\n  client-secret: {ns}\n"
-    ));
-    apply(&Api::namespaced(client.clone(), ns), &creds).await;
-    let store: SecretStore = yaml(&format!(
-        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: {name}-sp, key: client-id}}\n        clientSecret: {{name: {name}-sp, key: client-secret}}\n",
-        url = env.emulator.vault_url(),
-        tenant = env.emulator.tenant_id(),
-    ));
-    let stores: Api<SecretStore> = Api::namespaced(client.clone(), ns);
-    apply(&stores, &store).await;
-    let ready = eventually(Duration::from_secs(60), || {
-        let stores = stores.clone();
-        async move {
-            let status = stores.get(name).await.ok()?.status?;
-            let ready = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
-            (ready && status.change_detection.as_deref() == Some("ChangeFeed")).then_some(())
-        }
-    })
-    .await;
-    assert!(
-        ready.is_some(),
-        "store {ns}/{name} never became Ready with its change feed"
-    );
-}
 
 fn hourly_es(ns: &str, name: &str, store: &str, key: &str, remote: &str) -> ExternalSecret {
     yaml(&format!(
@@ -74,7 +41,7 @@ fn a_rotation_survives_transient_vault_errors() {
         env.emulator
             .set_secret(&remote, "v1")
             .unwrap_or_else(|e| panic!("{e}"));
-        emulator_store(env, &ns.name, "akv").await;
+        emulator_store(env, &ns.name, "akv", true).await;
         let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
         apply(&ess, &hourly_es(&ns.name, "db", "akv", "password", &remote)).await;
         wait_secret_value(&client, &ns.name, "db", "password", "v1").await;

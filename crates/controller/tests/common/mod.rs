@@ -331,3 +331,37 @@ pub fn repo_file(path: &str) -> String {
         .join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
+
+/// A SecretStore on the shared emulator (service principal from a Secret in the namespace), waited
+/// for until Ready (and, with `wait_feed`, until its change feed reports `ChangeFeed`).
+pub async fn emulator_store(env: &Env, ns: &str, name: &str, wait_feed: bool) {
+    let client = env.client();
+    let creds: Secret = yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-sp\n  namespace: {ns}\nstringData:\n  client-id: keyferry-e2e-{name}\n  client-secret: {ns}\n"
+    ));
+    apply(&Api::namespaced(client.clone(), ns), &creds).await;
+    let store: keyferry_api::SecretStore = yaml(&format!(
+        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: {name}-sp, key: client-id}}\n        clientSecret: {{name: {name}-sp, key: client-secret}}\n",
+        url = env.emulator.vault_url(),
+        tenant = env.emulator.tenant_id(),
+    ));
+    let stores: Api<keyferry_api::SecretStore> = Api::namespaced(client.clone(), ns);
+    apply(&stores, &store).await;
+    let ready = keyferry_testkit::eventually(Duration::from_secs(60), || {
+        let stores = stores.clone();
+        async move {
+            let status = stores.get(name).await.ok()?.status?;
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && format!("{:?}", c.status) == "True");
+            let feed = !wait_feed || status.change_detection.as_deref() == Some("ChangeFeed");
+            (ready && feed).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "store {ns}/{name} never became Ready (with its change feed: {wait_feed})"
+    );
+}
