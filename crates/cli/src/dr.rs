@@ -152,24 +152,8 @@ struct Wanted {
 fn store_urls(documents: &[Located<Manifest>]) -> BTreeMap<StoreKey, String> {
     let mut out = BTreeMap::new();
     for doc in documents {
-        let (key, provider) = match &doc.value {
-            Manifest::SecretStore(s) => (
-                StoreKey {
-                    kind: StoreKind::SecretStore,
-                    namespace: s.metadata.namespace.clone().unwrap_or_default(),
-                    name: s.metadata.name.clone().unwrap_or_default(),
-                },
-                &s.spec.provider,
-            ),
-            Manifest::ClusterSecretStore(s) => (
-                StoreKey {
-                    kind: StoreKind::ClusterSecretStore,
-                    namespace: String::new(),
-                    name: s.metadata.name.clone().unwrap_or_default(),
-                },
-                &s.spec.provider,
-            ),
-            _ => continue,
+        let Some((key, provider)) = crate::stores::store_of(&doc.value) else {
+            continue;
         };
         let url = match (&provider.azurekv, &provider.fake) {
             (Some(az), _) => az.vault_url.trim_end_matches('/').to_owned(),

@@ -112,6 +112,29 @@ impl StoreArgs {
     }
 }
 
+/// The key and provider of a SecretStore or ClusterSecretStore manifest; `None` for other kinds.
+pub fn store_of(manifest: &Manifest) -> Option<(StoreKey, &StoreProvider)> {
+    match manifest {
+        Manifest::SecretStore(s) => Some((
+            StoreKey {
+                kind: StoreKind::SecretStore,
+                namespace: s.metadata.namespace.clone().unwrap_or_default(),
+                name: s.metadata.name.clone().unwrap_or_default(),
+            },
+            &s.spec.provider,
+        )),
+        Manifest::ClusterSecretStore(s) => Some((
+            StoreKey {
+                kind: StoreKind::ClusterSecretStore,
+                namespace: String::new(),
+                name: s.metadata.name.clone().unwrap_or_default(),
+            },
+            &s.spec.provider,
+        )),
+        _ => None,
+    }
+}
+
 impl Stores {
     /// Builds clients for the stores among `documents`.
     pub fn build(documents: &[Located<Manifest>], settings: &StoreSettings) -> Stores {
@@ -121,24 +144,8 @@ impl Stores {
             .map(|seed| Arc::new(FakeStore::from_seed("seeded vault", seed)) as Arc<dyn SecretsClient>);
         let mut clients = BTreeMap::new();
         for doc in documents {
-            let (key, provider) = match &doc.value {
-                Manifest::SecretStore(s) => (
-                    StoreKey {
-                        kind: StoreKind::SecretStore,
-                        namespace: s.metadata.namespace.clone().unwrap_or_default(),
-                        name: s.metadata.name.clone().unwrap_or_default(),
-                    },
-                    &s.spec.provider,
-                ),
-                Manifest::ClusterSecretStore(s) => (
-                    StoreKey {
-                        kind: StoreKind::ClusterSecretStore,
-                        namespace: String::new(),
-                        name: s.metadata.name.clone().unwrap_or_default(),
-                    },
-                    &s.spec.provider,
-                ),
-                _ => continue,
+            let Some((key, provider)) = store_of(&doc.value) else {
+                continue;
             };
             if seeded.is_some() {
                 clients.insert(key, Err(String::new()));
