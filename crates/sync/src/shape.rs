@@ -73,7 +73,7 @@ pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<Desi
 
     let template = target.template.as_ref();
     let (data, labels, annotations) = match &plan.template {
-        None => (data, BTreeMap::new(), BTreeMap::new()),
+        None => (data, copied_metadata(&es.metadata.labels), copied_metadata(&es.metadata.annotations)),
         Some(tp) => {
             let merge =
                 template.and_then(|t| t.merge_policy).unwrap_or_default() == TemplateMergePolicy::Merge;
@@ -115,6 +115,20 @@ pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<Desi
     desired.missing = missing;
     Ok(desired)
 }
+
+/// Without a template, the Secret carries the ExternalSecret's own labels and annotations (as ESO
+/// does), except `kubectl apply`'s record of the ExternalSecret, which would make the Secret look
+/// `kubectl apply`-managed with someone else's configuration. keyferry's own keys are set after
+/// these and win.
+fn copied_metadata(from: &Option<BTreeMap<String, String>>) -> BTreeMap<String, String> {
+    from.iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != LAST_APPLIED_CONFIGURATION)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+const LAST_APPLIED_CONFIGURATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 struct State<'a> {
     esr: &'a EsRef,

@@ -520,3 +520,33 @@ async fn output_is_deterministic_and_redacted_unless_revealed() {
     assert_eq!(secret.immutable, None);
     assert_eq!(secret.metadata.namespace.as_deref(), Some("team-a"));
 }
+
+#[tokio::test]
+async fn without_a_template_the_external_secrets_metadata_is_copied_as_eso_does() {
+    let s = store(&[("a", "1")]);
+    let base = format!("{STORE}data:\n- {{secretKey: a, remoteRef: {{key: a}}}}\n");
+    let mut plain = es(&base);
+    plain.metadata.labels = Some(BTreeMap::from([
+        ("team".to_owned(), "payments".to_owned()),
+        // keyferry's own keys win over the ExternalSecret's.
+        ("app.kubernetes.io/managed-by".to_owned(), "argocd".to_owned()),
+    ]));
+    plain.metadata.annotations = Some(BTreeMap::from([
+        ("owner".to_owned(), "team-a".to_owned()),
+        (
+            "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+            "{}".to_owned(),
+        ),
+    ]));
+    let d = run(&plain, &s).await.unwrap();
+    assert_eq!(d.labels["team"], "payments");
+    assert_eq!(d.labels["app.kubernetes.io/managed-by"], "keyferry");
+    assert_eq!(d.annotations["owner"], "team-a");
+    assert!(!d.annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+
+    // With a template (even one that only sets the type), ESO takes metadata from the template only.
+    let mut templated = es(&format!("{base}target:\n  template:\n    type: Opaque\n"));
+    templated.metadata.labels = plain.metadata.labels.clone();
+    let d = run(&templated, &s).await.unwrap();
+    assert!(!d.labels.contains_key("team"));
+}
