@@ -60,14 +60,12 @@ pub async fn run_check(args: CheckCommand) -> ExitCode {
                         &declared
                     }
                     (None, None) => {
-                        return Err(ResolveError::Config(format!(
-                            "{}: no vault URL is known for this store",
-                            ctx.id
-                        )));
+                        return Err(ResolveError::Config(
+                            "no vault URL is known for this store".to_owned(),
+                        ));
                     }
                 };
-                build_client(&key, provider, &settings)
-                    .map_err(|e| ResolveError::Config(format!("{}: {e}", ctx.id)))
+                build_client(&key, provider, &settings).map_err(|e| ResolveError::Config(e.to_string()))
             },
         )
     };

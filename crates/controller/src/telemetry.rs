@@ -1,5 +1,7 @@
 //! Logging: `tracing` with an env filter, as text or JSON lines.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber (no-op if one is already installed). `RUST_LOG` overrides `level`.
@@ -7,7 +9,9 @@ pub fn init(format: &str, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        // Colour codes only for a person at a terminal; a log file or collector gets plain text.
+        .with_ansi(std::io::stdout().is_terminal());
     let _ = if format == "json" {
         builder
             .json()

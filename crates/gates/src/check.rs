@@ -98,7 +98,7 @@ impl StoreResolver for MapResolver {
         self.clients
             .get(&store.id.name)
             .cloned()
-            .ok_or_else(|| ResolveError::Config(format!("no vault client is configured for {}", store.id)))
+            .ok_or_else(|| ResolveError::Config("no vault client is configured for this store".to_owned()))
     }
 }
 
@@ -402,14 +402,11 @@ async fn check_store(
         Ok(c) => c,
         Err(e) => {
             let (rule, message) = match &e {
-                ResolveError::Config(m) => (Rule::StoreConfig, format!("{}: {m}", store.id)),
-                ResolveError::Provider(p) => (provider_rule(p), format!("{}: {p}", store.id)),
+                ResolveError::Config(m) => (Rule::StoreConfig, m.clone()),
+                ResolveError::Provider(p) => (provider_rule(p), p.to_string()),
             };
             bar.inc(u64::try_from(uses.len()).unwrap_or(0));
-            return uses
-                .iter()
-                .map(|u| finding(u, rule, format!("{}: cannot check: {message}", u.path)))
-                .collect();
+            return store_unusable(store, &uses, rule, &message).into_iter().collect();
         }
     };
     let client = client.as_ref();
@@ -747,6 +744,28 @@ fn provider_rule(e: &ProviderError) -> Rule {
         ProviderError::NotFound { .. } => Rule::Missing,
         ProviderError::Disabled { .. } => Rule::Disabled,
         _ => Rule::InvalidReference,
+    }
+}
+
+/// A store no client can be built for is one problem, not one per reference: reported once, at the
+/// store's definition when the repository has it, else at its first use.
+fn store_unusable(
+    store: &crate::rules::stores::KnownStore,
+    uses: &[&Use],
+    rule: Rule,
+    message: &str,
+) -> Option<RawFinding> {
+    let count = match uses.len() {
+        1 => "its 1 reference".to_owned(),
+        n => format!("its {n} references"),
+    };
+    let message = format!("{}: cannot check {count}: {message}", store.id);
+    match (&store.defined_at, uses.first()) {
+        (Some((file, line)), _) => {
+            Some(RawFinding::new(rule, file, *line, message).with_object(store.id.to_string()))
+        }
+        (None, Some(u)) => Some(finding(u, rule, message)),
+        (None, None) => None,
     }
 }
 

@@ -472,12 +472,16 @@ async fn a_store_without_a_client_is_a_configuration_error() {
     };
     let report = check(&paths, &policy, &resolver, &options()).await.unwrap();
     let rules: Vec<_> = report.findings.iter().map(|f| f.rule.id()).collect();
-    assert_eq!(rules, ["KF110", "KF110"]);
+    // One finding for the store, not one per reference, and the store is named once.
+    assert_eq!(rules, ["KF110"]);
+    let message = &report.findings[0].message;
     assert!(
-        report.findings[0]
-            .message
-            .contains("ClusterSecretStore akv-platform: AZURE_CLIENT_ID is not set")
+        message.contains(
+            "ClusterSecretStore akv-platform: cannot check its 2 references: AZURE_CLIENT_ID is not set"
+        ),
+        "{message}"
     );
+    assert_eq!(message.matches("akv-platform").count(), 1, "{message}");
     assert_eq!(report.exit_status(), 2);
 }
 

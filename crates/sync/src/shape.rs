@@ -73,7 +73,11 @@ pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<Desi
 
     let template = target.template.as_ref();
     let (data, labels, annotations) = match &plan.template {
-        None => (data, copied_metadata(&es.metadata.labels), copied_metadata(&es.metadata.annotations)),
+        None => (
+            data,
+            copied_metadata(&es.metadata.labels),
+            copied_metadata(&es.metadata.annotations),
+        ),
         Some(tp) => {
             let merge =
                 template.and_then(|t| t.merge_policy).unwrap_or_default() == TemplateMergePolicy::Merge;

@@ -542,7 +542,10 @@ async fn without_a_template_the_external_secrets_metadata_is_copied_as_eso_does(
     assert_eq!(d.labels["team"], "payments");
     assert_eq!(d.labels["app.kubernetes.io/managed-by"], "keyferry");
     assert_eq!(d.annotations["owner"], "team-a");
-    assert!(!d.annotations.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+    assert!(
+        !d.annotations
+            .contains_key("kubectl.kubernetes.io/last-applied-configuration")
+    );
 
     // With a template (even one that only sets the type), ESO takes metadata from the template only.
     let mut templated = es(&format!("{base}target:\n  template:\n    type: Opaque\n"));
