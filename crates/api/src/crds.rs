@@ -31,8 +31,29 @@ pub fn all_yaml() -> Result<String, serde_yaml_ng::Error> {
     Ok(out)
 }
 
-/// Adds the served `v1beta1` version and removes every `default:` marker from the schemas.
+/// What `kubectl explain <kind>` says first (kube-derive would say "Auto-generated derived type").
+fn kind_description(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "ExternalSecret" => {
+            "Which vault values to read, from which store, and how to shape them into one Kubernetes Secret."
+        }
+        "SecretStore" => {
+            "How to reach one vault (provider, address, credentials), for the ExternalSecrets of its own namespace."
+        }
+        "ClusterSecretStore" => {
+            "How to reach one vault, for ExternalSecrets in every namespace its conditions allow."
+        }
+        "ClusterExternalSecret" => {
+            "One ExternalSecret stamped into every namespace that matches its selectors."
+        }
+        _ => return None,
+    })
+}
+
+/// Adds the served `v1beta1` version, describes the kind and removes every `default:` marker from
+/// the schemas.
 fn finish(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let description = kind_description(&crd.spec.names.kind);
     for version in &mut crd.spec.versions {
         if let Some(schema) = version
             .schema
@@ -40,6 +61,9 @@ fn finish(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
             .and_then(|s| s.open_api_v3_schema.as_mut())
         {
             strip_defaults(schema);
+            if let Some(d) = description {
+                schema.description = Some(d.to_owned());
+            }
         }
     }
     if let Some(v1) = crd.spec.versions.first().cloned() {

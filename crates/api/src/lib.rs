@@ -12,6 +12,7 @@ pub mod duration;
 pub mod external_secret;
 pub mod manifest;
 pub mod names;
+pub mod reference;
 pub mod secret_store;
 
 pub use cluster_external_secret::{ClusterExternalSecret, ClusterExternalSecretSpec};

@@ -26,8 +26,8 @@ struct Cli {
 enum Command {
     /// The in-cluster operator: reconciles external-secrets.io resources into Secrets.
     Controller(keyferry_controller::ControllerArgs),
-    /// Print the external-secrets.io CustomResourceDefinitions as YAML.
-    Crds,
+    /// Print the external-secrets.io CustomResourceDefinitions as YAML (or write the API reference).
+    Crds(crds::CrdsArgs),
     /// The whole flow on the built-in Key Vault emulator, in seconds: no cluster, no Azure account.
     Demo(demo::DemoArgs),
     /// Run a local Azure Key Vault (secrets data plane) that the official SDKs talk to unchanged.
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Crds => crds::run(),
+            Command::Crds(args) => crds::run(&args),
             Command::Controller(args) => match keyferry_controller::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

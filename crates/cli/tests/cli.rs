@@ -230,3 +230,25 @@ fn crds_subcommand_matches_the_committed_copy() {
     let committed = std::fs::read_to_string(repo().join("deploy/crds/external-secrets.io.yaml")).unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), committed);
 }
+
+#[test]
+fn the_committed_api_reference_matches_the_crds() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = keyferry(&["crds", "--reference", dir.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let committed_dir = repo().join("docs/reference");
+    let mut generated: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    generated.sort();
+    assert!(generated.len() >= 5, "{generated:?}");
+    for file in &generated {
+        let fresh = std::fs::read_to_string(dir.path().join(file)).unwrap();
+        let committed = std::fs::read_to_string(committed_dir.join(file)).unwrap_or_default();
+        assert!(
+            fresh == committed,
+            "docs/reference/{file} is stale; regenerate with `cargo run -p keyferry -- crds --reference docs/reference`"
+        );
+    }
+}
