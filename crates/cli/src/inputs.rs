@@ -70,6 +70,20 @@ pub fn read(paths: &[PathBuf]) -> Result<Inputs, InputError> {
     Ok(inputs)
 }
 
+/// The YAML files under `paths` in the order [`read`] reads them (for callers that need documents of
+/// kinds keyferry does not model, such as `audit`'s workloads and RBAC objects).
+pub fn yaml_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_file() {
+            files.push(p.clone());
+        } else {
+            collect(p, &mut files);
+        }
+    }
+    files
+}
+
 fn collect(path: &Path, out: &mut Vec<PathBuf>) {
     if path.is_dir() {
         let Ok(entries) = std::fs::read_dir(path) else {

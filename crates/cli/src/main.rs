@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod audit;
 mod crds;
 mod demo;
 mod dr;
@@ -28,6 +29,9 @@ enum Command {
     Controller(keyferry_controller::ControllerArgs),
     /// Print the external-secrets.io CustomResourceDefinitions as YAML (or write the API reference).
     Crds(crds::CrdsArgs),
+    /// Access review: for every referenced vault secret, the store and identity that read it, the
+    /// Secrets it lands in, the workloads that consume them and who can read them (never a value).
+    Audit(audit::AuditArgs),
     /// The whole flow on the built-in Key Vault emulator, in seconds: no cluster, no Azure account.
     Demo(demo::DemoArgs),
     /// Run a local Azure Key Vault (secrets data plane) that the official SDKs talk to unchanged.
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
             },
             Command::Render(args) => render::run(args).await,
             Command::Dr(args) => dr::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Validate(args) => keyferry_gates::cli::run_validate(args),
             Command::Check(args) => gates::run_check(args).await,
