@@ -4,10 +4,10 @@
 //! value that must appear in no output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::{Command, Output};
 
-use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::discovery::{Discovery, Scope};
 use serde_json::Value;
 
 const CANARY: &str = "canary-audit-value-7f3a9c";
@@ -227,27 +227,7 @@ async fn online_review_of_a_cluster() {
         .await
         .unwrap();
     let sfx = ns.name.trim_start_matches("kf-audit-").to_owned();
-    let discovery = Discovery::new(cluster.admin.clone()).run().await.unwrap();
-    let mut cluster_scoped = Vec::new();
-    for doc in manifests(&ns.name, &sfx).split("\n---\n") {
-        let obj: DynamicObject = serde_yaml_ng::from_str(doc).unwrap();
-        let tm = obj.types.clone().unwrap();
-        let gvk = kube::core::GroupVersionKind::try_from(&tm).unwrap();
-        let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap();
-        let api: kube::Api<DynamicObject> = if caps.scope == Scope::Cluster {
-            cluster_scoped.push((ar.clone(), obj.metadata.name.clone().unwrap()));
-            kube::Api::all_with(cluster.admin.clone(), &ar)
-        } else {
-            kube::Api::namespaced_with(cluster.admin.clone(), &ns.name, &ar)
-        };
-        api.patch(
-            obj.metadata.name.as_deref().unwrap(),
-            &PatchParams::apply("keyferry-audit-test").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {}: {e}", tm.kind));
-    }
+    let cluster_scoped = common::apply_yaml(&cluster.admin, &ns.name, &manifests(&ns.name, &sfx)).await;
     let kubeconfig = cluster.kubeconfig.to_str().unwrap();
     let out = ok_stdout(&audit(&[
         "--kubeconfig",
@@ -259,10 +239,6 @@ async fn online_review_of_a_cluster() {
     ]));
     assert_review(&out, &ns.name, &sfx);
 
-    for (ar, name) in cluster_scoped {
-        let _ = kube::Api::<DynamicObject>::all_with(cluster.admin.clone(), &ar)
-            .delete(&name, &DeleteParams::default())
-            .await;
-    }
+    common::delete_cluster_scoped(&cluster.admin, cluster_scoped).await;
     ns.cleanup().await;
 }

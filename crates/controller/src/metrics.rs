@@ -278,6 +278,18 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        // Series with a fixed label set start at zero, so that they exist from the first scrape and
+        // `increase()`/`rate()` in alerts see the first event (a series born at 1 shows no increase).
+        for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
+            let labels = KindLabels { kind: kind.into() };
+            rollout_restarts.get_or_create(&labels);
+            rollout_failures.get_or_create(&labels);
+        }
+        for result in ["ok", "error"] {
+            feed_polls.get_or_create(&ResultOnly {
+                result: result.into(),
+            });
+        }
         Metrics {
             registry,
             reconciles,
