@@ -282,11 +282,11 @@ impl Metrics {
         // `increase()`/`rate()` in alerts see the first event (a series born at 1 shows no increase).
         for kind in ["Deployment", "StatefulSet", "DaemonSet"] {
             let labels = KindLabels { kind: kind.into() };
-            rollout_restarts.get_or_create(&labels);
-            rollout_failures.get_or_create(&labels);
+            let _ = rollout_restarts.get_or_create(&labels);
+            let _ = rollout_failures.get_or_create(&labels);
         }
         for result in ["ok", "error"] {
-            feed_polls.get_or_create(&ResultOnly {
+            let _ = feed_polls.get_or_create(&ResultOnly {
                 result: result.into(),
             });
         }

@@ -437,6 +437,11 @@ async fn check_store(
     } else {
         None
     };
+    if let Some(Ok(all)) = &listing {
+        // The call was counted once; a paged listing costs one request per page.
+        let pages = keyferry_providers::listing_requests(client, all.len());
+        limiter.used.fetch_add(pages - 1, Ordering::SeqCst);
+    }
     let listed: Option<HashMap<String, SecretProperties>> = match &listing {
         Some(Ok(all)) => Some(
             all.iter()

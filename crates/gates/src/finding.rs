@@ -247,7 +247,7 @@ pub struct Stats {
     pub references: usize,
     /// Distinct (store, key) lookups made by `check`.
     pub distinct_lookups: usize,
-    /// Requests sent to vaults by `check`.
+    /// Requests sent to vaults by `check` (a paged listing counts each page).
     pub requests: usize,
 }
 

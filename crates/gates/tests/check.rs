@@ -65,6 +65,7 @@ struct Probe {
     fail: Option<ProviderError>,
     delay: Duration,
     counts: Arc<Counts>,
+    page_size: Option<usize>,
 }
 
 #[derive(Default)]
@@ -83,6 +84,7 @@ impl Probe {
             fail: None,
             delay: Duration::ZERO,
             counts: Arc::default(),
+            page_size: None,
         }
     }
 
@@ -141,6 +143,9 @@ impl SecretsClient for Probe {
     }
     async fn validate(&self) -> Result<(), ProviderError> {
         Ok(())
+    }
+    fn listing_page_size(&self) -> Option<usize> {
+        self.page_size
     }
 }
 
@@ -292,6 +297,19 @@ async fn each_distinct_key_is_asked_once_and_values_are_not_read() {
         "NETBOX-DB-PASSWORD and netbox-db-password are one key"
     );
     assert_eq!(report.stats.requests, 5);
+}
+
+#[tokio::test]
+async fn a_paged_listing_counts_one_request_per_page() {
+    let store = seeded("check");
+    let listed = store.list_secret_properties().await.unwrap().len();
+    assert!(listed > 2, "the fixture lists {listed} secrets");
+    let mut probe = Probe::new(store);
+    probe.page_size = Some(2);
+    let report = run("check", probe.clone(), &options()).await;
+    assert_eq!(probe.counts.lists.load(Ordering::SeqCst), 1, "one listing call");
+    // As in the test above: the listing plus 4 per-secret calls; here the listing is ⌈n/2⌉ pages.
+    assert_eq!(report.stats.requests, listed.div_ceil(2) + 4);
 }
 
 #[tokio::test]

@@ -99,6 +99,21 @@ pub trait SecretsClient: Send + Sync {
 
     /// Proves the store answers with these credentials (a real call).
     async fn validate(&self) -> Result<(), ProviderError>;
+
+    /// How many secrets one page of [`SecretsClient::list_secret_properties`] holds, when the store
+    /// pages its listings — so callers can report what a listing cost in requests. `None`: a listing
+    /// is one request.
+    fn listing_page_size(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// Requests a listing of `listed` secrets cost on `client` (at least one).
+pub fn listing_requests(client: &dyn SecretsClient, listed: usize) -> usize {
+    match client.listing_page_size() {
+        Some(page) if page > 0 => listed.div_ceil(page).max(1),
+        _ => 1,
+    }
 }
 
 /// The tag keyferry puts on secrets it writes, and requires before deleting.
@@ -149,6 +164,9 @@ impl SecretsClient for Provider {
     }
     async fn validate(&self) -> Result<(), ProviderError> {
         self.client().validate().await
+    }
+    fn listing_page_size(&self) -> Option<usize> {
+        self.client().listing_page_size()
     }
 }
 

@@ -335,6 +335,9 @@ fn is_managed(tags: &BTreeMap<String, String>) -> bool {
 
 #[async_trait]
 impl SecretsClient for AzureProvider {
+    fn listing_page_size(&self) -> Option<usize> {
+        usize::try_from(PAGE_SIZE).ok()
+    }
     async fn get_secret(&self, remote: &RemoteRef) -> Result<RemoteValue, ProviderError> {
         let (kind, name) = self.object(&remote.key)?;
         let fetch_meta = remote.metadata_policy == Some(MetadataPolicy::Fetch);
