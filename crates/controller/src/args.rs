@@ -119,6 +119,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "KEYFERRY_CACHE_MAX_AGE", default_value_t = 600)]
     pub cache_max_age_secs: u64,
 
+    /// Shortest `refreshInterval` honoured, in seconds: an ExternalSecret asking for less refreshes
+    /// at this floor and says so in its Ready message, instead of keeping the vault and the
+    /// controller busy in a hot loop. 0 turns the floor off.
+    #[arg(long, env = "KEYFERRY_MIN_REFRESH_INTERVAL", default_value_t = 10)]
+    pub min_refresh_interval_secs: u64,
+
     /// Sustained request rate allowed to each vault from this process (token bucket shared by every
     /// store of the vault; retries and paging count). 0 disables the budget.
     #[arg(long, env = "KEYFERRY_VAULT_REQUESTS_PER_SECOND", default_value_t = 200.0)]
@@ -178,6 +184,7 @@ impl Default for ControllerArgs {
             allow_token_secret_types: false,
             change_feed_interval_secs: 15,
             cache_max_age_secs: 600,
+            min_refresh_interval_secs: 10,
             vault_requests_per_second: 200.0,
             vault_burst: 50,
             rollout_restarts: true,

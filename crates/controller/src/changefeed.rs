@@ -72,23 +72,43 @@ pub fn affected(es: &ExternalSecret, stores: &[StoreKey], changed: &BTreeSet<Str
         stores.contains(&store)
             && match usage {
                 Usage::Any => true,
-                Usage::Key(k) => changed.contains(&k) || changed.contains(ANY),
+                Usage::Key(k) => changed.contains(&k),
             }
     })
 }
 
-/// A name no secret can have (Key Vault names are alphanumerics and dashes): "anything may have
-/// changed".
-const ANY: &str = "*";
+/// Key Vault's `updated` and `status.refreshTime` have one-second resolution, and the two clocks may
+/// differ a little.
+const CLOCK_SLACK: Duration = Duration::from_secs(2);
 
-/// The names (lower-case) of the secrets whose current version was written at or after `since`
-/// (Unix seconds).
-pub fn written_since(props: &[keyferry_providers::SecretProperties], since: i64) -> Vec<String> {
-    props
-        .iter()
-        .filter(|p| p.updated.is_some_and(|u| u >= since))
-        .map(|p| p.name.to_ascii_lowercase())
-        .collect()
+/// Whether an ExternalSecret may hold older content than the vault: a secret it reads through
+/// `stores` was written (per the listing `listed`: lower-case name → `updated`, Unix seconds) at or
+/// after its last successful refresh minus `slack` — the staleness the read cache allows (one feed
+/// interval) plus clock resolution. A secret the listing does not show (deleted) or shows without a
+/// time also counts: one sync tells. An ExternalSecret that never synced is syncing anyway.
+pub fn stale_since_refresh(
+    es: &ExternalSecret,
+    stores: &[StoreKey],
+    listed: &std::collections::BTreeMap<String, Option<i64>>,
+    slack: Duration,
+) -> bool {
+    let Some(refreshed) = es
+        .status
+        .as_ref()
+        .and_then(|s| s.refresh_time.as_deref())
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+    else {
+        return false;
+    };
+    let since = refreshed.as_second() - i64::try_from(slack.as_secs()).unwrap_or(i64::MAX);
+    let newer = |updated: Option<i64>| updated.is_none_or(|u| u >= since);
+    usages(es).into_iter().any(|(store, usage)| {
+        stores.contains(&store)
+            && match usage {
+                Usage::Key(k) => listed.get(&k).is_none_or(|u| newer(*u)),
+                Usage::Any => listed.values().any(|u| newer(*u)),
+            }
+    })
 }
 
 /// One round: poll every client once, wake the ExternalSecrets whose remote secrets changed.
@@ -100,30 +120,12 @@ pub async fn poll_once(
 ) {
     let (mut hits, mut misses, mut invalidations) = (0, 0, 0);
     for (client, stores) in ctx.clients.grouped() {
-        let mut result = client.cached.poll_changes().await;
-        if let Ok(changed) = &mut result
-            && client.mark_listed()
-        {
-            // The first listing is only a baseline: a version written after ExternalSecrets first
-            // read through this client but before that listing would never show as a change, and
-            // their Secrets would keep the old value until the next refresh. One more listing (once
-            // per client) finds what was written since the client was built (minus one feed
-            // interval, for a client rebuilt from an older one) and treats it as changed.
-            let since = client.created_unix() - i64::try_from(interval.as_secs()).unwrap_or(0) - 1;
-            match client.direct.list_secret_properties().await {
-                Ok(props) => {
-                    let recent = written_since(&props, since);
-                    for name in &recent {
-                        client.cached.invalidate(name);
-                    }
-                    changed.extend(recent);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "change feed: no second listing; syncing every ExternalSecret of the client once");
-                    changed.push(ANY.to_owned());
-                }
-            }
-        }
+        let result = client.cached.poll_changes().await;
+        // The first listing is only a baseline for the next one. Compared with each ExternalSecret's
+        // last successful refresh (in its status, so it survives restarts and leader changes), it
+        // finds the ExternalSecrets whose vault content changed while no controller delivered it:
+        // exactly those sync, not every ExternalSecret of the client.
+        let baseline = result.is_ok() && client.mark_listed();
         report_detection(ctx, &stores, result.is_ok()).await;
         match result {
             Ok(changed) => {
@@ -147,6 +149,26 @@ pub async fn poll_once(
                         changed = changed.len(),
                         woken,
                         "change feed"
+                    );
+                }
+                if baseline && let Some(listed) = client.cached.listed_updates() {
+                    let slack = interval + CLOCK_SLACK;
+                    let mut woken = 0;
+                    for es in reader
+                        .state()
+                        .iter()
+                        .filter(|es| stale_since_refresh(es, &stores, &listed, slack))
+                    {
+                        ctx.mark_dirty(&es.uid().unwrap_or_default());
+                        if wake.unbounded_send(ObjectRef::from_obj(es.as_ref())).is_ok() {
+                            woken += 1;
+                        }
+                    }
+                    ctx.metrics.change_feed_woke(woken);
+                    tracing::info!(
+                        stores = stores.len(),
+                        woken,
+                        "change feed baseline: woke ExternalSecrets whose vault content changed since their last refresh"
                     );
                 }
             }
@@ -302,19 +324,7 @@ spec:
     }
 
     #[test]
-    fn the_first_listing_finds_what_was_written_since_the_client_was_built() {
-        let prop = |name: &str, updated: Option<i64>| keyferry_providers::SecretProperties {
-            name: name.into(),
-            updated,
-            ..Default::default()
-        };
-        let props = [
-            prop("Old", Some(100)),
-            prop("New", Some(200)),
-            prop("Edge", Some(150)),
-            prop("unknown", None),
-        ];
-        assert_eq!(written_since(&props, 150), vec!["new", "edge"]);
+    fn the_baseline_wakes_only_what_changed_since_the_last_refresh() {
         let e = es(r#"
 apiVersion: external-secrets.io/v1
 kind: ExternalSecret
@@ -323,10 +333,45 @@ spec:
   secretStoreRef: {name: vault}
   data:
     - secretKey: p
-      remoteRef: {key: db}
+      remoteRef: {key: DB}
+status:
+  refreshTime: "2026-01-01T00:01:40Z"
 "#);
+        let refreshed = 1_767_225_700; // 2026-01-01T00:01:40Z
         let own = [key(StoreKind::SecretStore, Some("team"), "vault")];
-        assert!(affected(&e, &own, &changed(&[ANY])), "anything may have changed");
+        let listed = |updated: Option<i64>| [("db".to_owned(), updated)].into_iter().collect();
+        let slack = Duration::from_secs(10);
+        assert!(
+            !stale_since_refresh(&e, &own, &listed(Some(refreshed - 11)), slack),
+            "older: no sync"
+        );
+        assert!(
+            stale_since_refresh(&e, &own, &listed(Some(refreshed - 10)), slack),
+            "within the cache's staleness"
+        );
+        assert!(
+            stale_since_refresh(&e, &own, &listed(Some(refreshed + 60)), slack),
+            "written while no controller ran"
+        );
+        assert!(
+            stale_since_refresh(&e, &own, &listed(None), slack),
+            "no time: look"
+        );
+        assert!(
+            stale_since_refresh(&e, &own, &Default::default(), slack),
+            "gone from the listing: look"
+        );
+        let other = [key(StoreKind::SecretStore, Some("other"), "vault")];
+        assert!(
+            !stale_since_refresh(&e, &other, &listed(Some(refreshed + 60)), slack),
+            "another store"
+        );
+        let mut never = e.clone();
+        never.status = None;
+        assert!(
+            !stale_since_refresh(&never, &own, &listed(Some(refreshed + 60)), slack),
+            "never synced: syncing anyway"
+        );
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Settings {
     pub rollout_restarts: bool,
     /// `--honor-reloader-annotations`.
     pub honor_reloader_annotations: bool,
+    /// `--min-refresh-interval-secs` (zero: no floor).
+    pub min_refresh_interval: Duration,
 }
 
 /// Shared reconciler state.
@@ -69,6 +71,17 @@ pub struct Context {
     dirty: WakeUps,
     /// The content hash of each ExternalSecret's Secret as keyferry last left it (by uid).
     settled: Mutex<HashMap<String, String>>,
+    /// Rollout restarts that failed (by uid): the restart value and how many rounds failed.
+    pending_restarts: Mutex<HashMap<String, PendingRestart>>,
+}
+
+/// A rollout restart still to deliver: workloads of the ExternalSecret's Secret must carry `value`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRestart {
+    /// The Secret's keyed hash (the restart annotation's value).
+    pub value: String,
+    /// Rounds that failed so far.
+    pub attempts: u32,
 }
 
 impl Context {
@@ -96,6 +109,7 @@ impl Context {
             seen: Mutex::new(HashSet::new()),
             dirty: WakeUps::default(),
             settled: Mutex::new(HashMap::new()),
+            pending_restarts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -162,8 +176,44 @@ impl Context {
         self.settled.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
 
+    /// Records that a restart round for `value` left workloads unpatched; returns the delay before
+    /// the next round (the per-object backoff).
+    pub fn restart_failed(&self, uid: &str, value: &str) -> Duration {
+        let mut map = self.pending_restarts.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(uid.to_owned()).or_insert_with(|| PendingRestart {
+            value: value.to_owned(),
+            attempts: 0,
+        });
+        if entry.value != value {
+            *entry = PendingRestart {
+                value: value.to_owned(),
+                attempts: 0,
+            };
+        }
+        entry.attempts = entry.attempts.saturating_add(1);
+        refresh::backoff(entry.attempts, TRANSIENT_BASE, BACKOFF_CAP, rand::random::<f64>())
+    }
+
+    /// The restart still to deliver for an ExternalSecret, if any.
+    pub fn pending_restart(&self, uid: &str) -> Option<PendingRestart> {
+        self.pending_restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Every workload carries the restart value (or a newer Secret supersedes it).
+    pub fn restart_delivered(&self, uid: &str) {
+        self.pending_restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uid);
+    }
+
     /// Forgets an object (deleted).
     pub fn forget(&self, uid: &str) {
+        self.restart_delivered(uid);
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
         self.clear_dirty(uid);
         self.forget_settled(uid);
@@ -180,6 +230,10 @@ impl Context {
         self.retries.retain(|uid| live_uids.contains(uid));
         self.dirty.retain(|uid| live_uids.contains(uid));
         self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|uid, _| live_uids.contains(uid));
+        self.pending_restarts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|uid, _| live_uids.contains(uid));

@@ -23,6 +23,7 @@ pub mod context;
 pub mod drift;
 pub mod error;
 pub mod externalsecret;
+pub mod guard;
 pub mod http;
 pub mod isolation;
 pub mod leader;
@@ -203,6 +204,7 @@ pub async fn run_with_client(
         },
         rollout_restarts: args.rollout_restarts,
         honor_reloader_annotations: args.honor_reloader_annotations,
+        min_refresh_interval: std::time::Duration::from_secs(args.min_refresh_interval_secs),
     };
     // The HMAC key, shared by every replica through a Secret in the controller's namespace.
     let key_ns = lease_namespace(&args);

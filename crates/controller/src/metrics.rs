@@ -98,6 +98,11 @@ pub struct ProviderLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Distinct `vault` label values before new vaults are counted as [`OTHER_VAULT`].
+pub const MAX_VAULT_LABELS: usize = 64;
+/// The `vault` label of vaults beyond [`MAX_VAULT_LABELS`].
+pub const OTHER_VAULT: &str = "other";
+
 fn latency_histogram() -> Histogram {
     // 1 ms … ~16 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -113,6 +118,8 @@ pub struct Metrics {
     sync_duration: Histogram,
     secret_writes: Family<ActionLabels, Counter>,
     vault_requests: Family<VaultLabels, Counter>,
+    /// The `vault` label values in use: bounded, since tenants choose vault URLs.
+    vault_labels: std::sync::Mutex<std::collections::HashSet<String>>,
     vault_duration: HistogramFamily<OperationLabels>,
     provider_clients: Gauge,
     provider_builds: Family<ProviderLabels, Counter>,
@@ -299,6 +306,7 @@ impl Metrics {
             sync_duration,
             secret_writes,
             vault_requests,
+            vault_labels: std::sync::Mutex::default(),
             vault_duration,
             provider_clients,
             provider_builds,
@@ -380,8 +388,18 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one vault request.
+    /// Records one vault request. The first [`MAX_VAULT_LABELS`] vaults get their own label value;
+    /// any further one counts as `other`, so tenants creating stores cannot grow the series without
+    /// bound.
     pub fn vault_request(&self, vault: &str, operation: &str, status: &str, elapsed: Duration) {
+        let vault = {
+            let mut seen = self.vault_labels.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(vault) || (seen.len() < MAX_VAULT_LABELS && seen.insert(vault.to_owned())) {
+                vault
+            } else {
+                OTHER_VAULT
+            }
+        };
         self.vault_requests
             .get_or_create(&VaultLabels {
                 vault: vault.into(),
@@ -498,5 +516,27 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn vault_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..(MAX_VAULT_LABELS + 10) {
+            m.vault_request(
+                &format!("kv-{i}.vault.azure.net"),
+                "get_secret",
+                "ok",
+                Duration::ZERO,
+            );
+        }
+        m.vault_request("kv-0.vault.azure.net", "get_secret", "ok", Duration::ZERO);
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("keyferry_vault_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_VAULT_LABELS + 1, "{text}");
+        assert!(text.contains("vault=\"other\""));
+        assert!(text.contains("keyferry_vault_requests_total{vault=\"kv-0.vault.azure.net\",operation=\"get_secret\",status=\"ok\"} 2"));
     }
 }

@@ -147,6 +147,16 @@ pub fn next_after_sync(policy: RefreshPolicy, interval: Duration, jitter_seed: u
     }
 }
 
+/// A `refreshInterval` raised to the controller's floor `min` (zero stays zero: "sync once" is no
+/// loop; a zero floor is off).
+pub fn floor(interval: Duration, min: Duration) -> Duration {
+    if interval.is_zero() {
+        interval
+    } else {
+        interval.max(min)
+    }
+}
+
 /// `interval × (1 + j)` with `j ∈ [-JITTER_FRACTION, +JITTER_FRACTION]` derived from `seed`.
 pub fn jittered(interval: Duration, seed: u64) -> Duration {
     // Map the seed to [0, 1], then to [-f, +f].
@@ -366,6 +376,19 @@ mod tests {
         assert_ne!(jitter_seed("a", "t1"), jitter_seed("a", "t2"));
         assert_eq!(jittered(interval, 0), Duration::from_secs(900));
         assert_eq!(jittered(interval, u64::MAX), Duration::from_secs(1100));
+    }
+
+    #[test]
+    fn the_floor_raises_short_intervals_only() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(floor(Duration::from_secs(1), ten), ten);
+        assert_eq!(floor(Duration::from_secs(60), ten), Duration::from_secs(60));
+        assert_eq!(floor(Duration::ZERO, ten), Duration::ZERO, "sync once stays");
+        assert_eq!(
+            floor(Duration::from_secs(1), Duration::ZERO),
+            Duration::from_secs(1),
+            "off"
+        );
     }
 
     #[test]

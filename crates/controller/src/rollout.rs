@@ -275,7 +275,7 @@ pub async fn restart_for_secret(
     namespace: &str,
     secret_name: &str,
     value: &str,
-) -> Vec<String> {
+) -> RestartOutcome {
     let views = workloads(ctx, namespace).await;
     let patches = plan(
         &views,
@@ -287,35 +287,71 @@ pub async fn restart_for_secret(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    let mut restarted = Vec::new();
+    let mut outcome = RestartOutcome::default();
     for p in patches {
-        let result = match p.kind {
-            WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
-                .patch(&p.name, &pp, &Patch::Merge(&p.patch))
-                .await
-                .map(|o| o.name_any()),
-            WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
-                .patch(&p.name, &pp, &Patch::Merge(&p.patch))
-                .await
-                .map(|o| o.name_any()),
-            WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace)
-                .patch(&p.name, &pp, &Patch::Merge(&p.patch))
-                .await
-                .map(|o| o.name_any()),
+        // A few quick tries for an apiserver hiccup; what still fails is retried by the caller with
+        // the object's backoff (the patch is idempotent: it sets the Secret's keyed hash).
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let result = match p.kind {
+                WorkloadKind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
+                    .patch(&p.name, &pp, &Patch::Merge(&p.patch))
+                    .await
+                    .map(|o| o.name_any()),
+                WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(ctx.client.clone(), namespace)
+                    .patch(&p.name, &pp, &Patch::Merge(&p.patch))
+                    .await
+                    .map(|o| o.name_any()),
+                WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace)
+                    .patch(&p.name, &pp, &Patch::Merge(&p.patch))
+                    .await
+                    .map(|o| o.name_any()),
+            };
+            match result {
+                Err(e) if attempt < PATCH_ATTEMPTS && retryable(&e) => {
+                    tokio::time::sleep(PATCH_RETRY_BASE * attempt).await;
+                }
+                other => break other,
+            }
         };
         match result {
             Ok(_) => {
                 ctx.metrics.rollout_restarted(p.kind.as_str());
                 tracing::info!(kind = p.kind.as_str(), %namespace, name = %p.name, secret = %secret_name, "rollout restart");
-                restarted.push(format!("{} {}", p.kind.as_str(), p.name));
+                outcome.restarted.push(format!("{} {}", p.kind.as_str(), p.name));
             }
             Err(e) => {
                 ctx.metrics.rollout_restart_failed(p.kind.as_str());
-                tracing::warn!(kind = p.kind.as_str(), %namespace, name = %p.name, error = %crate::error::kube_one_line(&e), "rollout restart failed");
+                tracing::warn!(kind = p.kind.as_str(), %namespace, name = %p.name, error = %crate::error::kube_one_line(&e), "rollout restart failed; will retry");
+                outcome.failed += 1;
             }
         }
     }
-    restarted
+    outcome
+}
+
+/// Tries of one restart patch within a reconcile.
+const PATCH_ATTEMPTS: u32 = 3;
+/// Pause before the second try (then twice that).
+const PATCH_RETRY_BASE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Whether a failed patch may succeed if sent again: the apiserver throttled, timed out or failed,
+/// or the connection broke. A refusal (403, 422) or a deleted workload (404) will not change.
+fn retryable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code == 409 || status.code == 429 || status.code >= 500,
+        _ => true,
+    }
+}
+
+/// What one round of restarts did.
+#[derive(Debug, Default)]
+pub struct RestartOutcome {
+    /// `Kind name` of each workload patched.
+    pub restarted: Vec<String>,
+    /// How many patches still failed (to retry later).
+    pub failed: usize,
 }
 
 #[cfg(test)]
@@ -347,6 +383,22 @@ containers:
         valueFrom: {secretKeyRef: {name: db, key: password}}
 "#;
     const USES_NOTHING: &str = "containers: [{name: app}]\n";
+
+    #[test]
+    fn only_transient_patch_failures_are_retried() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            }))
+        };
+        for code in [409, 429, 500, 503] {
+            assert!(retryable(&api(code)), "{code}");
+        }
+        for code in [403, 404, 422] {
+            assert!(!retryable(&api(code)), "{code}");
+        }
+    }
 
     #[test]
     fn every_kind_of_reference_counts() {

@@ -481,22 +481,24 @@ fn canary_values_never_leak() {
         wait_ready(&client, &ns.name, "good", "True", "SecretSynced").await;
         wait_ready(&client, &ns.name, "bad", "False", "SecretSyncedError").await;
 
-        // Events are written asynchronously: give them a moment.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Events are written asynchronously: wait for the failure's event.
         let events: Api<DynamicObject> = Api::namespaced_with(
             client.clone(),
             &ns.name,
             &ApiResource::from_gvk(&GroupVersionKind::gvk("events.k8s.io", "v1", "Event")),
         );
-        let events = events
-            .list(&Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let events_text = serde_json::to_string(&events.items).unwrap_or_default();
-        assert!(
-            events_text.contains("UpdateFailed"),
-            "the failure produced an event: {events_text}"
-        );
+        let events_text = keyferry_testkit::eventually(Duration::from_secs(30), || {
+            let events = events.clone();
+            async move {
+                let items = events.list(&Default::default()).await.ok()?.items;
+                let text = serde_json::to_string(&items).ok()?;
+                text.contains("UpdateFailed").then_some(text)
+            }
+        })
+        .await;
+        let Some(events_text) = events_text else {
+            panic!("the failure never produced an UpdateFailed event");
+        };
         let statuses = serde_json::to_string(
             &ess.list(&Default::default())
                 .await

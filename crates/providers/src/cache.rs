@@ -41,6 +41,8 @@ enum Slot {
         value: RemoteValue,
         at: Instant,
         sent: i64,
+        /// When a caller last read it (for [`CachedClient::evict_idle`]).
+        used: Instant,
     },
 }
 
@@ -91,6 +93,9 @@ impl From<&SecretProperties> for Fingerprint {
 #[derive(Clone)]
 pub struct CachedClient {
     inner: Arc<Inner>,
+    /// Reads through this handle skip the cache (and requests in flight) and store what the vault
+    /// answered: see [`CachedClient::refreshing`].
+    refresh: bool,
 }
 
 impl std::fmt::Debug for CachedClient {
@@ -113,7 +118,51 @@ impl CachedClient {
                 seen: Mutex::new(None),
                 stats: Mutex::new(CacheStats::default()),
             }),
+            refresh: false,
         }
+    }
+
+    /// A handle on the same cache whose reads always go to the vault — neither a cached value nor a
+    /// request already in flight answers them — and whose answers replace the cached ones (an error
+    /// drops the cached value). For a user's explicit request to read the vault now (`force-sync`):
+    /// what it reports is what the vault said.
+    #[must_use]
+    pub fn refreshing(&self) -> CachedClient {
+        CachedClient {
+            inner: self.inner.clone(),
+            refresh: true,
+        }
+    }
+
+    /// The last change-feed listing: each secret's name (lower-case) and the `updated` time of its
+    /// current version (Unix seconds), or `None` before the first successful listing.
+    pub fn listed_updates(&self) -> Option<BTreeMap<String, Option<i64>>> {
+        lock(&self.inner.seen)
+            .as_ref()
+            .map(|(seen, _)| seen.iter().map(|(n, fp)| (n.clone(), fp.updated)).collect())
+    }
+
+    /// Drops cached values no caller read for `idle`, so entries of secrets
+    /// nothing reads any more do not stay forever; returns how many were dropped. Requests in
+    /// flight are kept.
+    pub fn evict_idle(&self, idle: Duration) -> usize {
+        let mut slots = lock(&self.inner.slots);
+        let before = slots.len();
+        slots.retain(|_, slot| match slot {
+            Slot::Pending(..) => true,
+            Slot::Ready { used, .. } => used.elapsed() < idle,
+        });
+        before - slots.len()
+    }
+
+    /// How many values (and requests in flight) the cache holds.
+    pub fn len(&self) -> usize {
+        lock(&self.inner.slots).len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The wrapped client.
@@ -209,13 +258,16 @@ impl CachedClient {
             metadata: remote.metadata_policy == Some(MetadataPolicy::Fetch),
         };
         let mut slots = lock(&self.inner.slots);
-        match slots.get(&key) {
-            Some(Slot::Ready { value, at, .. }) if at.elapsed() < self.inner.max_age => {
+        match slots.get_mut(&key) {
+            Some(Slot::Ready { value, at, used, .. })
+                if !self.refresh && at.elapsed() < self.inner.max_age =>
+            {
                 lock(&self.inner.stats).hits += 1;
+                *used = Instant::now();
                 let value = value.clone();
                 return async move { Ok(value) }.boxed().shared();
             }
-            Some(Slot::Pending(_, fut)) => {
+            Some(Slot::Pending(_, fut)) if !self.refresh => {
                 lock(&self.inner.stats).hits += 1;
                 return fut.clone();
             }
@@ -244,6 +296,7 @@ impl CachedClient {
                                 value: value.clone(),
                                 at: Instant::now(),
                                 sent,
+                                used: Instant::now(),
                             },
                         );
                     }
@@ -473,6 +526,65 @@ mod tests {
             fake.counters().gets.load(Ordering::Relaxed),
             3,
             "max_age zero: every read goes out"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refreshing_read_asks_the_vault_and_updates_the_cache() {
+        let fake = store();
+        let cache = CachedClient::new(Arc::new(fake.clone()), Duration::from_secs(3600));
+        cache.get_secret(&remote("db-password")).await.unwrap();
+        fake.set(
+            "db-password",
+            SecretValue::from("v2"),
+            NewVersion {
+                enabled: true,
+                ..NewVersion::default()
+            },
+        );
+        let cached = cache.get_secret(&remote("db-password")).await.unwrap();
+        assert_eq!(cached.value.expose(), b"v1", "no feed ran: the cache answers");
+        let fresh = cache
+            .refreshing()
+            .get_secret(&remote("db-password"))
+            .await
+            .unwrap();
+        assert_eq!(fresh.value.expose(), b"v2");
+        let after = cache.get_secret(&remote("db-password")).await.unwrap();
+        assert_eq!(
+            after.value.expose(),
+            b"v2",
+            "the refresh replaced the cached value"
+        );
+        assert_eq!(fake.counters().gets.load(Ordering::Relaxed), 2);
+        // An error of a refreshing read drops the cached value: later reads ask again.
+        fake.soft_delete("db-password");
+        assert!(
+            cache
+                .refreshing()
+                .get_secret(&remote("db-password"))
+                .await
+                .is_err()
+        );
+        assert!(cache.get_secret(&remote("db-password")).await.is_err());
+        assert_eq!(fake.counters().gets.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn idle_entries_are_evicted_and_listings_are_kept() {
+        let fake = store();
+        let cache = CachedClient::new(Arc::new(fake.clone()), Duration::from_secs(3600));
+        assert!(cache.listed_updates().is_none());
+        cache.get_secret(&remote("db-password")).await.unwrap();
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.evict_idle(Duration::from_secs(3600)), 0, "recently read");
+        assert_eq!(cache.evict_idle(Duration::ZERO), 1);
+        assert!(cache.is_empty());
+        cache.poll_changes().await.unwrap();
+        let listed = cache.listed_updates().unwrap_or_default();
+        assert!(
+            listed.get("db-password").is_some_and(Option::is_some),
+            "{listed:?}"
         );
     }
 }

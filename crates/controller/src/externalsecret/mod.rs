@@ -39,6 +39,7 @@ use self::validate::Validated;
 use crate::conditions;
 use crate::context::Context;
 use crate::error::ReconcileError;
+use crate::guard::Guarded;
 use crate::refresh::{self, Decision, RefreshInputs};
 use crate::stores::StoreAccessError;
 
@@ -98,10 +99,19 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     let meta = validate::meta_version(es);
 
     // validate (no client required)
-    let validated = match validate::validate_with(es, ctx.settings.allow_token_secret_types) {
+    let mut validated = match validate::validate_with(es, ctx.settings.allow_token_secret_types) {
         Ok(v) => v,
         Err(e) => return fail(ctx, es, &meta, e).await,
     };
+    // A refreshInterval below the floor refreshes at the floor, and the status says so.
+    let asked = validated.refresh_interval;
+    validated.refresh_interval = refresh::floor(asked, ctx.settings.min_refresh_interval);
+    let floor_note = (validated.refresh_interval != asked).then(|| {
+        format!(
+            "; refreshInterval is below the controller's floor (--min-refresh-interval-secs): refreshing every {}s",
+            validated.refresh_interval.as_secs()
+        )
+    });
     if let Some(wait) = ctx.retries().blocked(&uid, &validated.meta_version) {
         // A recent failure of this very version: wait for the backoff, do not hammer the vault.
         return Ok(Action::requeue(wait));
@@ -113,6 +123,10 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         Ok(c) => c,
         Err(e) => return fail(ctx, es, &meta, e).await,
     };
+
+    if let Some(wait) = retry_restart(ctx, es, &uid, target).await {
+        return Ok(Action::requeue(wait));
+    }
 
     // schedule (no client required). A pending wake-up is settled only after a successful sync that
     // started after it, so a failed attempt is retried with backoff (level-triggered rotation).
@@ -137,11 +151,13 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     tracing::debug!(namespace = %target.namespace, name = %es.name_any(), reason = reason.as_str(), "syncing");
 
     // dereference: stores, with isolation and the flood gate — no vault call before this passes
-    let stores = match crate::stores::resolve::resolve_for(ctx, &target.namespace, &validated.stores).await {
-        Ok(s) => s,
-        Err(StoreAccessError::OtherClass { .. }) => return Ok(Action::await_change()),
-        Err(e) => return fail(ctx, es, &meta, e.into()).await,
-    };
+    let mode = read_mode(es, reason);
+    let stores =
+        match crate::stores::resolve::resolve_for(ctx, &target.namespace, &validated.stores, mode).await {
+            Ok(s) => s,
+            Err(StoreAccessError::OtherClass { .. }) => return Ok(Action::await_change()),
+            Err(e) => return fail(ctx, es, &meta, e.into()).await,
+        };
 
     // build: read the vault and shape the desired Secret
     let t = Instant::now();
@@ -221,13 +237,18 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         missing: desired.missing.clone(),
         data_hmac: (target.creation != CreationPolicy::None).then(|| data_hmac.clone()),
     };
-    let next = status::next_status(
+    let mut next = status::next_status(
         es.status.as_ref(),
         es.meta().generation,
         &validated.meta_version,
         &outcome,
         &conditions::now_rfc3339(),
     );
+    if let Some(note) = &floor_note
+        && let Some(ready) = next.conditions.iter_mut().find(|c| c.type_ == conditions::READY)
+    {
+        ready.message.get_or_insert_with(String::new).push_str(note);
+    }
     apply::write_status(ctx, es, &next).await?;
     ctx.settle_wake_up(&uid, wake_up);
     match written {
@@ -262,27 +283,91 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         }
         None => ctx.metrics.secret_write("unchanged"),
     }
-    if let Some(value) = restart_value.filter(|_| ctx.settings.rollout_restarts) {
-        let rolled = crate::rollout::restart_for_secret(ctx, &target.namespace, &target.name, &value).await;
-        if !rolled.is_empty() {
-            let note = format!("Secret {} changed; restarted {}", target.name, rolled.join(", "));
-            ctx.publish(
-                &es.object_ref(&()),
-                EventType::Normal,
-                "RolloutRestart",
-                "Restart",
-                note,
-            )
-            .await;
-        }
-    }
+    // A new Secret supersedes a restart still pending for an older one.
+    let restart_retry = match restart_value.filter(|_| ctx.settings.rollout_restarts) {
+        Some(value) => roll(ctx, es, &uid, &target.namespace, &target.name, &value).await,
+        None => None,
+    };
     let jitter_seed = refresh::jitter_seed(&uid, next.refresh_time.as_deref().unwrap_or_default());
-    Ok(
-        match refresh::next_after_sync(validated.refresh_policy, validated.refresh_interval, jitter_seed) {
-            Some(d) => Action::requeue(d),
-            None => Action::await_change(),
-        },
-    )
+    let next_sync =
+        refresh::next_after_sync(validated.refresh_policy, validated.refresh_interval, jitter_seed);
+    Ok(match (next_sync, restart_retry) {
+        (Some(a), Some(b)) => Action::requeue(a.min(b)),
+        (Some(d), None) | (None, Some(d)) => Action::requeue(d),
+        (None, None) => Action::await_change(),
+    })
+}
+
+/// Rolls the workloads that use a changed Secret. Patches that still fail are retried by later
+/// reconciles of the ExternalSecret (see [`retry_restart`]) until every workload carries `value`;
+/// returns when to retry, if any failed.
+async fn roll(
+    ctx: &Context,
+    es: &ExternalSecret,
+    uid: &str,
+    namespace: &str,
+    secret: &str,
+    value: &str,
+) -> Option<Duration> {
+    let rolled = crate::rollout::restart_for_secret(ctx, namespace, secret, value).await;
+    if !rolled.restarted.is_empty() {
+        let note = format!(
+            "Secret {secret} changed; restarted {}",
+            rolled.restarted.join(", ")
+        );
+        ctx.publish(
+            &es.object_ref(&()),
+            EventType::Normal,
+            "RolloutRestart",
+            "Restart",
+            note,
+        )
+        .await;
+    }
+    if rolled.failed == 0 {
+        ctx.restart_delivered(uid);
+        None
+    } else {
+        Some(ctx.restart_failed(uid, value))
+    }
+}
+
+/// Retries a rollout restart an earlier sync could not deliver; returns when to look again if it
+/// still fails. Runs before the scheduler, which would otherwise wait for the next refresh.
+async fn retry_restart(
+    ctx: &Context,
+    es: &ExternalSecret,
+    uid: &str,
+    target: &validate::TargetSettings,
+) -> Option<Duration> {
+    let pending = ctx.pending_restart(uid)?;
+    if !ctx.settings.rollout_restarts {
+        ctx.restart_delivered(uid);
+        return None;
+    }
+    roll(ctx, es, uid, &target.namespace, &target.name, &pending.value).await
+}
+
+/// How this sync reads the vault. A change of labels or annotations only (the `force-sync`
+/// annotation; the generation is the one last synced) is a user asking for the vault now: the reads
+/// bypass and refresh the cache, and the status reports what the vault said. Everything else reads
+/// through the cache the change feed keeps fresh (a spec change of many ExternalSecrets at once, e.g.
+/// by a ClusterExternalSecret, shares one read per secret).
+fn read_mode(es: &ExternalSecret, reason: refresh::SyncReason) -> crate::stores::resolve::ReadMode {
+    use crate::stores::resolve::ReadMode;
+    let synced_generation = es
+        .status
+        .as_ref()
+        .and_then(|s| s.synced_resource_version.as_deref())
+        .and_then(|v| v.split_once('-'))
+        .map(|(generation, _)| generation.to_owned());
+    let generation = es.meta().generation.unwrap_or_default().to_string();
+    if reason == refresh::SyncReason::SpecChanged && synced_generation.as_deref() == Some(generation.as_str())
+    {
+        ReadMode::Vault
+    } else {
+        ReadMode::Shared
+    }
 }
 
 /// Builds the scheduler's inputs from the object, its status and its Secret.
@@ -485,7 +570,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (es_api, secret_api, ss_api): (Api<ExternalSecret>, Api<Secret>, Api<SecretStore>) =
+    let (es_api, secret_api, ss_api): (Api<Guarded<ExternalSecret>>, Api<Secret>, Api<SecretStore>) =
         match &opts.namespace {
             Some(ns) => (
                 Api::namespaced(client.clone(), ns),
@@ -511,9 +596,28 @@ pub async fn run(
     // The reflector keeps every ExternalSecret in memory: drop `managedFields` (a large share of each
     // object, never read here) before an object enters it.
     let (reader, writer) = kube::runtime::reflector::store();
+    // Each object is decoded on its own: one that keyferry cannot decode is reported (and skipped)
+    // instead of failing the list that carries every other object.
+    let (invalid_tx, invalid_rx) = futures::channel::mpsc::unbounded();
+    // Turns true once the first full listing is in the cache (for the Ready census).
+    let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(false);
+    let decoded = watcher(es_api, es_cfg).filter_map(move |r| {
+        if matches!(r, Ok(watcher::Event::InitDone)) {
+            tracing::debug!("ExternalSecret watch: first listing in the cache");
+            listed_tx.send_replace(true);
+        }
+        futures::future::ready(match r {
+            Ok(event) => crate::guard::decoded(event, &invalid_tx).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    });
+    let invalid_reporter = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move { crate::guard::report_invalid::<ExternalSecret>(&ctx, invalid_rx).await })
+    };
     let es_stream = kube::runtime::WatchStreamExt::reflect(
         kube::runtime::WatchStreamExt::modify(
-            kube::runtime::WatchStreamExt::default_backoff(watcher(es_api, es_cfg)),
+            kube::runtime::WatchStreamExt::default_backoff(decoded),
             |es: &mut ExternalSecret| es.managed_fields_mut().clear(),
         ),
         writer,
@@ -569,6 +673,13 @@ pub async fn run(
                     stores.insert(crate::stores::StoreObject::Cluster(s).key());
                 }
                 ctx.prune(&live, &stores);
+                // Cached values nobody read for a while (their ExternalSecrets are gone or moved to
+                // other secrets) go too: the cache holds what is in use, not all that ever was.
+                let mut evicted = 0;
+                for (client, _) in ctx.clients.grouped() {
+                    evicted += client.cached.evict_idle(CACHE_IDLE);
+                }
+                tracing::debug!(evicted, "pruned idle cache entries");
             }
         })
     };
@@ -576,6 +687,11 @@ pub async fn run(
     let census = {
         let (reader, ctx) = (reader.clone(), ctx.clone());
         tokio::spawn(async move {
+            // Not before the first full listing: an empty cache would read 0/0/0 until the next round.
+            if listed_rx.wait_for(|listed| *listed).await.is_err() {
+                return;
+            }
+            tracing::debug!("census: watch cache ready");
             loop {
                 let (mut ready, mut not_ready, mut unknown) = (0, 0, 0);
                 for es in reader.state() {
@@ -622,6 +738,7 @@ pub async fn run(
         .await;
     pruner.abort();
     census.abort();
+    invalid_reporter.abort();
     let _ = feed_stop_tx.send(());
     if let Some(feed) = feed {
         let _ = feed.await;
@@ -630,6 +747,10 @@ pub async fn run(
 
 /// How often the Ready census is taken.
 const CENSUS_EVERY: Duration = Duration::from_secs(15);
+
+/// A cached value unread this long is dropped: longer than the default `refreshInterval` (1 h) with
+/// its jitter, so hourly refreshes of unchanged secrets stay free.
+const CACHE_IDLE: Duration = Duration::from_secs(2 * 3600);
 
 /// How often deleted objects' bookkeeping is dropped.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -733,6 +854,28 @@ spec:
             schedule(&e, &v, &TargetState::default(), false, false, None),
             Decision::WaitFor(_)
         ));
+    }
+
+    #[test]
+    fn only_a_metadata_change_reads_the_vault_directly() {
+        use crate::stores::resolve::ReadMode;
+        let (mut e, _) = synced_es(true);
+        assert_eq!(
+            read_mode(&e, refresh::SyncReason::SpecChanged),
+            ReadMode::Vault,
+            "force-sync"
+        );
+        assert_eq!(
+            read_mode(&e, refresh::SyncReason::RemoteChanged),
+            ReadMode::Shared
+        );
+        assert_eq!(read_mode(&e, refresh::SyncReason::Periodic), ReadMode::Shared);
+        e.metadata.generation = Some(2);
+        assert_eq!(
+            read_mode(&e, refresh::SyncReason::SpecChanged),
+            ReadMode::Shared,
+            "a spec change reads through the cache"
+        );
     }
 
     #[test]

@@ -30,8 +30,6 @@ pub struct StoreClient {
     feed: AtomicU8,
     /// Whether a change-feed listing ever succeeded.
     listed: AtomicBool,
-    /// When the client was built (Unix seconds).
-    created_unix: i64,
 }
 
 const FEED_UNKNOWN: u8 = 0;
@@ -56,15 +54,7 @@ impl StoreClient {
             direct,
             feed: AtomicU8::new(if change_feed { FEED_UNKNOWN } else { FEED_OK }),
             listed: AtomicBool::new(false),
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
         }
-    }
-
-    /// When the client was built (Unix seconds).
-    pub fn created_unix(&self) -> i64 {
-        self.created_unix
     }
 
     /// Records a successful change-feed listing; returns whether it was the first one.
@@ -81,6 +71,12 @@ impl StoreClient {
         } else {
             Arc::new(self.cached.clone())
         }
+    }
+
+    /// A client whose reads go to the vault (never answered by the cache or a request in flight) and
+    /// refresh the cache with what the vault said: for `force-sync`.
+    pub fn for_vault_reads(&self) -> Arc<dyn SecretsClient> {
+        Arc::new(self.cached.refreshing())
     }
 
     /// Records the outcome of the last change-feed poll.

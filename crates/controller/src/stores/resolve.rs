@@ -334,12 +334,25 @@ pub async fn client_for(
     Ok(client)
 }
 
+/// How an ExternalSecret's reads reach the vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Through the shared read cache (kept fresh by the change feed), and only through stores whose
+    /// last validation passed (the flood gate).
+    Shared,
+    /// A user asked for the vault (`force-sync`): every read goes to the vault and refreshes the
+    /// cache, and a store whose last validation failed is asked too, so the status says what the
+    /// vault answers now rather than what it answered before.
+    Vault,
+}
+
 /// Resolves every store an ExternalSecret uses, enforcing isolation. Fails on the first store that
 /// may not or cannot be used; no vault call has been made at that point.
 pub async fn resolve_for(
     ctx: &Context,
     es_namespace: &str,
     refs: &BTreeSet<(StoreKind, String)>,
+    mode: ReadMode,
 ) -> Result<ResolvedStores, StoreAccessError> {
     let mut resolved = ResolvedStores::default();
     let mut labels: Option<BTreeMap<String, String>> = None;
@@ -352,15 +365,23 @@ pub async fn resolve_for(
             labels = Some(namespace_labels(ctx, es_namespace).await?);
         }
         let empty = BTreeMap::new();
-        check_access(
+        match check_access(
             es_namespace,
             &store,
             labels.as_ref().unwrap_or(&empty),
             ctx.settings.controller_class.as_deref(),
             ctx.settings.enable_cluster_stores,
-        )?;
+        ) {
+            // One read on a user's request is no flood: let the vault answer it.
+            Err(StoreAccessError::NotReady { .. }) if mode == ReadMode::Vault => {}
+            checked => checked?,
+        }
         let client = client_for(ctx, &store, false).await?;
-        resolved.insert(*kind, name.clone(), client.for_reads(), store);
+        let reads = match mode {
+            ReadMode::Shared => client.for_reads(),
+            ReadMode::Vault => client.for_vault_reads(),
+        };
+        resolved.insert(*kind, name.clone(), reads, store);
     }
     Ok(resolved)
 }
