@@ -119,6 +119,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "KEYFERRY_CACHE_MAX_AGE", default_value_t = 600)]
     pub cache_max_age_secs: u64,
 
+    /// Seconds a store's vault must fail validation before a store annotated
+    /// `keyferry.io/break-glass: auto` serves ExternalSecrets from its break-glass bundle.
+    #[arg(long, env = "KEYFERRY_BREAK_GLASS_GRACE", default_value_t = 300)]
+    pub break_glass_grace_secs: u64,
+
     /// Sustained request rate allowed to each vault from this process (token bucket shared by every
     /// store of the vault; retries and paging count). 0 disables the budget.
     #[arg(long, env = "KEYFERRY_VAULT_REQUESTS_PER_SECOND", default_value_t = 200.0)]
@@ -178,6 +183,7 @@ impl Default for ControllerArgs {
             allow_token_secret_types: false,
             change_feed_interval_secs: 15,
             cache_max_age_secs: 600,
+            break_glass_grace_secs: 300,
             vault_requests_per_second: 200.0,
             vault_burst: 50,
             rollout_restarts: true,
