@@ -16,10 +16,12 @@ use keyferry_providers::{SecretValue, SecretsClient};
 use keyferry_sync::ResolveError;
 
 use crate::auth::VaultClient;
+use crate::breakglass;
 use crate::config::{AgentConfig, ConfigError, OutputConfig};
 use crate::state::{AgentState, OutputState, now};
 use crate::write::{OnDisk, on_disk, remove_stale_temps, resolve_ownership, write_atomic};
 use crate::{format, hooks, pipeline};
+use keyferry_providers::breakglass::BreakGlassClient;
 
 /// Default seconds between change-feed rounds.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -43,6 +45,10 @@ pub struct Agent {
     last_good: BTreeMap<String, SecretValue>,
     state: AgentState,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Per vault: when its change feed first failed in the current outage (break-glass `auto`).
+    unreachable_since: BTreeMap<String, std::time::Instant>,
+    /// Per vault: the opened break-glass bundle and the file stamps it was opened from.
+    bundles: BTreeMap<String, (String, Arc<BreakGlassClient>)>,
 }
 
 /// Why an output could not be synced (one line, no values).
@@ -68,6 +74,8 @@ impl Agent {
             last_good: BTreeMap::new(),
             state,
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            unreachable_since: BTreeMap::new(),
+            bundles: BTreeMap::new(),
         };
         agent
             .state
@@ -130,12 +138,62 @@ impl Agent {
         st.error_category = Some(category.to_owned());
     }
 
+    /// Whether a vault's outputs are served from its break-glass bundle now.
+    pub fn serving_from_bundle(&self, vault: &str) -> bool {
+        self.config
+            .vaults
+            .iter()
+            .find(|v| v.name == vault)
+            .and_then(|v| v.break_glass.as_ref())
+            .is_some_and(|bg| {
+                breakglass::serving(
+                    bg,
+                    self.unreachable_since.get(vault).copied(),
+                    std::time::Instant::now(),
+                )
+            })
+    }
+
+    /// The vault's bundle if its outputs are served from it now (opened once per file change).
+    fn bundle_for(&mut self, vault: &str) -> Option<Result<Arc<BreakGlassClient>, (String, &'static str)>> {
+        if !self.serving_from_bundle(vault) {
+            return None;
+        }
+        let v = self.config.vaults.iter().find(|v| v.name == vault)?.clone();
+        let bg = v.break_glass.as_ref()?;
+        let stamp = breakglass::stamp(bg);
+        if let Some((s, c)) = self.bundles.get(vault)
+            && *s == stamp
+        {
+            return Some(Ok(c.clone()));
+        }
+        Some(match breakglass::open(&v, bg) {
+            Ok(c) => {
+                let c = Arc::new(c);
+                tracing::warn!(vault = %vault, bundle = %bg.bundle.display(), secrets = c.len(), "serving from the break-glass bundle");
+                self.bundles.insert(vault.to_owned(), (stamp, c.clone()));
+                Ok(c)
+            }
+            Err(e) => Err((e.to_string(), e.category())),
+        })
+    }
+
     /// Fetches an output's data through the pipeline (no file written): `keyferry run` and syncs.
+    /// While the vault is served from its break-glass bundle, the bundle answers.
     pub async fn fetch(
-        &self,
+        &mut self,
         o: &OutputConfig,
     ) -> Result<keyferry_sync::DesiredSecret, (String, &'static str)> {
-        if !self.vaults.contains_key(&o.vault) {
+        let bundle = self.bundle_for(&o.vault).transpose()?;
+        self.fetch_through(o, bundle).await
+    }
+
+    async fn fetch_through(
+        &self,
+        o: &OutputConfig,
+        bundle: Option<Arc<BreakGlassClient>>,
+    ) -> Result<keyferry_sync::DesiredSecret, (String, &'static str)> {
+        if bundle.is_none() && !self.vaults.contains_key(&o.vault) {
             let why = self
                 .vault_errors
                 .get(&o.vault)
@@ -146,6 +204,9 @@ impl Agent {
         let es = pipeline::external_secret(o);
         let vaults = &self.vaults;
         let resolver = move |store: &SecretStoreRef| -> Result<Arc<dyn SecretsClient>, ResolveError> {
+            if let Some(b) = &bundle {
+                return Ok(b.clone() as Arc<dyn SecretsClient>);
+            }
             vaults
                 .get(&store.name)
                 .map(|v| Arc::new(v.cached.clone()) as Arc<dyn SecretsClient>)
@@ -167,7 +228,24 @@ impl Agent {
         let Some(o) = self.config.output(name).cloned() else {
             return false;
         };
-        let desired = match self.fetch(&o).await {
+        let bundle = match self.bundle_for(&o.vault).transpose() {
+            Ok(b) => b,
+            Err((e, category)) => {
+                self.fail(&o, e, category);
+                return false;
+            }
+        };
+        let from_bundle = bundle.is_some();
+        if from_bundle && o.path.exists() {
+            // What the file holds may be newer than the export: never replace it from the bundle.
+            let st = self.output_state(&o);
+            st.last_attempt = Some(now());
+            st.last_error = None;
+            st.error_category = None;
+            st.break_glass = Some("served from the break-glass bundle: the existing file is kept".into());
+            return true;
+        }
+        let desired = match self.fetch_through(&o, bundle).await {
             Ok(d) => d,
             Err((e, category)) => {
                 self.fail(&o, e, category);
@@ -210,6 +288,9 @@ impl Agent {
         if changed {
             st.last_change = Some(t);
         }
+        st.break_glass = from_bundle.then(|| {
+            "served from the break-glass bundle: the file was missing and is written from it".into()
+        });
         if let Some(h) = hook_result {
             st.on_change = Some(h.clone());
             if h != "ok" {
@@ -353,9 +434,19 @@ impl Agent {
                 .filter(|o| o.vault == vault)
                 .cloned()
                 .collect();
+            if self.manual_break_glass(&vault) {
+                // The manual switch: the vault is not called; missing files come from the bundle.
+                to_sync.extend(of_vault.iter().map(|o| o.name.clone()));
+                continue;
+            }
             match client.cached.poll_changes().await {
                 Ok(changed) => {
                     self.metrics.polled(true, changed.len());
+                    if self.unreachable_since.remove(&vault).is_some()
+                        && self.bundles.remove(&vault).is_some()
+                    {
+                        tracing::info!(vault = %vault, "vault answers again; break-glass ends");
+                    }
                     let recovered = self.vault_errors.remove(&vault).is_some() || unbuilt.contains(&vault);
                     if recovered {
                         tracing::info!(vault = %vault, "vault reachable again");
@@ -385,6 +476,12 @@ impl Agent {
                     for o in &of_vault {
                         self.fail(o, why.clone(), e.category());
                     }
+                    self.unreachable_since
+                        .entry(vault.clone())
+                        .or_insert_with(std::time::Instant::now);
+                    if self.serving_from_bundle(&vault) {
+                        to_sync.extend(of_vault.iter().map(|o| o.name.clone()));
+                    }
                 }
             }
         }
@@ -394,13 +491,26 @@ impl Agent {
         self.restore_edited();
         // Outputs of vaults without a client.
         for o in self.config.outputs.clone() {
-            if !self.vaults.contains_key(&o.vault)
-                && let Some(why) = self.vault_errors.get(&o.vault).cloned()
-            {
+            if self.vaults.contains_key(&o.vault) {
+                continue;
+            }
+            if self.manual_break_glass(&o.vault) {
+                self.sync_output(&o.name).await;
+            } else if let Some(why) = self.vault_errors.get(&o.vault).cloned() {
                 self.fail(&o, why, "auth");
             }
         }
         self.save_state();
+    }
+
+    /// Whether a vault has the manual break-glass switch on.
+    fn manual_break_glass(&self, vault: &str) -> bool {
+        self.config
+            .vaults
+            .iter()
+            .find(|v| v.name == vault)
+            .and_then(|v| v.break_glass.as_ref())
+            .is_some_and(|bg| bg.mode == crate::config::BreakGlassMode::Manual)
     }
 
     /// Writes the state file (errors are logged: status is secondary to the files).

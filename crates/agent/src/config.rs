@@ -70,6 +70,49 @@ pub struct VaultConfig {
     pub tenant_id: Option<String>,
     /// Exactly one authentication method.
     pub auth: AuthConfig,
+    /// Break-glass: serve this vault's outputs from a SOPS bundle (`keyferry dr export`) while the
+    /// vault is gone. A file that exists is never overwritten from the bundle (its content may be
+    /// newer); only missing files are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassConfig>,
+}
+
+/// Default `breakGlass.graceSeconds`.
+pub const DEFAULT_BREAK_GLASS_GRACE: u64 = 300;
+
+/// A vault's break-glass bundle and when to serve from it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BreakGlassConfig {
+    /// The bundle file (`keyferry dr export --out`). Entries of this vault's URL are served.
+    pub bundle: PathBuf,
+    /// The age identity file that opens the bundle (`keyferry dr keygen`). Put it in place only
+    /// during DR; it is read when the bundle is served.
+    pub identity_file: PathBuf,
+    /// `manual`: serve from the bundle now, never calling the vault. `auto`: read the vault, and
+    /// serve from the bundle once the vault has been unreachable for `graceSeconds`, until it
+    /// answers again.
+    pub mode: BreakGlassMode,
+    /// `auto`: seconds of failed change-feed rounds before the bundle is served. Default 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_seconds: Option<u64>,
+}
+
+/// When a vault's outputs are served from its bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakGlassMode {
+    /// Now, without calling the vault.
+    Manual,
+    /// After the vault has been unreachable for the grace period.
+    Auto,
+}
+
+impl BreakGlassConfig {
+    /// The grace period of `auto`.
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace_seconds.unwrap_or(DEFAULT_BREAK_GLASS_GRACE))
+    }
 }
 
 /// How the agent authenticates to a vault: exactly one of the fields.
@@ -340,6 +383,16 @@ impl AgentConfig {
                 }
                 if sp.client_id.trim().is_empty() {
                     return Err(format!("{at}: auth.servicePrincipal.clientId: must not be empty"));
+                }
+            }
+            if let Some(bg) = &v.break_glass {
+                for (field, path) in [("bundle", &bg.bundle), ("identityFile", &bg.identity_file)] {
+                    if !path.is_absolute() || path.file_name().is_none() {
+                        return Err(format!(
+                            "{at}: breakGlass.{field}: must be an absolute file path, got {:?}",
+                            path.display().to_string()
+                        ));
+                    }
                 }
             }
             if (a.service_principal.is_some() || a.workload_identity.is_some())

@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod breakglass;
 pub mod config;
 pub mod format;
 pub mod hooks;

@@ -56,6 +56,9 @@ pub struct OutputState {
     /// The last onChange result: `ok` or the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_change: Option<String>,
+    /// Set while the output is served from its vault's break-glass bundle: what happened to the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
 }
 
 /// The current time, RFC 3339 UTC.
@@ -126,6 +129,9 @@ impl AgentState {
             }
             if let Some(h) = &o.on_change {
                 out.push_str(&format!("  onChange: {h}\n"));
+            }
+            if let Some(b) = &o.break_glass {
+                out.push_str(&format!("  BREAK-GLASS: {b}\n"));
             }
         }
         out

@@ -37,7 +37,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CONFIG, &e),
     };
-    let agent = match Agent::new(&args.config, connect) {
+    let mut agent = match Agent::new(&args.config, connect) {
         Ok(a) => a,
         Err(e) => return fail(EXIT_CONFIG, &e),
     };

@@ -124,6 +124,10 @@ pub struct ControllerArgs {
     /// controller busy in a hot loop. 0 turns the floor off.
     #[arg(long, env = "KEYFERRY_MIN_REFRESH_INTERVAL", default_value_t = 10)]
     pub min_refresh_interval_secs: u64,
+    /// Seconds a store's vault must fail validation before a store annotated
+    /// `keyferry.io/break-glass: auto` serves ExternalSecrets from its break-glass bundle.
+    #[arg(long, env = "KEYFERRY_BREAK_GLASS_GRACE", default_value_t = 300)]
+    pub break_glass_grace_secs: u64,
 
     /// Sustained request rate allowed to each vault from this process (token bucket shared by every
     /// store of the vault; retries and paging count). 0 disables the budget.
@@ -185,6 +189,7 @@ impl Default for ControllerArgs {
             change_feed_interval_secs: 15,
             cache_max_age_secs: 600,
             min_refresh_interval_secs: 10,
+            break_glass_grace_secs: 300,
             vault_requests_per_second: 200.0,
             vault_burst: 50,
             rollout_restarts: true,

@@ -40,6 +40,9 @@ pub struct Settings {
     pub honor_reloader_annotations: bool,
     /// `--min-refresh-interval-secs` (zero: no floor).
     pub min_refresh_interval: Duration,
+    /// `--break-glass-grace-secs`: how long a store's vault fails validation before a store with
+    /// `keyferry.io/break-glass: auto` serves from its bundle.
+    pub break_glass_grace: Duration,
 }
 
 /// Shared reconciler state.
@@ -62,6 +65,8 @@ pub struct Context {
     pub cluster_stores: Store<ClusterSecretStore>,
     /// The key of `status.dataHmac` and rollout-restart annotations.
     pub hmac: crate::drift::HmacKey,
+    /// Opened break-glass bundles.
+    pub break_glass: crate::breakglass::BreakGlassState,
     retries: RetryTracker,
     seen: Mutex<HashSet<String>>,
     /// Pending wake-ups (by uid): ExternalSecrets whose remote secrets the change feed saw change,
@@ -105,6 +110,7 @@ impl Context {
             secret_stores,
             cluster_stores,
             hmac: crate::drift::HmacKey::generate(),
+            break_glass: crate::breakglass::BreakGlassState::default(),
             retries: RetryTracker::default(),
             seen: Mutex::new(HashSet::new()),
             dirty: WakeUps::default(),

@@ -205,6 +205,7 @@ pub async fn run_with_client(
         rollout_restarts: args.rollout_restarts,
         honor_reloader_annotations: args.honor_reloader_annotations,
         min_refresh_interval: std::time::Duration::from_secs(args.min_refresh_interval_secs),
+        break_glass_grace: std::time::Duration::from_secs(args.break_glass_grace_secs),
     };
     // The HMAC key, shared by every replica through a Secret in the controller's namespace.
     let key_ns = lease_namespace(&args);
@@ -291,7 +292,8 @@ pub async fn run_with_client(
             _ = halted.clone() => {}
         }
     };
-    futures::join!(es, stores, ces, watches);
+    let break_glass = breakglass::run_gauge(ctx.clone(), halted.clone());
+    futures::join!(es, stores, ces, watches, break_glass);
     ctx.metrics.set_leader(false);
     finish(elector_task, http_task).await
 }

@@ -21,6 +21,7 @@
 //! | `keyferry_rollout_restarts_total` | counter | `kind` (`Deployment`, `StatefulSet`, `DaemonSet`): workloads rolled because a Secret changed |
 //! | `keyferry_rollout_restart_failures_total` | counter | `kind`: workloads that could not be listed or patched |
 //! | `keyferry_drift_restored_total` | counter | — (hand edits of keyferry's keys reverted) |
+//! | `keyferry_break_glass_active` | gauge | `store` (`SecretStore ns/name`): 1 while the store serves from its break-glass bundle, 0 while it reads its vault |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,6 +135,14 @@ pub struct Metrics {
     rollout_restarts: Family<KindLabels, Counter>,
     rollout_failures: Family<KindLabels, Counter>,
     drift_restored: Counter,
+    break_glass_active: Family<StoreLabels, Gauge>,
+}
+
+/// `store` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `SecretStore ns/name` or `ClusterSecretStore name`.
+    pub store: String,
 }
 
 /// `ready` label.
@@ -188,6 +197,12 @@ impl Metrics {
         let rollout_restarts = Family::<KindLabels, Counter>::default();
         let rollout_failures = Family::<KindLabels, Counter>::default();
         let drift_restored = Counter::default();
+        let break_glass_active = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "break_glass_active",
+            "1 while a store serves ExternalSecrets from its break-glass bundle (keyferry.io/break-glass), 0 while it reads its vault",
+            break_glass_active.clone(),
+        );
         registry.register(
             "rollout_restarts",
             "Workloads rolled (pod-template annotation set) because a Secret they use changed, by kind",
@@ -321,7 +336,21 @@ impl Metrics {
             rollout_restarts,
             rollout_failures,
             drift_restored,
+            break_glass_active,
         }
+    }
+
+    /// Sets whether a store serves from its break-glass bundle.
+    pub fn set_break_glass_active(&self, store: &str, active: bool) {
+        self.break_glass_active
+            .get_or_create(&StoreLabels { store: store.into() })
+            .set(i64::from(active));
+    }
+
+    /// Drops the break-glass gauge of a store (deleted, or its annotations removed).
+    pub fn forget_break_glass(&self, store: &str) {
+        self.break_glass_active
+            .remove(&StoreLabels { store: store.into() });
     }
 
     /// Records a workload rolled because a Secret changed.
@@ -500,7 +529,11 @@ mod tests {
         m.set_external_secrets(3, 1, 0);
         m.rollout_restarted("Deployment");
         m.drift_restored();
+        m.set_break_glass_active("SecretStore team/akv", true);
+        m.set_break_glass_active("SecretStore team/gone", true);
+        m.forget_break_glass("SecretStore team/gone");
         let text = m.encode();
+        assert!(!text.contains("team/gone"), "{text}");
         for needle in [
             "keyferry_reconcile_total{kind=\"ExternalSecret\",result=\"success\"} 1",
             "keyferry_reconcile_errors_total{kind=\"ExternalSecret\",category=\"forbidden\"} 1",
@@ -511,6 +544,7 @@ mod tests {
             "keyferry_externalsecrets{ready=\"false\"} 1",
             "keyferry_rollout_restarts_total{kind=\"Deployment\"} 1",
             "keyferry_drift_restored_total 1",
+            "keyferry_break_glass_active{store=\"SecretStore team/akv\"} 1",
             "keyferry_sync_duration_seconds_bucket",
             "keyferry_reconcile_duration_seconds_count{kind=\"ExternalSecret\"} 2",
         ] {

@@ -150,6 +150,13 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     };
     tracing::debug!(namespace = %target.namespace, name = %es.name_any(), reason = reason.as_str(), "syncing");
 
+    // break-glass: a store switched to its bundle serves this sync without its vault
+    match crate::breakglass::sync_from_bundle(ctx, es, &validated, &current).await {
+        crate::breakglass::BundleSync::NotServing => {}
+        crate::breakglass::BundleSync::Served(action) => return Ok(action),
+        crate::breakglass::BundleSync::Failed(e) => return fail(ctx, es, &meta, e).await,
+    }
+
     // dereference: stores, with isolation and the flood gate — no vault call before this passes
     let mode = read_mode(es, reason);
     let stores =

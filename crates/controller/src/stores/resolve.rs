@@ -215,7 +215,7 @@ pub async fn get_store(
 }
 
 /// The labels of a namespace (for `namespaceSelector` conditions).
-async fn namespace_labels(
+pub async fn namespace_labels(
     ctx: &Context,
     namespace: &str,
 ) -> Result<BTreeMap<String, String>, StoreAccessError> {

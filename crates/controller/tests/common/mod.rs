@@ -137,6 +137,8 @@ pub async fn env() -> &'static Env {
             // (the other tests make a few requests a second at most).
             vault_requests_per_second: VAULT_RPS,
             vault_burst: VAULT_BURST,
+            // Break-glass `auto` serves after 2 s of failed store validation (tests/breakglass.rs).
+            break_glass_grace_secs: 2,
             label_selector: Some(format!("{RUN_LABEL}={}", *RUN)),
             controller_class: Some(RUN.clone()),
             ca_file: Some(emulator.ca_file().to_path_buf()),
