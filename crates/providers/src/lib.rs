@@ -18,6 +18,7 @@ pub mod error;
 pub mod fake;
 pub mod seed;
 pub mod value;
+pub mod vault;
 
 pub use cache::{CacheStats, CachedClient};
 pub use error::ProviderError;
@@ -99,6 +100,19 @@ pub trait SecretsClient: Send + Sync {
 
     /// Proves the store answers with these credentials (a real call).
     async fn validate(&self) -> Result<(), ProviderError>;
+
+    /// The cache identity of a remote key: two keys with the same `cache_key` name the same secret.
+    /// Key Vault's rule by default: names are case-insensitive and `secret/` is the default prefix.
+    fn cache_key(&self, key: &str) -> String {
+        let key = key.to_ascii_lowercase();
+        key.strip_prefix("secret/").map(str::to_owned).unwrap_or(key)
+    }
+
+    /// Whether `find.path` narrows [`find_secrets`] to names below that path (Vault); Key Vault
+    /// has no paths and ignores it.
+    fn honours_find_path(&self) -> bool {
+        false
+    }
 }
 
 /// The tag keyferry puts on secrets it writes, and requires before deleting.
@@ -111,6 +125,8 @@ pub enum Provider {
     Fake(FakeStore),
     /// Azure Key Vault.
     Azure(azure::AzureProvider),
+    /// HashiCorp Vault / OpenBao.
+    Vault(vault::VaultProvider),
 }
 
 impl Provider {
@@ -118,6 +134,7 @@ impl Provider {
         match self {
             Provider::Fake(f) => f,
             Provider::Azure(a) => a,
+            Provider::Vault(v) => v,
         }
     }
 }
@@ -149,6 +166,12 @@ impl SecretsClient for Provider {
     }
     async fn validate(&self) -> Result<(), ProviderError> {
         self.client().validate().await
+    }
+    fn cache_key(&self, key: &str) -> String {
+        self.client().cache_key(key)
+    }
+    fn honours_find_path(&self) -> bool {
+        self.client().honours_find_path()
     }
 }
 
@@ -195,10 +218,18 @@ pub async fn find_secrets<C: SecretsClient + ?Sized>(
 ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
     use futures::StreamExt as _;
     let re = compile_find_regexp(find)?;
+    // `find.path`, where the store has paths: only names below it.
+    let below = find
+        .path
+        .as_deref()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| client.honours_find_path() && !p.is_empty())
+        .map(|p| format!("{p}/"));
     let matches: Vec<SecretProperties> = client
         .list_secret_properties()
         .await?
         .into_iter()
+        .filter(|p| below.as_ref().is_none_or(|b| p.name.starts_with(b.as_str())))
         .filter(|p| p.enabled && find_matches(re.as_ref(), &find.tags, p))
         .collect();
     let results: Vec<(String, Result<RemoteValue, ProviderError>)> = futures::stream::iter(matches)
