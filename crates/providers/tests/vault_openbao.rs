@@ -282,7 +282,9 @@ async fn the_change_feed_sees_new_versions_and_metadata() {
 
     bao.put(&ns, "app/db", json!({"password": "two"})).await;
     let changed = cache.poll_changes().await.expect("poll");
-    assert_eq!(changed, ["app/db"]);
+    // app/api may be reported too: the cache re-reports secrets written within a second of the
+    // previous listing (see CachedClient::poll_changes).
+    assert!(changed.contains(&"app/db".to_owned()), "{changed:?}");
     let second = cache.get_secret(&remote("secret/app/db")).await.expect("reread");
     assert!(second.value.expose_str().is_some_and(|s| s.contains("two")));
     assert_eq!(second.version.as_deref(), Some("2"));

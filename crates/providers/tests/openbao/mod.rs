@@ -40,6 +40,8 @@ fn script() -> PathBuf {
 
 /// The server, or `None` after printing `SKIPPED: <why>` (no python3 to install OpenBao with).
 pub fn openbao() -> Option<OpenBao> {
+    // reqwest is built without a default crypto provider here; use the one keyferry uses.
+    keyferry_providers::azure::install_crypto_provider();
     let http = reqwest::Client::new();
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let (Some(addr), Some(token)) = (var("BAO_ADDR"), var("BAO_TOKEN")) {
