@@ -427,7 +427,8 @@ pub struct ExternalSecretDataFrom {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FindRef {
-    /// Ignored by Azure Key Vault (accepted for compatibility).
+    /// Vault: list only below this path of the KV mount. Ignored by Azure Key Vault (accepted for
+    /// compatibility).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Match secret names against a regular expression.

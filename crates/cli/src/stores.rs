@@ -221,7 +221,59 @@ pub fn build_client(
             let provider = AzureProvider::new(&spec, creds, &settings.connect).map_err(|e| e.to_string())?;
             Ok(Arc::new(provider))
         }
+        ProviderKind::Vault(spec) => {
+            let mut spec = spec.clone();
+            let trimmed = spec.server.trim_end_matches('/').to_owned();
+            if let Some((_, to)) = settings.vault_url_map.iter().find(|(from, _)| *from == trimmed) {
+                spec.server = to.clone();
+            }
+            Ok(Arc::new(vault_provider(key, &spec, settings)?))
+        }
     }
+}
+
+/// A Vault store through the builder the controller uses ([`keyferry_providers::vault::build`]):
+/// the Secrets its auth references, from `--credentials`; without `--credentials`, the user's own
+/// `VAULT_TOKEN` (or `BAO_TOKEN`).
+fn vault_provider(
+    key: &StoreKey,
+    spec: &keyferry_api::secret_store::VaultProvider,
+    settings: &StoreSettings,
+) -> Result<keyferry_providers::vault::VaultProvider, String> {
+    let default_ns = if key.kind == StoreKind::SecretStore {
+        key.namespace.as_str()
+    } else {
+        ""
+    };
+    let mut fields = BTreeMap::new();
+    let mut user_token = None;
+    if settings.credentials.is_empty() {
+        user_token = ["VAULT_TOKEN", "BAO_TOKEN"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+            .map(|t| SecretValue::from(t.trim()));
+        if user_token.is_none() {
+            return Err(
+                "no credentials: pass the store's credential Secrets with --credentials, or set VAULT_TOKEN"
+                    .into(),
+            );
+        }
+    } else {
+        for (field, sel) in keyferry_providers::vault::credential_refs(spec) {
+            let short = field.rsplit('.').next().unwrap_or(&field).to_owned();
+            fields.insert(short, settings.credentials.get(&sel, default_ns, &field)?);
+        }
+    }
+    keyferry_providers::vault::build(
+        spec,
+        keyferry_providers::vault::VaultStoreInputs {
+            secret_fields: &fields,
+            service_account_token: None,
+            connect: &settings.connect,
+            user_token,
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Credentials for an Azure store through the mapping the controller uses

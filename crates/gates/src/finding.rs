@@ -98,6 +98,8 @@ rules! {
     AkvName = ("KF010", "akv-name", Error, Finding);
     /// A remote key breaks the naming convention (default `<service>-<purpose>`, lowercase).
     NamingConvention = ("KF011", "naming-convention", Error, Finding);
+    /// A remote key of a Vault store is not a usable KV secret path.
+    VaultPath = ("KF012", "vault-path", Error, Finding);
     /// A store reference resolves neither to a store in the repository nor to one declared in the
     /// policy.
     UnresolvedStore = ("KF020", "unresolved-store", Error, Finding);

@@ -26,7 +26,7 @@ type ReadResult = Result<RemoteValue, ProviderError>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ReadKey {
-    /// Lower-cased remote key (names are case-insensitive), prefix included.
+    /// The store's cache key of the remote key ([`SecretsClient::cache_key`]).
     key: String,
     version: Option<String>,
     metadata: bool,
@@ -180,7 +180,9 @@ impl CachedClient {
         let name = name.to_ascii_lowercase();
         let mut slots = lock(&self.inner.slots);
         let before = slots.len();
-        slots.retain(|k, _| split_remote_key(&k.key).1 != name);
+        // Compared case-insensitively: the change feed's names are lower-case, and dropping a
+        // case-variant of a case-sensitive store's secret costs one extra read, never a stale one.
+        slots.retain(|k, _| split_remote_key(&k.key).1.to_ascii_lowercase() != name);
         let dropped = (before - slots.len()) as u64;
         lock(&self.inner.stats).invalidations += dropped;
     }
@@ -211,7 +213,7 @@ impl CachedClient {
                 Slot::Pending(..) => false,
                 Slot::Ready { sent, at, .. } => {
                     let fresh = now
-                        .get(split_remote_key(&k.key).1)
+                        .get(&split_remote_key(&k.key).1.to_ascii_lowercase())
                         .is_some_and(|fp| fp.updated.is_some_and(|u| u < *sent - 1));
                     if fresh {
                         *at = Instant::now();
@@ -239,7 +241,7 @@ impl CachedClient {
         // staleness only while the feed is not confirming.
         for (k, slot) in lock(&self.inner.slots).iter_mut() {
             if let Slot::Ready { at, .. } = slot
-                && now.contains_key(split_remote_key(&k.key).1)
+                && now.contains_key(&split_remote_key(&k.key).1.to_ascii_lowercase())
             {
                 *at = Instant::now();
             }
@@ -249,11 +251,8 @@ impl CachedClient {
 
     fn read(&self, remote: &RemoteRef) -> Shared<BoxFuture<'static, ReadResult>> {
         let key = ReadKey {
-            // `x` and `secret/x` are the same secret: one cache entry.
-            key: {
-                let key = remote.key.to_ascii_lowercase();
-                key.strip_prefix("secret/").map(str::to_owned).unwrap_or(key)
-            },
+            // The store says which keys are the same secret (`x`, `X` and `secret/x` in Key Vault).
+            key: self.inner.client.cache_key(&remote.key),
             version: remote.version.as_ref().map(|v| v.to_ascii_lowercase()),
             metadata: remote.metadata_policy == Some(MetadataPolicy::Fetch),
         };
@@ -356,6 +355,14 @@ impl SecretsClient for CachedClient {
 
     async fn validate(&self) -> Result<(), ProviderError> {
         self.inner.client.validate().await
+    }
+
+    fn cache_key(&self, key: &str) -> String {
+        self.inner.client.cache_key(key)
+    }
+
+    fn honours_find_path(&self) -> bool {
+        self.inner.client.honours_find_path()
     }
 }
 

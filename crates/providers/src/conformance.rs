@@ -2,7 +2,8 @@
 //!
 //! A harness seeds its backend with [`fixture_seed`], reports the version ids it got in [`Seeded`],
 //! and calls [`run`]. The fake provider, the Azure provider against keyferry's emulator and against
-//! Lowkey Vault all run it. Names are prefixed `conf-` so the suite can share a vault with other data.
+//! Lowkey Vault all run it; the vault provider runs it against OpenBao with [`Profile::VAULT_KV2`].
+//! Names are prefixed `conf-` so the suite can share a vault with other data.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -109,6 +110,60 @@ impl fmt::Display for Report {
     }
 }
 
+/// Where stores legitimately differ, stated per provider so every other check stays the same.
+#[derive(Clone, Copy, Debug)]
+pub struct Profile {
+    /// Names are case-insensitive (Key Vault); otherwise the suite checks they are case-sensitive.
+    pub case_insensitive_names: bool,
+    /// The store can disable a secret (Key Vault). Vault KV has no such state, so the harness seeds
+    /// `conf-disabled` as an ordinary secret and the disabled checks are not run.
+    pub disabled_state: bool,
+    /// The store keeps a JSON object of keys per secret (Vault KV): the harness stores each fixture
+    /// plain value under this key, and reads return the object as JSON. JSON fixtures are stored as
+    /// the object itself. Values are then compared as JSON.
+    pub value_key: Option<&'static str>,
+    /// A version id that cannot exist in the store.
+    pub absent_version: &'static str,
+}
+
+impl Profile {
+    /// Azure Key Vault and the fake store.
+    pub const KEY_VAULT: Profile = Profile {
+        case_insensitive_names: true,
+        disabled_state: true,
+        value_key: None,
+        absent_version: "0123456789abcdef0123456789abcdef",
+    };
+    /// HashiCorp Vault / OpenBao KV v2.
+    pub const VAULT_KV2: Profile = Profile {
+        case_insensitive_names: false,
+        disabled_state: false,
+        value_key: Some("value"),
+        absent_version: "987654",
+    };
+
+    /// The bytes a harness stores for a fixture value, and a read returns.
+    pub fn stored(&self, value: &str) -> String {
+        match self.value_key {
+            Some(k) if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(value).is_err() => {
+                serde_json::json!({ k: value }).to_string()
+            }
+            _ => value.to_owned(),
+        }
+    }
+
+    fn same(&self, got: &[u8], want: &str) -> bool {
+        match self.value_key {
+            None => got == want.as_bytes(),
+            Some(_) => {
+                let want = self.stored(want);
+                let parse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).ok();
+                parse(got).is_some() && parse(got) == parse(want.as_bytes())
+            }
+        }
+    }
+}
+
 fn remote(key: &str) -> RemoteRef {
     RemoteRef {
         key: key.to_owned(),
@@ -116,23 +171,28 @@ fn remote(key: &str) -> RemoteRef {
     }
 }
 
-fn expect_value(got: Result<SecretValue, ProviderError>, want: &str) -> Result<(), String> {
+fn expect_value(p: &Profile, got: Result<SecretValue, ProviderError>, want: &str) -> Result<(), String> {
     match got {
-        Ok(v) if v.expose() == want.as_bytes() => Ok(()),
+        Ok(v) if p.same(v.expose(), want) => Ok(()),
         Ok(v) => Err(format!("wrong value ({} bytes)", v.len())),
         Err(e) => Err(format!("error: {e}")),
     }
 }
 
-/// Runs every check against `client`.
+/// Runs every check against `client`, as for Key Vault ([`Profile::KEY_VAULT`]).
 pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Report {
+    run_with(client, seeded, &Profile::KEY_VAULT).await
+}
+
+/// Runs every check against `client`, with the differences `p` states.
+pub async fn run_with<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded, p: &Profile) -> Report {
     let mut r = Report::default();
     let plain_versions = seeded.versions.get("conf-plain").cloned().unwrap_or_default();
 
     let latest = client.get_secret(&remote("conf-plain")).await;
     r.checks.push((
         "get latest",
-        expect_value(latest.clone().map(|v| v.value), "plain-value"),
+        expect_value(p, latest.clone().map(|v| v.value), "plain-value"),
     ));
     r.checks.push((
         "get latest reports the current version",
@@ -146,12 +206,19 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     ));
     r.checks.push((
         "get with secret/ prefix",
-        expect_value(get(client, "secret/conf-plain").await, "plain-value"),
+        expect_value(p, get(client, "secret/conf-plain").await, "plain-value"),
     ));
-    r.checks.push((
-        "names are case-insensitive",
-        expect_value(get(client, "CONF-Plain").await, "plain-value"),
-    ));
+    if p.case_insensitive_names {
+        r.checks.push((
+            "names are case-insensitive",
+            expect_value(p, get(client, "CONF-Plain").await, "plain-value"),
+        ));
+    } else {
+        r.checks.push((
+            "names are case-sensitive",
+            expect_not_found(get(client, "CONF-Plain").await),
+        ));
+    }
 
     let old = match plain_versions.first() {
         Some(id) => {
@@ -161,7 +228,7 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
                     ..remote("conf-plain")
                 })
                 .await;
-            expect_value(got.map(|v| v.value), "plain-old")
+            expect_value(p, got.map(|v| v.value), "plain-old")
         }
         None => Err("harness reported no versions for conf-plain".to_owned()),
     };
@@ -169,7 +236,7 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
 
     r.checks.push((
         "JSON value returned verbatim (property/extract input)",
-        expect_value(get(client, "conf-json").await, JSON_VALUE),
+        expect_value(p, get(client, "conf-json").await, JSON_VALUE),
     ));
 
     r.checks.push((
@@ -178,7 +245,7 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     ));
     let missing_version = client
         .get_secret(&RemoteRef {
-            version: Some("0123456789abcdef0123456789abcdef".into()),
+            version: Some(p.absent_version.into()),
             ..remote("conf-plain")
         })
         .await
@@ -189,13 +256,15 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
         "soft-deleted secret is NotFound",
         expect_not_found(get(client, "conf-deleted").await),
     ));
-    r.checks.push((
-        "disabled secret is Disabled",
-        match get(client, "conf-disabled").await {
-            Err(ProviderError::Disabled { .. }) => Ok(()),
-            other => Err(format!("got {:?}", other.map(|v| v.len()))),
-        },
-    ));
+    if p.disabled_state {
+        r.checks.push((
+            "disabled secret is Disabled",
+            match get(client, "conf-disabled").await {
+                Err(ProviderError::Disabled { .. }) => Ok(()),
+                other => Err(format!("got {:?}", other.map(|v| v.len()))),
+            },
+        ));
+    }
 
     let by_regexp = FindRef {
         name: Some(FindName {
@@ -205,7 +274,7 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     };
     r.checks.push((
         "find by name regexp",
-        expect_tagged(client.get_all_secrets(&by_regexp).await),
+        expect_tagged(p, client.get_all_secrets(&by_regexp).await),
     ));
     let by_tags = FindRef {
         tags: [
@@ -217,7 +286,7 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     };
     r.checks.push((
         "find by tags",
-        expect_tagged(client.get_all_secrets(&by_tags).await),
+        expect_tagged(p, client.get_all_secrets(&by_tags).await),
     ));
     let disabled_excluded = FindRef {
         name: Some(FindName {
@@ -225,14 +294,16 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
         }),
         ..FindRef::default()
     };
-    r.checks.push((
-        "find skips disabled secrets",
-        match client.get_all_secrets(&disabled_excluded).await {
-            Ok(m) if m.is_empty() => Ok(()),
-            Ok(m) => Err(format!("returned {:?}", m.keys().collect::<Vec<_>>())),
-            Err(e) => Err(e.to_string()),
-        },
-    ));
+    if p.disabled_state {
+        r.checks.push((
+            "find skips disabled secrets",
+            match client.get_all_secrets(&disabled_excluded).await {
+                Ok(m) if m.is_empty() => Ok(()),
+                Ok(m) => Err(format!("returned {:?}", m.keys().collect::<Vec<_>>())),
+                Err(e) => Err(e.to_string()),
+            },
+        ));
+    }
     let bad_regexp = FindRef {
         name: Some(FindName { regexp: "(".into() }),
         ..FindRef::default()
@@ -266,19 +337,23 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     r.checks.push((
         "exists: present",
         match client.secret_exists(&remote("conf-plain")).await {
-            Ok(Existence::Present(p)) if p.enabled && p.tags.get("team").map(String::as_str) == Some("a") => {
+            Ok(Existence::Present(props))
+                if props.enabled && props.tags.get("team").map(String::as_str) == Some("a") =>
+            {
                 Ok(())
             }
             other => Err(format!("got {other:?}")),
         },
     ));
-    r.checks.push((
-        "exists: disabled is present but not enabled",
-        match client.secret_exists(&remote("conf-disabled")).await {
-            Ok(Existence::Present(p)) if !p.enabled => Ok(()),
-            other => Err(format!("got {other:?}")),
-        },
-    ));
+    if p.disabled_state {
+        r.checks.push((
+            "exists: disabled is present but not enabled",
+            match client.secret_exists(&remote("conf-disabled")).await {
+                Ok(Existence::Present(props)) if !props.enabled => Ok(()),
+                other => Err(format!("got {other:?}")),
+            },
+        ));
+    }
     r.checks.push((
         "exists: missing",
         match client.secret_exists(&remote("conf-does-not-exist")).await {
@@ -310,14 +385,14 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
         },
     ));
 
-    let pushed = SecretValue::from("pushed-value");
+    let pushed = SecretValue::from(p.stored("pushed-value"));
     let tags = BTreeMap::from([("app".to_owned(), "conformance".to_owned())]);
     let first = client.push_secret("conf-pushed", &pushed, &tags).await;
     let second = client.push_secret("conf-pushed", &pushed, &tags).await;
     r.checks.push((
         "push writes once, then skips an unchanged value",
         match (first, second) {
-            (Ok(true), Ok(false)) => expect_value(get(client, "conf-pushed").await, "pushed-value"),
+            (Ok(true), Ok(false)) => expect_value(p, get(client, "conf-pushed").await, "pushed-value"),
             other => Err(format!("got {other:?}")),
         },
     ));
@@ -331,7 +406,7 @@ pub async fn run<C: SecretsClient + ?Sized>(client: &C, seeded: &Seeded) -> Repo
     r.checks.push((
         "delete refuses an unmanaged secret",
         match client.delete_secret("conf-plain").await {
-            Err(_) => expect_value(get(client, "conf-plain").await, "plain-value"),
+            Err(_) => expect_value(p, get(client, "conf-plain").await, "plain-value"),
             Ok(()) => Err("deleted a secret keyferry does not manage".into()),
         },
     ));
@@ -353,7 +428,10 @@ fn expect_not_found(got: Result<SecretValue, ProviderError>) -> Result<(), Strin
     }
 }
 
-fn expect_tagged(got: Result<BTreeMap<String, SecretValue>, ProviderError>) -> Result<(), String> {
+fn expect_tagged(
+    p: &Profile,
+    got: Result<BTreeMap<String, SecretValue>, ProviderError>,
+) -> Result<(), String> {
     let map = got.map_err(|e| e.to_string())?;
     let lower: BTreeMap<String, &SecretValue> =
         map.iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
@@ -361,7 +439,7 @@ fn expect_tagged(got: Result<BTreeMap<String, SecretValue>, ProviderError>) -> R
     if keys != ["conf-tagged-1", "conf-tagged-2"] {
         return Err(format!("matched {keys:?}"));
     }
-    if lower["conf-tagged-1"].expose() != b"t1" || lower["conf-tagged-2"].expose() != b"t2" {
+    if !p.same(lower["conf-tagged-1"].expose(), "t1") || !p.same(lower["conf-tagged-2"].expose(), "t2") {
         return Err("wrong values".into());
     }
     Ok(())

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fake;
 pub mod seed;
 pub mod value;
+pub mod vault;
 
 pub use cache::{CacheStats, CachedClient};
 pub use error::ProviderError;
@@ -100,6 +101,19 @@ pub trait SecretsClient: Send + Sync {
     /// Proves the store answers with these credentials (a real call).
     async fn validate(&self) -> Result<(), ProviderError>;
 
+    /// The cache identity of a remote key: two keys with the same `cache_key` name the same secret.
+    /// Key Vault's rule by default: names are case-insensitive and `secret/` is the default prefix.
+    fn cache_key(&self, key: &str) -> String {
+        let key = key.to_ascii_lowercase();
+        key.strip_prefix("secret/").map(str::to_owned).unwrap_or(key)
+    }
+
+    /// Whether `find.path` narrows [`find_secrets`] to names below that path (Vault); Key Vault
+    /// has no paths and ignores it.
+    fn honours_find_path(&self) -> bool {
+        false
+    }
+
     /// How many secrets one page of [`SecretsClient::list_secret_properties`] holds, when the store
     /// pages its listings — so callers can report what a listing cost in requests. `None`: a listing
     /// is one request.
@@ -126,6 +140,8 @@ pub enum Provider {
     Fake(FakeStore),
     /// Azure Key Vault.
     Azure(azure::AzureProvider),
+    /// HashiCorp Vault / OpenBao.
+    Vault(vault::VaultProvider),
 }
 
 impl Provider {
@@ -133,6 +149,7 @@ impl Provider {
         match self {
             Provider::Fake(f) => f,
             Provider::Azure(a) => a,
+            Provider::Vault(v) => v,
         }
     }
 }
@@ -164,6 +181,12 @@ impl SecretsClient for Provider {
     }
     async fn validate(&self) -> Result<(), ProviderError> {
         self.client().validate().await
+    }
+    fn cache_key(&self, key: &str) -> String {
+        self.client().cache_key(key)
+    }
+    fn honours_find_path(&self) -> bool {
+        self.client().honours_find_path()
     }
     fn listing_page_size(&self) -> Option<usize> {
         self.client().listing_page_size()
@@ -213,10 +236,18 @@ pub async fn find_secrets<C: SecretsClient + ?Sized>(
 ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
     use futures::StreamExt as _;
     let re = compile_find_regexp(find)?;
+    // `find.path`, where the store has paths: only names below it.
+    let below = find
+        .path
+        .as_deref()
+        .map(|p| p.trim_matches('/'))
+        .filter(|p| client.honours_find_path() && !p.is_empty())
+        .map(|p| format!("{p}/"));
     let matches: Vec<SecretProperties> = client
         .list_secret_properties()
         .await?
         .into_iter()
+        .filter(|p| below.as_ref().is_none_or(|b| p.name.starts_with(b.as_str())))
         .filter(|p| p.enabled && find_matches(re.as_ref(), &find.tags, p))
         .collect();
     let results: Vec<(String, Result<RemoteValue, ProviderError>)> = futures::stream::iter(matches)

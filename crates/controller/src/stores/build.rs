@@ -31,6 +31,14 @@ pub enum BuildError {
         /// Why (field names only, never values).
         source: StoreAuthError,
     },
+    /// A Vault store's settings or credentials are unusable.
+    #[error("{store}: {source}")]
+    Vault {
+        /// The store.
+        store: String,
+        /// Why.
+        source: keyferry_providers::vault::VaultStoreError,
+    },
     /// The provider refused the configuration.
     #[error("{store}: {source}")]
     Config {
@@ -47,6 +55,7 @@ impl BuildError {
         match self {
             BuildError::Provider { .. } => "invalid_store",
             BuildError::Auth { source, .. } => source.category(),
+            BuildError::Vault { source, .. } => source.category(),
             BuildError::Config { .. } => "invalid_provider_config",
         }
     }
@@ -70,6 +79,7 @@ pub fn provider_name(store: &StoreObject) -> &'static str {
     match store.spec().provider.kind() {
         Ok(ProviderKind::AzureKv(_)) => "azurekv",
         Ok(ProviderKind::Fake(_)) => "fake",
+        Ok(ProviderKind::Vault(_)) => "vault",
         Err(_) => "unknown",
     }
 }
@@ -78,6 +88,7 @@ pub fn provider_name(store: &StoreObject) -> &'static str {
 pub fn vault_label(store: &StoreObject) -> String {
     match store.spec().provider.kind() {
         Ok(ProviderKind::AzureKv(az)) => super::instrument::vault_label(&az.vault_url),
+        Ok(ProviderKind::Vault(v)) => super::instrument::vault_label(&v.server),
         _ => {
             let key = store.key();
             match key.namespace {
@@ -111,6 +122,19 @@ pub fn build_client(
             )?;
             let provider = AzureProvider::new(az, creds, inputs.connect)
                 .map_err(|source| BuildError::Config { store: label, source })?;
+            Ok(Arc::new(provider))
+        }
+        ProviderKind::Vault(vault) => {
+            let provider = keyferry_providers::vault::build(
+                vault,
+                keyferry_providers::vault::VaultStoreInputs {
+                    secret_fields: &inputs.credentials.values,
+                    service_account_token: inputs.service_account.map(|sa| sa.source),
+                    connect: inputs.connect,
+                    user_token: None,
+                },
+            )
+            .map_err(|source| BuildError::Vault { store: label, source })?;
             Ok(Arc::new(provider))
         }
     }

@@ -102,6 +102,9 @@ pub fn credential_refs(store: &StoreObject) -> Vec<(String, SecretKeySelector)> 
             }
         }
     }
+    if let Ok(ProviderKind::Vault(vault)) = spec.provider.kind() {
+        refs.extend(keyferry_providers::vault::credential_refs(vault));
+    }
     refs
 }
 
@@ -160,6 +163,19 @@ pub fn service_account_ref(
     store: &StoreObject,
 ) -> Result<Option<(String, String, Vec<String>)>, IsolationError> {
     let spec = store.spec();
+    if let Ok(ProviderKind::Vault(vault)) = spec.provider.kind() {
+        let Some((field, sa, audiences, _)) = keyferry_providers::vault::service_account_ref(vault) else {
+            return Ok(None);
+        };
+        let ns = referenced_namespace(
+            store.is_cluster(),
+            &store.label(),
+            store.namespace().as_deref(),
+            sa.namespace.as_deref(),
+            &format!("{field}.namespace"),
+        )?;
+        return Ok(Some((ns, sa.name, audiences)));
+    }
     let Ok(ProviderKind::AzureKv(az)) = spec.provider.kind() else {
         return Ok(None);
     };

@@ -302,6 +302,42 @@ pub fn store_spec(doc: &Located<Manifest>) -> Vec<RawFinding> {
             }
         }
     }
+    if let Some(vault) = &spec.vault {
+        // The provider's own checks, so `validate` refuses what the controller would.
+        let server = vault.server.trim();
+        let server_ok = ["http://", "https://"]
+            .iter()
+            .any(|s| server.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+        if !server_ok {
+            problems.push((
+                "server".into(),
+                format!(
+                    "spec.provider.vault.server: {:?} must be an http:// or https:// URL",
+                    vault.server
+                ),
+            ));
+        }
+        match vault.auth.as_ref().map(|a| a.kind()) {
+            None => problems.push((
+                "vault".into(),
+                keyferry_api::secret_store::VaultAuthSpecError::Missing.to_string(),
+            )),
+            Some(Err(e)) => problems.push(("auth".into(), e.to_string())),
+            Some(Ok(_)) => {}
+        }
+        if namespaced {
+            for (field, sel) in keyferry_providers::vault::credential_refs(vault) {
+                if sel.namespace.is_some() {
+                    problems.push((
+                        "vault".into(),
+                        format!(
+                            "{field}.namespace: a namespaced SecretStore reads only from its own namespace"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     for (i, c) in conditions.iter().enumerate() {
         for re in &c.namespace_regexes {
             if let Err(e) = regex::Regex::new(re) {

@@ -25,7 +25,7 @@ mod credentials;
 mod errors;
 mod retry;
 pub mod store_auth;
-mod transport;
+pub(crate) mod transport;
 
 use std::path::Path;
 use std::sync::Arc;
