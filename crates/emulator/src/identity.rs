@@ -245,13 +245,25 @@ fn client_credentials(app: &AppState, tenant: String, body: &[u8], protocol: Tok
 
 /// `GET /{tenant}/v2.0/.well-known/openid-configuration`: what MSAL (Python, Go, JavaScript, .NET,
 /// Java) fetches before its first token request.
-pub(crate) async fn openid_configuration_v2(State(app): State<Arc<AppState>>, Path(tenant): Path<String>) -> Response {
-    json(StatusCode::OK, &openid_configuration(&app, &tenant, TokenProtocol::V2))
+pub(crate) async fn openid_configuration_v2(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Response {
+    json(
+        StatusCode::OK,
+        &openid_configuration(&app, &tenant, TokenProtocol::V2),
+    )
 }
 
 /// `GET /{tenant}/.well-known/openid-configuration`: the v1 document (ADAL-era clients).
-pub(crate) async fn openid_configuration_v1(State(app): State<Arc<AppState>>, Path(tenant): Path<String>) -> Response {
-    json(StatusCode::OK, &openid_configuration(&app, &tenant, TokenProtocol::V1))
+pub(crate) async fn openid_configuration_v1(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Response {
+    json(
+        StatusCode::OK,
+        &openid_configuration(&app, &tenant, TokenProtocol::V1),
+    )
 }
 
 fn openid_configuration(app: &AppState, tenant: &str, protocol: TokenProtocol) -> serde_json::Value {

@@ -20,7 +20,8 @@ pub const VAULT_RESOURCE: &str = "https://vault.localhost";
 
 /// Audiences real Azure Key Vault accepts (public cloud): its resource URI and its application id.
 /// Clients that hard-code the public cloud (ESO's go-autorest provider) request these.
-pub const AZURE_VAULT_AUDIENCES: [&str; 2] = ["https://vault.azure.net", "cfa8b339-82a2-471a-a3c9-0fc0be7a4093"];
+pub const AZURE_VAULT_AUDIENCES: [&str; 2] =
+    ["https://vault.azure.net", "cfa8b339-82a2-471a-a3c9-0fc0be7a4093"];
 
 /// Whether a token audience is one this emulator's vault accepts: [`VAULT_RESOURCE`] or an
 /// [`AZURE_VAULT_AUDIENCES`] entry, each optionally with a `:<port>` and a trailing slash, compared
@@ -28,7 +29,9 @@ pub const AZURE_VAULT_AUDIENCES: [&str; 2] = ["https://vault.azure.net", "cfa8b3
 pub fn is_vault_audience(audience: &str) -> bool {
     let aud = normalize_resource(audience).to_ascii_lowercase();
     let without_port = match aud.rsplit_once(':') {
-        Some((head, port)) if head.contains("://") && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+        Some((head, port))
+            if head.contains("://") && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             head
         }
         _ => aud.as_str(),
@@ -195,7 +198,10 @@ mod tests {
             "https://management.azure.com",
         ] {
             let (t, _) = issuer.mint(aud, "c", "t", 60);
-            assert!(matches!(issuer.validate(&t), Err(TokenError::WrongAudience(_))), "{aud}");
+            assert!(
+                matches!(issuer.validate(&t), Err(TokenError::WrongAudience(_))),
+                "{aud}"
+            );
         }
         let foreign = TokenIssuer::new("https://localhost:1".into())
             .mint(VAULT_RESOURCE, "c", "t", 60)

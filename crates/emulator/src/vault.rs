@@ -107,7 +107,9 @@ pub(crate) fn challenge_resource(host: Option<&str>, listening_port: u16) -> Str
         return fallback();
     };
     let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => (name, Some(port)),
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (name, Some(port))
+        }
         _ => (host, None),
     };
     let Some((_, parent)) = name.split_once('.') else {

@@ -630,7 +630,6 @@ async fn secret_values_never_appear_in_errors_or_debug_output() {
     emu.shutdown().await.unwrap();
 }
 
-
 /// What MSAL-based credentials and ADAL-era clients fetch, and the older identity protocols.
 #[tokio::test]
 async fn discovery_documents_v1_token_endpoint_and_legacy_managed_identity() {
@@ -640,14 +639,19 @@ async fn discovery_documents_v1_token_endpoint_and_legacy_managed_identity() {
     let authority = emu.authority_host().to_owned();
 
     let v2: Value = http
-        .get(format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration"))
+        .get(format!(
+            "{authority}/{tenant}/v2.0/.well-known/openid-configuration"
+        ))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(v2["token_endpoint"], format!("{authority}/{tenant}/oauth2/v2.0/token"));
+    assert_eq!(
+        v2["token_endpoint"],
+        format!("{authority}/{tenant}/oauth2/v2.0/token")
+    );
     assert_eq!(v2["issuer"], format!("{authority}/{tenant}/v2.0"));
     let v1: Value = http
         .get(format!("{authority}/{tenant}/.well-known/openid-configuration"))
@@ -692,10 +696,17 @@ async fn discovery_documents_v1_token_endpoint_and_legacy_managed_identity() {
     emu.set_secret("s", "v").unwrap();
     let url = format!("{}/secrets/s?{API}", emu.vault_url());
     let token = body["access_token"].as_str().unwrap();
-    assert_eq!(http.get(&url).bearer_auth(token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(&url).bearer_auth(token).send().await.unwrap().status(),
+        200
+    );
     let response = http
         .post(format!("{authority}/{tenant}/oauth2/token"))
-        .form(&[("grant_type", "client_credentials"), ("client_id", "eso"), ("client_secret", "s")])
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "eso"),
+            ("client_secret", "s"),
+        ])
         .send()
         .await
         .unwrap();
@@ -706,11 +717,19 @@ async fn discovery_documents_v1_token_endpoint_and_legacy_managed_identity() {
         "{}?api-version=2017-09-01&resource=https%3A%2F%2Fvault.azure.net%2F",
         emu.identity_endpoint()
     );
-    let response = http.get(&msi).header("secret", emu.identity_header()).send().await.unwrap();
+    let response = http
+        .get(&msi)
+        .header("secret", emu.identity_header())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     let token = body["access_token"].as_str().unwrap();
-    assert_eq!(http.get(&url).bearer_auth(token).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(&url).bearer_auth(token).send().await.unwrap().status(),
+        200
+    );
     let response = http
         .get(&msi)
         .header("x-identity-header", emu.identity_header())
@@ -722,7 +741,10 @@ async fn discovery_documents_v1_token_endpoint_and_legacy_managed_identity() {
     // The challenge follows the host and port the client used.
     let other = http_client_for(&emu, &["myvault.vault.azure.net"]);
     let response = other
-        .get(format!("https://myvault.vault.azure.net:{}/secrets/s?{API}", emu.port()))
+        .get(format!(
+            "https://myvault.vault.azure.net:{}/secrets/s?{API}",
+            emu.port()
+        ))
         .send()
         .await
         .unwrap();

@@ -118,8 +118,11 @@ func (forged) GetToken(context.Context, policy.TokenRequestOptions) (azcore.Acce
 func credential() (azcore.TokenCredential, error) {
 	switch kind {
 	case "client-secret":
-		// Authority from AZURE_AUTHORITY_HOST, as azidentity reads it by default.
-		return azidentity.NewClientSecretCredential(os.Getenv("AZURE_TENANT_ID"), os.Getenv("AZURE_CLIENT_ID"), os.Getenv("AZURE_CLIENT_SECRET"), nil)
+		// Authority from AZURE_AUTHORITY_HOST, as azidentity reads it by default. The one setting
+		// changed: MSAL Go sends instance discovery for an unknown authority host to the hard-coded
+		// login.microsoftonline.com, which cannot be the emulator (docs/emulator.md).
+		opts := &azidentity.ClientSecretCredentialOptions{DisableInstanceDiscovery: true}
+		return azidentity.NewClientSecretCredential(os.Getenv("AZURE_TENANT_ID"), os.Getenv("AZURE_CLIENT_ID"), os.Getenv("AZURE_CLIENT_SECRET"), opts)
 	case "managed-identity":
 		return azidentity.NewManagedIdentityCredential(nil)
 	}

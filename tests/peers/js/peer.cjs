@@ -25,8 +25,12 @@ async function admin(method, path, body) {
 
 function credential() {
   if (KIND === "client-secret") {
-    // Authority from AZURE_AUTHORITY_HOST, as @azure/identity reads it by default.
-    return new ClientSecretCredential(process.env.AZURE_TENANT_ID, process.env.AZURE_CLIENT_ID, process.env.AZURE_CLIENT_SECRET);
+    // Authority from AZURE_AUTHORITY_HOST, as @azure/identity reads it by default. The one setting
+    // changed: MSAL Node sends instance discovery for an unknown authority host to the hard-coded
+    // login.microsoftonline.com, which cannot be the emulator (docs/emulator.md).
+    return new ClientSecretCredential(process.env.AZURE_TENANT_ID, process.env.AZURE_CLIENT_ID, process.env.AZURE_CLIENT_SECRET, {
+      disableInstanceDiscovery: true,
+    });
   }
   if (KIND === "managed-identity") return new ManagedIdentityCredential();
   throw new Error(`PEER_CREDENTIAL must be client-secret or managed-identity, not ${KIND}`);

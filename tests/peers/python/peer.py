@@ -39,8 +39,16 @@ def admin(method, path, body=None):
 
 def credential():
     if KIND == "client-secret":
-        # Authority from AZURE_AUTHORITY_HOST, as azure-identity reads it by default.
-        return ClientSecretCredential(os.environ["AZURE_TENANT_ID"], os.environ["AZURE_CLIENT_ID"], os.environ["AZURE_CLIENT_SECRET"])
+        # Authority from AZURE_AUTHORITY_HOST, as azure-identity reads it by default. The one
+        # setting changed: MSAL Python sends instance discovery for an authority host it does not
+        # know to the hard-coded https://login.microsoftonline.com/common/discovery/instance, not
+        # to the authority host, so it cannot reach the emulator (docs/emulator.md).
+        return ClientSecretCredential(
+            os.environ["AZURE_TENANT_ID"],
+            os.environ["AZURE_CLIENT_ID"],
+            os.environ["AZURE_CLIENT_SECRET"],
+            disable_instance_discovery=True,
+        )
     if KIND == "managed-identity":
         return ManagedIdentityCredential()
     raise SystemExit(f"PEER_CREDENTIAL must be client-secret or managed-identity, not {KIND!r}")
