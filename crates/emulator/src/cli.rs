@@ -95,6 +95,8 @@ pub fn env_lines(emulator: &Emulator) -> Vec<String> {
         format!("CA_FILE={}", emulator.ca_file().display()),
         format!("IDENTITY_ENDPOINT={}", emulator.identity_endpoint()),
         format!("IDENTITY_HEADER={}", emulator.identity_header()),
+        format!("MSI_ENDPOINT={}", emulator.identity_endpoint()),
+        format!("MSI_SECRET={}", emulator.identity_header()),
         format!("ADMIN_URL={}", emulator.admin_url()),
         format!("IMDS_URL={}", emulator.imds_endpoint()),
         format!("ARC_URL={}", emulator.arc_endpoint()),

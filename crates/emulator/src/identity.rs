@@ -69,13 +69,48 @@ fn entra_error(status: StatusCode, error: &str, code: u32, description: &str) ->
     json(status, &body)
 }
 
+/// Which Entra token protocol a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenProtocol {
+    /// `/{tenant}/oauth2/v2.0/token` with `scope=<resource>/.default` (MSAL, azure-identity).
+    V2,
+    /// `/{tenant}/oauth2/token` with `resource=<resource>` (ADAL, go-autorest's `adal`).
+    V1,
+}
+
 /// `POST /{tenant}/oauth2/v2.0/token` with `grant_type=client_credentials`.
 pub(crate) async fn token(
     State(app): State<Arc<AppState>>,
     Path(tenant): Path<String>,
     body: Bytes,
 ) -> Response {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    client_credentials(&app, tenant, &body, TokenProtocol::V2)
+}
+
+/// `POST /{tenant}/oauth2/token` with `grant_type=client_credentials` and `resource=` (the AAD v1
+/// endpoint that go-autorest's `adal` and other ADAL-era clients use).
+pub(crate) async fn token_v1(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    client_credentials(&app, tenant, &body, TokenProtocol::V1)
+}
+
+/// The v1 endpoint's answer: every number is a string, and it names the resource.
+#[derive(Serialize)]
+struct TokenResponseV1<'a> {
+    token_type: &'static str,
+    expires_in: String,
+    ext_expires_in: String,
+    expires_on: String,
+    not_before: String,
+    resource: &'a str,
+    access_token: &'a str,
+}
+
+fn client_credentials(app: &AppState, tenant: String, body: &[u8], protocol: TokenProtocol) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     let field = |name: &str| form.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let missing = |name: &str| {
         entra_error(
@@ -101,15 +136,26 @@ pub(crate) async fn token(
     let Some(client_id) = field("client_id") else {
         return missing("client_id");
     };
-    let Some(scope) = field("scope") else {
-        return missing("scope");
-    };
-    let Some(audience) = scope
-        .split_whitespace()
-        .next()
-        .map(|s| s.strip_suffix("/.default").unwrap_or(s))
-    else {
-        return missing("scope");
+    let audience = match protocol {
+        TokenProtocol::V2 => {
+            let Some(scope) = field("scope") else {
+                return missing("scope");
+            };
+            let Some(audience) = scope
+                .split_whitespace()
+                .next()
+                .map(|s| s.strip_suffix("/.default").unwrap_or(s))
+            else {
+                return missing("scope");
+            };
+            audience
+        }
+        TokenProtocol::V1 => {
+            let Some(resource) = field("resource") else {
+                return missing("resource");
+            };
+            resource
+        }
     };
     let audience = normalize_resource(audience);
     if audience.is_empty() {
@@ -170,17 +216,126 @@ pub(crate) async fn token(
     }
 
     let lifetime = app.token_lifetime_secs;
-    let (access_token, _) = app.tokens.mint(audience, client_id, &tenant, lifetime);
-    tracing::debug!(client_id, tenant, audience, "issued token");
+    let (access_token, claims) = app.tokens.mint(audience, client_id, &tenant, lifetime);
+    tracing::debug!(client_id, tenant, audience, ?protocol, "issued token");
+    match protocol {
+        TokenProtocol::V2 => json(
+            StatusCode::OK,
+            &TokenResponse {
+                token_type: "Bearer",
+                expires_in: lifetime,
+                ext_expires_in: lifetime,
+                access_token: &access_token,
+            },
+        ),
+        TokenProtocol::V1 => json(
+            StatusCode::OK,
+            &TokenResponseV1 {
+                token_type: "Bearer",
+                expires_in: lifetime.to_string(),
+                ext_expires_in: lifetime.to_string(),
+                expires_on: claims.exp.to_string(),
+                not_before: claims.nbf.to_string(),
+                resource: audience,
+                access_token: &access_token,
+            },
+        ),
+    }
+}
+
+/// `GET /{tenant}/v2.0/.well-known/openid-configuration`: what MSAL (Python, Go, JavaScript, .NET,
+/// Java) fetches before its first token request.
+pub(crate) async fn openid_configuration_v2(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Response {
     json(
         StatusCode::OK,
-        &TokenResponse {
-            token_type: "Bearer",
-            expires_in: lifetime,
-            ext_expires_in: lifetime,
-            access_token: &access_token,
-        },
+        &openid_configuration(&app, &tenant, TokenProtocol::V2),
     )
+}
+
+/// `GET /{tenant}/.well-known/openid-configuration`: the v1 document (ADAL-era clients).
+pub(crate) async fn openid_configuration_v1(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Response {
+    json(
+        StatusCode::OK,
+        &openid_configuration(&app, &tenant, TokenProtocol::V1),
+    )
+}
+
+fn openid_configuration(app: &AppState, tenant: &str, protocol: TokenProtocol) -> serde_json::Value {
+    let base = format!("{}/{tenant}", app.authority_host);
+    let (oauth, issuer, keys) = match protocol {
+        TokenProtocol::V2 => (
+            format!("{base}/oauth2/v2.0"),
+            format!("{base}/v2.0"),
+            format!("{base}/discovery/v2.0/keys"),
+        ),
+        TokenProtocol::V1 => (
+            format!("{base}/oauth2"),
+            format!("{}/{tenant}/", app.authority_host),
+            format!("{base}/discovery/keys"),
+        ),
+    };
+    serde_json::json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{oauth}/token"),
+        "authorization_endpoint": format!("{oauth}/authorize"),
+        "device_authorization_endpoint": format!("{oauth}/devicecode"),
+        "end_session_endpoint": format!("{oauth}/logout"),
+        "jwks_uri": keys,
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "tid", "appid"],
+        "tenant_region_scope": "NA",
+        "cloud_instance_name": "keyferry.emulator",
+        "cloud_graph_host_name": "graph.windows.net",
+        "msgraph_host": "graph.microsoft.com",
+    })
+}
+
+/// `GET /{tenant}/discovery/instance?authorization_endpoint=…`: AAD instance discovery, which MSAL
+/// calls for authority hosts it does not know. The emulator is its own (only) alias.
+pub(crate) async fn instance_discovery(
+    State(app): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params: HashMap<String, String> = query
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    // The tenant comes from the authority the client asked about; default to the configured one.
+    let tenant = params
+        .get("authorization_endpoint")
+        .and_then(|e| url::Url::parse(e).ok())
+        .and_then(|u| u.path_segments().and_then(|mut s| s.next().map(str::to_owned)))
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| app.tenant_id.clone());
+    let host = app.authority_host.trim_start_matches("https://");
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "tenant_discovery_endpoint": format!("{}/{tenant}/v2.0/.well-known/openid-configuration", app.authority_host),
+            "api-version": "1.1",
+            "metadata": [{
+                "preferred_network": host,
+                "preferred_cache": host,
+                "aliases": [host],
+            }],
+        }),
+    )
+}
+
+/// `GET /{tenant}/discovery/v2.0/keys`: the emulator signs tokens with a symmetric key it never
+/// publishes, so the key set is empty (clients never validate access tokens they are given).
+pub(crate) async fn signing_keys() -> Response {
+    json(StatusCode::OK, &serde_json::json!({ "keys": [] }))
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
@@ -213,31 +368,38 @@ fn msi_error(status: StatusCode, error: &str, description: &str) -> Response {
     )
 }
 
-/// `GET /msi/token?api-version=2019-08-01&resource=…` with `x-identity-header`.
+/// `GET /msi/token?resource=…`: the App Service managed-identity protocol in both versions:
+/// `api-version=2019-08-01` with header `x-identity-header: $IDENTITY_HEADER` (azure-identity,
+/// azidentity) and the legacy `api-version=2017-09-01` with header `secret: $MSI_SECRET`
+/// (go-autorest's `adal`, used by ESO). Both headers carry the same value.
 pub(crate) async fn managed_identity(
     State(app): State<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let params: HashMap<String, String> = query
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let header_name = match params.get("api-version").map(String::as_str) {
+        Some("2019-08-01") => "x-identity-header",
+        Some("2017-09-01") => "secret",
+        _ => {
+            return msi_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "api-version must be 2019-08-01 or 2017-09-01.",
+            );
+        }
+    };
     let header_ok = headers
-        .get("x-identity-header")
+        .get(header_name)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| constant_time_eq(v, &app.identity_header));
     if !header_ok {
         return msi_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "Missing or invalid X-IDENTITY-HEADER.",
-        );
-    }
-    let params: HashMap<String, String> = query
-        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    if params.get("api-version").map(String::as_str) != Some("2019-08-01") {
-        return msi_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "api-version must be 2019-08-01.",
+            &format!("Missing or invalid {header_name} header."),
         );
     }
     let Some(resource) = params
@@ -251,8 +413,10 @@ pub(crate) async fn managed_identity(
             "The resource parameter is required.",
         );
     };
+    // 2017-09-01 calls the parameter `clientid`.
     let client_id = params
         .get("client_id")
+        .or_else(|| params.get("clientid"))
         .map_or(MANAGED_IDENTITY_CLIENT_ID, String::as_str);
     let (access_token, claims) =
         app.tokens

@@ -3,10 +3,13 @@
 //!
 //! It serves, on one HTTPS port:
 //! - the vault at `https://<vault_name>.vault.localhost:<port>` (bearer challenge
-//!   `resource="https://vault.localhost"`, so the SDK's challenge-resource check passes),
-//! - an Entra-style token endpoint at `https://localhost:<port>/{tenant}/oauth2/v2.0/token`
-//!   (client secret and client assertion / workload identity),
-//! - the App Service managed-identity endpoint at `https://localhost:<port>/msi/token`,
+//!   `resource="https://vault.localhost:<port>"`, so the SDKs' challenge-resource check, which
+//!   compares host and port, passes; see `docs/emulator.md`),
+//! - an Entra-style token service at `https://localhost:<port>/{tenant}/`: v2 and v1 token
+//!   endpoints (client secret and client assertion / workload identity), the OpenID configuration
+//!   and instance discovery documents MSAL fetches first,
+//! - the App Service managed-identity endpoint at `https://localhost:<port>/msi/token`
+//!   (2019-08-01 and 2017-09-01), plus VM IMDS and Azure Arc,
 //! - an unauthenticated admin API under `/_admin/` (counters, fault injection, tokens, seeding).
 //!
 //! It shares no code with keyferry's own crates, so it cannot "agree with itself".

@@ -39,7 +39,8 @@ pub enum Operation {
     BackupSecret,
     /// `POST /secrets/restore`
     RestoreSecret,
-    /// `POST /{tenant}/oauth2/v2.0/token`
+    /// `POST /{tenant}/oauth2/v2.0/token`, `POST /{tenant}/oauth2/token` (AAD v1) and the
+    /// discovery documents clients fetch first (OpenID configuration, instance discovery, keys)
     Token,
     /// `GET /msi/token` (App Service managed identity protocol), `GET /metadata/identity/oauth2/token`
     /// (Azure VM IMDS) and `GET /arc/metadata/identity/oauth2/token` (Azure Arc)
@@ -224,7 +225,16 @@ fn percent_decode(segment: &str) -> String {
 pub(crate) fn classify(method: &Method, path: &str) -> Operation {
     let segments = split(path);
     match segments.as_slice() {
-        [_, "oauth2", "v2.0", "token"] if method == Method::POST => Operation::Token,
+        [_, "oauth2", "v2.0", "token"] | [_, "oauth2", "token"] if method == Method::POST => Operation::Token,
+        [_, "v2.0", ".well-known", "openid-configuration"]
+        | [_, ".well-known", "openid-configuration"]
+        | [_, "discovery", "instance"]
+        | [_, "discovery", "v2.0", "keys"]
+        | [_, "discovery", "keys"]
+            if method == Method::GET =>
+        {
+            Operation::Token
+        }
         ["msi", "token"]
         | ["metadata", "identity", "oauth2", "token"]
         | ["arc", "metadata", "identity", "oauth2", "token"] => Operation::ManagedIdentity,
@@ -379,6 +389,15 @@ mod tests {
             Operation::Token
         );
         assert_eq!(classify(&Method::GET, "/msi/token"), Operation::ManagedIdentity);
+        assert_eq!(classify(&Method::POST, "/t/oauth2/token"), Operation::Token);
+        assert_eq!(
+            classify(&Method::GET, "/t/v2.0/.well-known/openid-configuration"),
+            Operation::Token
+        );
+        assert_eq!(
+            classify(&Method::GET, "/common/discovery/instance"),
+            Operation::Token
+        );
         assert_eq!(classify(&Method::GET, "/x/y/z/w/v"), Operation::Other);
     }
 }

@@ -26,7 +26,7 @@ use crate::faults::{ActiveFault, FaultAction, FaultSpec, Faults};
 use crate::route;
 use crate::seed::Seed;
 use crate::store::{NewVersion, Store, VaultState};
-use crate::tokens::{TokenIssuer, VAULT_RESOURCE};
+use crate::tokens::TokenIssuer;
 use crate::{admin, identity, tls, vault};
 
 /// State shared by all handlers.
@@ -41,7 +41,8 @@ pub(crate) struct AppState {
     /// `https://localhost:<port>`
     pub(crate) authority_host: String,
     pub(crate) tenant_id: String,
-    pub(crate) challenge: HeaderValue,
+    /// The listening port (the bearer challenge's fallback resource carries it).
+    pub(crate) port: u16,
     pub(crate) clients: Clients,
     pub(crate) token_lifetime_secs: i64,
     pub(crate) identity_header: String,
@@ -191,11 +192,6 @@ impl Emulator {
         let store = open_store(&config)?;
         let vault_url = format!("https://{}.vault.localhost:{port}", config.vault_name);
         let authority_host = format!("https://localhost:{port}");
-        let challenge = HeaderValue::from_str(&format!(
-            "Bearer authorization=\"{authority_host}/{}\", resource=\"{VAULT_RESOURCE}\"",
-            config.tenant_id
-        ))
-        .map_err(|_| EmulatorError::Config("tenant id is not a valid header value".into()))?;
         let faults = Faults::new();
         for spec in &config.faults {
             faults.add(spec.clone()).map_err(EmulatorError::Config)?;
@@ -208,7 +204,7 @@ impl Emulator {
             vault_url,
             authority_host,
             tenant_id: config.tenant_id.clone(),
-            challenge,
+            port,
             clients: config.clients.clone(),
             token_lifetime_secs: config.token_lifetime_secs,
             identity_header: config
@@ -221,6 +217,18 @@ impl Emulator {
 
         let router = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(identity::token))
+            .route("/{tenant}/oauth2/token", post(identity::token_v1))
+            .route(
+                "/{tenant}/v2.0/.well-known/openid-configuration",
+                get(identity::openid_configuration_v2),
+            )
+            .route(
+                "/{tenant}/.well-known/openid-configuration",
+                get(identity::openid_configuration_v1),
+            )
+            .route("/{tenant}/discovery/instance", get(identity::instance_discovery))
+            .route("/{tenant}/discovery/v2.0/keys", get(identity::signing_keys))
+            .route("/{tenant}/discovery/keys", get(identity::signing_keys))
             .route("/msi/token", get(identity::managed_identity))
             .route("/metadata/identity/oauth2/token", get(identity::imds))
             .route("/arc/metadata/identity/oauth2/token", get(identity::arc))

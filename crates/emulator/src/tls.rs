@@ -26,13 +26,18 @@ pub(crate) struct TlsMaterial {
     pub(crate) ca_pem: String,
 }
 
-/// The SANs of the generated server certificate.
+/// The SANs of the generated server certificate. Besides the emulator's own names it covers the
+/// public-cloud names that some clients hard-code (`*.vault.azure.net`, `login.microsoftonline.com`),
+/// so a test harness can point those names at the emulator with a hosts entry; the certificate is
+/// only trusted by whoever trusts this emulator's freshly generated CA.
 pub(crate) fn subject_alt_names(vault_name: &str) -> Vec<String> {
     vec![
         format!("{vault_name}.vault.localhost"),
         "*.vault.localhost".to_owned(),
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
+        "*.vault.azure.net".to_owned(),
+        "login.microsoftonline.com".to_owned(),
     ]
 }
 

@@ -13,8 +13,31 @@ use crate::store::now;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The vault audience this emulator accepts (`resource` in the bearer challenge).
+/// The emulator's own vault audience. The bearer challenge announces it with the port the client
+/// used (`https://vault.localhost:<port>`), so that SDKs comparing the challenge's host *and* port
+/// with the vault URL's accept it; tokens for it are accepted with or without a port.
 pub const VAULT_RESOURCE: &str = "https://vault.localhost";
+
+/// Audiences real Azure Key Vault accepts (public cloud): its resource URI and its application id.
+/// Clients that hard-code the public cloud (ESO's go-autorest provider) request these.
+pub const AZURE_VAULT_AUDIENCES: [&str; 2] =
+    ["https://vault.azure.net", "cfa8b339-82a2-471a-a3c9-0fc0be7a4093"];
+
+/// Whether a token audience is one this emulator's vault accepts: [`VAULT_RESOURCE`] or an
+/// [`AZURE_VAULT_AUDIENCES`] entry, each optionally with a `:<port>` and a trailing slash, compared
+/// case-insensitively (as real Key Vault compares resource URIs).
+pub fn is_vault_audience(audience: &str) -> bool {
+    let aud = normalize_resource(audience).to_ascii_lowercase();
+    let without_port = match aud.rsplit_once(':') {
+        Some((head, port))
+            if head.contains("://") && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            head
+        }
+        _ => aud.as_str(),
+    };
+    without_port == VAULT_RESOURCE || AZURE_VAULT_AUDIENCES.contains(&without_port)
+}
 
 /// Claims inside an emulator token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +74,9 @@ pub(crate) enum TokenError {
     #[error("AKV10018: The token is not yet valid.")]
     NotYetValid,
     /// Issued for another resource.
-    #[error("AKV10022: Invalid audience. Expected {VAULT_RESOURCE}, found: {0}.")]
+    #[error(
+        "AKV10022: Invalid audience. Expected {VAULT_RESOURCE}[:port], https://vault.azure.net or the Key Vault application id, found: {0}."
+    )]
     WrongAudience(String),
 }
 
@@ -133,7 +158,7 @@ impl TokenIssuer {
         if claims.nbf > t + 300 {
             return Err(TokenError::NotYetValid);
         }
-        if normalize_resource(&claims.aud) != VAULT_RESOURCE {
+        if !is_vault_audience(&claims.aud) {
             return Err(TokenError::WrongAudience(claims.aud));
         }
         Ok(claims)
@@ -156,6 +181,28 @@ mod tests {
             issuer.validate(&other),
             Err(TokenError::WrongAudience(_))
         ));
+        for aud in [
+            "https://vault.localhost:8443",
+            "https://vault.azure.net/",
+            "HTTPS://VAULT.AZURE.NET",
+            "https://vault.azure.net:443",
+            "cfa8b339-82a2-471a-a3c9-0fc0be7a4093",
+        ] {
+            let (t, _) = issuer.mint(aud, "c", "t", 60);
+            assert!(issuer.validate(&t).is_ok(), "{aud}");
+        }
+        for aud in [
+            "https://vault.localhost.evil",
+            "https://vault.localhost:x",
+            "https://xvault.azure.net",
+            "https://management.azure.com",
+        ] {
+            let (t, _) = issuer.mint(aud, "c", "t", 60);
+            assert!(
+                matches!(issuer.validate(&t), Err(TokenError::WrongAudience(_))),
+                "{aud}"
+            );
+        }
         let foreign = TokenIssuer::new("https://localhost:1".into())
             .mint(VAULT_RESOURCE, "c", "t", 60)
             .0;

@@ -18,6 +18,7 @@ use crate::model::{
 use crate::route::{self, Route, truncate};
 use crate::server::AppState;
 use crate::store::{NewVersion, PropertyUpdate, Secret};
+use crate::tokens::{VAULT_RESOURCE, is_vault_audience};
 
 /// API versions the emulator answers.
 pub const SUPPORTED_API_VERSIONS: [&str; 10] = [
@@ -43,7 +44,12 @@ pub(crate) async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Re
     // Authorization comes first, before anything looks at the body: the SDK's first request is an
     // unauthenticated probe whose body was stripped.
     if let Err(message) = authorize(&app, &parts.headers) {
-        return challenge(&app, message);
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        return challenge(&app, host, message);
     }
     let query = Query::parse(parts.uri.query());
     let result = async {
@@ -71,12 +77,52 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn challenge(app: &AppState, message: String) -> Response {
+fn challenge(app: &AppState, host: Option<&str>, message: String) -> Response {
     let mut response = ApiError::unauthorized(message).into_response();
+    let value = format!(
+        "Bearer authorization=\"{}/{}\", resource=\"{}\"",
+        app.authority_host,
+        app.tenant_id,
+        challenge_resource(host, app.port)
+    );
+    // The authority is a URL and the resource is built from a parsed host and port, so the value is
+    // always a valid header; the fallback only guards against a future change.
+    let value = HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("Bearer"));
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, app.challenge.clone());
-    response
+}
+
+/// The `resource` a bearer challenge announces to a client that addressed the vault as `host`
+/// (`Host` header or HTTP/2 authority).
+///
+/// Microsoft's SDKs check that the vault's host ends with `"." + <resource host>`; the Python,
+/// Go and JavaScript SDKs compare host *and port*. So the resource is the vault host minus its first
+/// label, with the port the client used: `keyferry.vault.localhost:8443` gets
+/// `https://vault.localhost:8443`, `myvault.vault.azure.net:8443` gets `https://vault.azure.net:8443`.
+/// Any other host (`localhost`, an IP) gets `https://vault.localhost:<listening port>`, which those
+/// SDKs only accept with their challenge check off. Tokens for every announced resource are accepted.
+pub(crate) fn challenge_resource(host: Option<&str>, listening_port: u16) -> String {
+    let fallback = || format!("{VAULT_RESOURCE}:{listening_port}");
+    let Some(host) = host.filter(|h| !h.starts_with('[')) else {
+        return fallback();
+    };
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            (name, Some(port))
+        }
+        _ => (host, None),
+    };
+    let Some((_, parent)) = name.split_once('.') else {
+        return fallback();
+    };
+    let resource = format!("https://{}", parent.to_ascii_lowercase());
+    if !is_vault_audience(&resource) {
+        return fallback();
+    }
+    match port {
+        Some(port) => format!("{resource}:{port}"),
+        None => resource,
+    }
 }
 
 /// Decoded query parameters (first occurrence wins).
@@ -101,12 +147,33 @@ fn check_api_version(query: &Query<'_>) -> Result<&'static str, ApiError> {
             "The api-version query parameter (?api-version=) is required for all requests.",
         ));
     };
-    SUPPORTED_API_VERSIONS.iter().copied().find(|v| *v == requested).ok_or_else(|| {
+    resolve_api_version(requested).ok_or_else(|| {
         ApiError::bad_parameter(format!(
-            "The specified version ({}) is not recognized. Consider using the latest supported version (2025-07-01).",
+            "The specified version ({}) is not recognized. Consider using the latest supported version ({NEWEST_API_VERSION}).",
             truncate(requested)
         ))
     })
+}
+
+/// The newest api-version the emulator knows; newer date versions are served as this one.
+const NEWEST_API_VERSION: &str = "2026-03-01-preview";
+
+/// Maps a requested api-version to the one served: a known version as itself, a date version
+/// (`YYYY-MM-DD` or `YYYY-MM-DD-preview`) newer than every known one as the newest known (each SDK
+/// release moves its default forward, and the secrets surface the emulator serves has not changed
+/// since 7.x); anything else is unknown.
+pub(crate) fn resolve_api_version(requested: &str) -> Option<&'static str> {
+    if let Some(known) = SUPPORTED_API_VERSIONS.iter().copied().find(|v| *v == requested) {
+        return Some(known);
+    }
+    let date = requested.strip_suffix("-preview").unwrap_or(requested);
+    let is_date = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    // ISO dates compare correctly as strings.
+    (is_date && date >= &NEWEST_API_VERSION[..10]).then_some(NEWEST_API_VERSION)
 }
 
 /// Serializes `body` as a JSON answer.

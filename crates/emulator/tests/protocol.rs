@@ -44,9 +44,10 @@ async fn unauthenticated_requests_get_the_challenge_before_the_body_is_read() {
     assert_eq!(
         challenge,
         format!(
-            "Bearer authorization=\"{}/{}\", resource=\"https://vault.localhost\"",
+            "Bearer authorization=\"{}/{}\", resource=\"https://vault.localhost:{}\"",
             emu.authority_host(),
-            emu.tenant_id()
+            emu.tenant_id(),
+            emu.port()
         )
     );
     // Garbage body and missing api-version still get 401 first.
@@ -103,7 +104,12 @@ async fn api_version_is_required_and_checked() {
     for (query, expected) in [
         ("", 400),
         ("?api-version=1999-01-01", 400),
+        ("?api-version=2025-05-01", 400),
+        ("?api-version=9.9", 400),
         ("?api-version=7.4", 200),
+        // Newer date versions (each SDK release's default) are served as the newest known.
+        ("?api-version=2026-04-01", 200),
+        ("?api-version=2031-01-01-preview", 200),
     ] {
         let url = format!("{}/secrets/s{query}", emu.vault_url());
         let response = http.get(url).bearer_auth(&token).send().await.unwrap();
@@ -621,5 +627,133 @@ async fn secret_values_never_appear_in_errors_or_debug_output() {
         .await
         .unwrap();
     assert!(!admin.to_string().contains(CANARY));
+    emu.shutdown().await.unwrap();
+}
+
+/// What MSAL-based credentials and ADAL-era clients fetch, and the older identity protocols.
+#[tokio::test]
+async fn discovery_documents_v1_token_endpoint_and_legacy_managed_identity() {
+    let emu = common::start().await;
+    let http = http_client(&emu);
+    let tenant = emu.tenant_id().to_owned();
+    let authority = emu.authority_host().to_owned();
+
+    let v2: Value = http
+        .get(format!(
+            "{authority}/{tenant}/v2.0/.well-known/openid-configuration"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v2["token_endpoint"],
+        format!("{authority}/{tenant}/oauth2/v2.0/token")
+    );
+    assert_eq!(v2["issuer"], format!("{authority}/{tenant}/v2.0"));
+    let v1: Value = http
+        .get(format!("{authority}/{tenant}/.well-known/openid-configuration"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v1["token_endpoint"], format!("{authority}/{tenant}/oauth2/token"));
+    let discovery: Value = http
+        .get(format!(
+            "{authority}/common/discovery/instance?api-version=1.1&authorization_endpoint={authority}/{tenant}/oauth2/v2.0/authorize"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        discovery["tenant_discovery_endpoint"],
+        format!("{authority}/{tenant}/v2.0/.well-known/openid-configuration")
+    );
+
+    // AAD v1: `resource=` and string numbers; a public-cloud audience works on the vault.
+    let response = http
+        .post(format!("{authority}/{tenant}/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "eso"),
+            ("client_secret", "s"),
+            ("resource", "https://vault.azure.net"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["resource"], "https://vault.azure.net");
+    assert!(body["expires_in"].is_string() && body["expires_on"].is_string());
+    emu.set_secret("s", "v").unwrap();
+    let url = format!("{}/secrets/s?{API}", emu.vault_url());
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        http.get(&url).bearer_auth(token).send().await.unwrap().status(),
+        200
+    );
+    let response = http
+        .post(format!("{authority}/{tenant}/oauth2/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "eso"),
+            ("client_secret", "s"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
+    // App Service 2017-09-01: header `secret`, not `x-identity-header`.
+    let msi = format!(
+        "{}?api-version=2017-09-01&resource=https%3A%2F%2Fvault.azure.net%2F",
+        emu.identity_endpoint()
+    );
+    let response = http
+        .get(&msi)
+        .header("secret", emu.identity_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        http.get(&url).bearer_auth(token).send().await.unwrap().status(),
+        200
+    );
+    let response = http
+        .get(&msi)
+        .header("x-identity-header", emu.identity_header())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    // The challenge follows the host and port the client used.
+    let other = http_client_for(&emu, &["myvault.vault.azure.net"]);
+    let response = other
+        .get(format!(
+            "https://myvault.vault.azure.net:{}/secrets/s?{API}",
+            emu.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(
+        response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .ends_with(&format!("resource=\"https://vault.azure.net:{}\"", emu.port()))
+    );
     emu.shutdown().await.unwrap();
 }
