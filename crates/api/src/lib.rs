@@ -13,6 +13,7 @@ pub mod external_secret;
 pub mod manifest;
 pub mod names;
 pub mod secret_store;
+pub mod store_conditions;
 
 pub use cluster_external_secret::{ClusterExternalSecret, ClusterExternalSecretSpec};
 pub use condition::{Condition, ConditionStatus};

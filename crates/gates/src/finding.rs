@@ -98,6 +98,10 @@ rules! {
     AkvName = ("KF010", "akv-name", Error, Finding);
     /// A remote key breaks the naming convention (default `<service>-<purpose>`, lowercase).
     NamingConvention = ("KF011", "naming-convention", Error, Finding);
+    /// A template (`target.template.data`, `templateFrom[].literal`, templated labels and
+    /// annotations, `rewrite[].transform.template`) does not compile with keyferry's engine, the one
+    /// the controller runs.
+    Template = ("KF012", "template", Error, Finding);
     /// A store reference resolves neither to a store in the repository nor to one declared in the
     /// policy.
     UnresolvedStore = ("KF020", "unresolved-store", Error, Finding);

@@ -46,6 +46,7 @@ const BAD: &[&str] = &[
     "deploy/jenkins/secrets/externalsecret-jenkins-webhook.yaml:31 error KF004",
     "deploy/netbox/secrets/externalsecret-netbox-db-copy.yaml:8 error KF030",
     "deploy/netbox/secrets/externalsecret-netbox-db-password.yaml:6 error KF030",
+    "deploy/netbox/secrets/externalsecret-netbox-dsn.yaml:10 error KF012",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:9 error KF010",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:11 error KF010",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:13 error KF011",
@@ -79,7 +80,7 @@ fn bad_repo_reports_every_problem_with_its_rule() {
     let report = run("bad");
     assert_eq!(lines(&report), BAD, "{}", render(&report, Format::Human));
     assert_eq!(report.exit_status(), 1);
-    assert_eq!(report.errors(), 16);
+    assert_eq!(report.errors(), 17);
     assert_eq!(report.warnings(), 2);
 }
 
@@ -102,6 +103,11 @@ fn bad_repo_messages_name_the_problem() {
         message("KF030", "db-password"),
         "target Secret netbox/netbox-db-credentials is also written by ExternalSecret netbox/netbox-db-copy \
          (deploy/netbox/secrets/externalsecret-netbox-db-copy.yaml:8); give one of them creationPolicy: Merge or another target name"
+    );
+    let template = message("KF012", "netbox-dsn");
+    assert!(
+        template.starts_with("spec.target.template.data.DSN: template does not compile: 1:"),
+        "{template}"
     );
     assert!(message("KF010", "names").contains("\"prod/netbox-db-password\" is not a valid Key Vault name"));
     assert!(message("KF001", "webhook").contains("spec.target.creationPolicy: unknown variant `Sometimes`"));
