@@ -45,7 +45,7 @@ pub const MAX_LISTED_ITEMS: usize = 100_000;
 pub const MAX_LISTING_BYTES: usize = 32 * 1024 * 1024;
 
 /// What one listed item keeps in memory, roughly.
-fn retained_bytes(p: &SecretProperties) -> usize {
+pub(crate) fn retained_bytes(p: &SecretProperties) -> usize {
     64 + p.name.len()
         + p.version.as_deref().map_or(0, str::len)
         + p.content_type.as_deref().map_or(0, str::len)
@@ -54,7 +54,7 @@ fn retained_bytes(p: &SecretProperties) -> usize {
 
 /// The attributes every Key Vault object has.
 #[derive(Default)]
-struct Attrs {
+pub(crate) struct Attrs {
     enabled: Option<bool>,
     created: Option<OffsetDateTime>,
     updated: Option<OffsetDateTime>,
@@ -92,7 +92,7 @@ pub(crate) fn parse_object_id(id: &str) -> Option<(String, Option<String>)> {
     }
 }
 
-fn properties(
+pub(crate) fn properties(
     id: Option<&str>,
     attrs: Attrs,
     tags: Option<&HashMap<String, String>>,

@@ -23,6 +23,8 @@ mod budget;
 mod client;
 mod credentials;
 mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod retry;
 pub mod store_auth;
 mod transport;
