@@ -36,7 +36,7 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
-fn answer(path: &str, query: &str, headers: &HeaderMap, cert_der: &[u8]) -> Response {
+fn answer(path: &str, query: &str, authority: Option<&str>, headers: &HeaderMap, cert_der: &[u8]) -> Response {
     if !headers.contains_key(header::AUTHORIZATION) {
         // Key Vault's challenge: the SDK's first request carries no token.
         return (
@@ -48,9 +48,9 @@ fn answer(path: &str, query: &str, headers: &HeaderMap, cert_der: &[u8]) -> Resp
         )
             .into_response();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
+    let host = authority
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("mock");
     let base = format!("https://{host}");
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -201,6 +201,7 @@ async fn mock() -> Mock {
             answer(
                 req.uri().path(),
                 req.uri().query().unwrap_or_default(),
+                req.uri().authority().map(|a| a.as_str()),
                 req.headers(),
                 &der,
             )

@@ -19,7 +19,7 @@ use azure_security_keyvault_secrets::models::{
     SecretAttributes, SecretClientGetSecretOptions, SecretProperties as SdkSecretProperties, SecretClientListSecretPropertiesOptions,
     SecretClientListSecretPropertiesVersionsOptions, SetSecretParameters,
 };
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use keyferry_api::external_secret::{FindRef, MetadataPolicy, RemoteRef};
 use keyferry_api::names::{ObjectType, check_vault_name, split_remote_key};
 use time::OffsetDateTime;
