@@ -139,6 +139,7 @@ KF006 = "off"
 store-spec = "off"
 KF010 = "warning"
 KF011 = "off"
+KF012 = "off"
 KF020 = "off"
 KF030 = "warning"
 KF050 = "off"
@@ -232,7 +233,7 @@ fn run_validate_writes_every_format_and_exits_by_result() {
                 assert!(text.contains(
                     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:9: error KF010 akv-name: spec.data[0].remoteRef.key"
                 ));
-                assert!(text.ends_with("keyferry validate: 16 errors, 2 warnings (9 files, 7 ExternalSecrets, 11 references)\n"), "{text}");
+                assert!(text.ends_with("keyferry validate: 17 errors, 2 warnings (10 files, 8 ExternalSecrets, 12 references)\n"), "{text}");
             }
             Format::Json => {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -243,8 +244,8 @@ fn run_validate_writes_every_format_and_exits_by_result() {
             Format::Junit => {
                 assert!(text.starts_with("<?xml"));
                 // One failing case per file with errors, each listing all of that file's errors.
-                assert_eq!(text.matches("<failure ").count(), 8);
-                assert_eq!(text.matches(": error KF").count(), 16);
+                assert_eq!(text.matches("<failure ").count(), 9);
+                assert_eq!(text.matches(": error KF").count(), 17);
                 assert!(text.contains("<failure message=\"7 errors; first: "), "{text}");
                 assert!(text.contains("<testcase classname=\"keyferry.validate\" name=\"deploy/netbox/secrets/externalsecret-netbox-db-password.yaml\">"));
             }
