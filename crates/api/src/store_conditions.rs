@@ -168,10 +168,22 @@ mod tests {
             namespace_regexes: vec!["^team-".into()],
             ..Default::default()
         }];
-        assert_eq!(cluster_store_admits(&conds, "netbox", None), Ok(Admission::Admitted));
-        assert_eq!(cluster_store_admits(&conds, "team-x", None), Ok(Admission::Admitted));
-        assert_eq!(cluster_store_admits(&conds, "x-team-", None), Ok(Admission::NotAdmitted));
-        assert_eq!(cluster_store_admits(&[], "anything", None), Ok(Admission::Admitted));
+        assert_eq!(
+            cluster_store_admits(&conds, "netbox", None),
+            Ok(Admission::Admitted)
+        );
+        assert_eq!(
+            cluster_store_admits(&conds, "team-x", None),
+            Ok(Admission::Admitted)
+        );
+        assert_eq!(
+            cluster_store_admits(&conds, "x-team-", None),
+            Ok(Admission::NotAdmitted)
+        );
+        assert_eq!(
+            cluster_store_admits(&[], "anything", None),
+            Ok(Admission::Admitted)
+        );
         let bad = vec![ClusterSecretStoreCondition {
             namespace_regexes: vec!["(".into()],
             ..Default::default()

@@ -50,7 +50,10 @@ fn render_refuses_namespaces_a_cluster_store_does_not_admit() {
     assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
     // Admitted by name and by regex: rendered.
     for name in ["listed", "matched"] {
-        assert!(out.contains(&format!("name: {name}\n")), "{name} not rendered:\n{out}\n{err}");
+        assert!(
+            out.contains(&format!("name: {name}\n")),
+            "{name} not rendered:\n{out}\n{err}"
+        );
     }
     // Not admitted: refused, one line each, naming the store and the namespace.
     let refused = err
@@ -69,7 +72,10 @@ fn render_refuses_namespaces_a_cluster_store_does_not_admit() {
         labels.contains("spec.conditions[0].namespaceSelector") && labels.contains("team-y"),
         "{labels}"
     );
-    assert!(!out.contains("name: refused") && !out.contains("name: labels-only"), "{out}");
+    assert!(
+        !out.contains("name: refused") && !out.contains("name: labels-only"),
+        "{out}"
+    );
     assert!(err.contains("rendered 2 Secret(s), 2 failed"), "{err}");
     assert!(!out.contains(CANARY) && !err.contains(CANARY), "a value leaked");
 }

@@ -47,10 +47,7 @@ fn template_paths_never_leak_values() {
                 "long-label",
                 "      metadata:\n        labels: {leak: \"{{ .v | replace \\\" \\\" \\\"-\\\" }}{{ .v | replace \\\" \\\" \\\"-\\\" }}{{ .v | replace \\\" \\\" \\\"-\\\" }}{{ .v | replace \\\" \\\" \\\"-\\\" }}\"}\n",
             ),
-            (
-                "from-json",
-                "      data: {x: \"{{ .v | fromJson }}\"}\n",
-            ),
+            ("from-json", "      data: {x: \"{{ .v | fromJson }}\"}\n"),
             ("b64dec", "      data: {x: \"{{ .v | b64dec }}\"}\n"),
         ];
         for (name, template) in failing {

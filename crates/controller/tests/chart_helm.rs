@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{AuthInfo, KubeConfigOptions, Kubeconfig};
@@ -41,13 +39,14 @@ fn helm() -> Option<&'static Path> {
     HELM.get_or_init(|| {
         let out = Command::new(repo().join("scripts/helm")).output();
         match out {
-            Ok(o) if o.status.success() => {
-                Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
-            }
+            Ok(o) if o.status.success() => Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())),
             Ok(o) => {
                 eprintln!(
                     "SKIPPED: scripts/helm failed: {}",
-                    String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or_default()
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
                 );
                 None
             }
@@ -97,10 +96,10 @@ fn cases() -> Vec<Case> {
                 "workloadIdentity.perStoreServiceAccounts=true",
             ],
         ),
-        case("single-replica-no-leader", &[
-            "replicaCount=1",
-            "controller.leaderElection.enabled=false",
-        ]),
+        case(
+            "single-replica-no-leader",
+            &["replicaCount=1", "controller.leaderElection.enabled=false"],
+        ),
         case("metrics-port", &["metrics.port=9443"]),
         case("hard-anti-affinity", &["podAntiAffinity=hard"]),
         case("ca-bundle", &["caBundle.configMapName=corp-ca"]),
@@ -166,7 +165,10 @@ fn strs(v: &Value) -> Vec<&str> {
 /// (namespace or "" for a ClusterRole, resource, verb) for every rule of every role.
 fn grants(docs: &[Value]) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    for role in docs.iter().filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole") {
+    for role in docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+    {
         let ns = role["metadata"]["namespace"].as_str().unwrap_or_default();
         for rule in role["rules"].as_array().into_iter().flatten() {
             for r in strs(&rule["resources"]) {
@@ -228,14 +230,21 @@ fn rbac_follows_the_mode() {
             }
         }
         let namespaced = c.sets.iter().any(|s| s.starts_with("controller.namespace="));
-        let rollouts = c.sets.iter().any(|s| s == "controller.rolloutRestarts.enabled=true");
+        let rollouts = c
+            .sets
+            .iter()
+            .any(|s| s == "controller.rolloutRestarts.enabled=true");
         let tokens = c
             .sets
             .iter()
             .any(|s| s == "workloadIdentity.perStoreServiceAccounts=true");
         let scope = if namespaced { "team-a" } else { "" };
         if namespaced {
-            assert!(of_kind(&docs, "ClusterRole").is_empty(), "{}: a ClusterRole", c.name);
+            assert!(
+                of_kind(&docs, "ClusterRole").is_empty(),
+                "{}: a ClusterRole",
+                c.name
+            );
             assert!(of_kind(&docs, "ClusterRoleBinding").is_empty());
             for (ns, r, v) in &g {
                 assert!(!ns.is_empty(), "{}: cluster-wide {r}/{v}", c.name);
@@ -283,20 +292,47 @@ fn rbac_follows_the_mode() {
         assert!(!has(&g, scope, "secrets", "update"));
         assert_eq!(has(&g, scope, "deployments", "patch"), rollouts, "{}", c.name);
         assert!(!has(&g, scope, "deployments", "update"));
-        assert_eq!(has(&g, scope, "serviceaccounts/token", "create"), tokens, "{}", c.name);
+        assert_eq!(
+            has(&g, scope, "serviceaccounts/token", "create"),
+            tokens,
+            "{}",
+            c.name
+        );
         let cluster_kinds = !namespaced && c.name != "no-cluster-kinds";
-        assert_eq!(has(&g, "", "clustersecretstores", "list"), cluster_kinds, "{}", c.name);
-        assert_eq!(has(&g, "", "clusterexternalsecrets", "list"), cluster_kinds, "{}", c.name);
+        assert_eq!(
+            has(&g, "", "clustersecretstores", "list"),
+            cluster_kinds,
+            "{}",
+            c.name
+        );
+        assert_eq!(
+            has(&g, "", "clusterexternalsecrets", "list"),
+            cluster_kinds,
+            "{}",
+            c.name
+        );
         // ExternalSecret writes exist only for ClusterExternalSecrets.
-        assert_eq!(has(&g, scope, "externalsecrets", "create"), cluster_kinds, "{}", c.name);
+        assert_eq!(
+            has(&g, scope, "externalsecrets", "create"),
+            cluster_kinds,
+            "{}",
+            c.name
+        );
         // The Lease, with leader election only.
-        let leader = !c.sets.iter().any(|s| s == "controller.leaderElection.enabled=false");
+        let leader = !c
+            .sets
+            .iter()
+            .any(|s| s == "controller.leaderElection.enabled=false");
         assert_eq!(has(&g, "kf-system", "leases", "update"), leader, "{}", c.name);
     }
     // Watching the release namespace itself needs no extra HMAC key Role.
     let docs = render(bin, &case("same-namespace", &["controller.namespace=kf-system"]));
     assert!(of_kind(&docs, "ClusterRole").is_empty());
-    assert_eq!(of_kind(&docs, "Role").len(), 2, "watched-namespace Role + Lease Role");
+    assert_eq!(
+        of_kind(&docs, "Role").len(),
+        2,
+        "watched-namespace Role + Lease Role"
+    );
 }
 
 #[test]
@@ -385,7 +421,10 @@ fn deployment_is_restricted_available_and_guarded() {
             vec!["controller.leaderElection.enabled=false".to_owned()],
             "needs replicaCount: 1",
         ),
-        (vec!["podAntiAffinity=sometimes".to_owned()], "podAntiAffinity must be"),
+        (
+            vec!["podAntiAffinity=sometimes".to_owned()],
+            "podAntiAffinity must be",
+        ),
     ] {
         let err = template(bin, "kf-system", &sets, false)
             .err()
@@ -475,7 +514,12 @@ fn every_case_dry_runs_on_testenv_under_restricted_pod_security() {
             let sets: Vec<String> = c
                 .sets
                 .iter()
-                .map(|s| s.replace("controller.namespace=team-a", &format!("controller.namespace={watched_ns}")))
+                .map(|s| {
+                    s.replace(
+                        "controller.namespace=team-a",
+                        &format!("controller.namespace={watched_ns}"),
+                    )
+                })
                 .collect();
             let docs = template(&bin, &release_ns, &sets, true)
                 .unwrap_or_else(|e| panic!("helm template ({}) failed: {e}", c.name));
@@ -500,7 +544,10 @@ fn every_case_dry_runs_on_testenv_under_restricted_pod_security() {
                 "spec": template["spec"],
             });
             if let Err(e) = apply_doc(&admin, &pod, true).await {
-                panic!("{}: the restricted Pod Security Standard refuses the pod: {e}", c.name);
+                panic!(
+                    "{}: the restricted Pod Security Standard refuses the pod: {e}",
+                    c.name
+                );
             }
         }
         // The check is real: a pod that keeps its capabilities is refused there.
@@ -558,7 +605,10 @@ async fn can(
     let review = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: Some(user.to_owned()),
-            groups: Some(vec!["system:serviceaccounts".into(), "system:authenticated".into()]),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                "system:authenticated".into(),
+            ]),
             resource_attributes: Some(ResourceAttributes {
                 verb: Some(verb.to_owned()),
                 group: Some(group.to_owned()),
@@ -599,8 +649,8 @@ fn roles_only_install_runs_the_controller() {
             format!("controller.namespace={watched_ns}"),
             "controller.rolloutRestarts.enabled=true".to_owned(),
         ];
-        let docs = template(&bin, &release_ns, &sets, false)
-            .unwrap_or_else(|e| panic!("helm template failed: {e}"));
+        let docs =
+            template(&bin, &release_ns, &sets, false).unwrap_or_else(|e| panic!("helm template failed: {e}"));
         assert!(of_kind(&docs, "ClusterRole").is_empty());
         // Install exactly the rendered ServiceAccount, Roles and RoleBindings.
         for doc in docs.iter().filter(|d| {
@@ -625,8 +675,22 @@ fn roles_only_install_runs_the_controller() {
             ("list", core, "secrets", other_ns.as_str(), None, false),
             ("list", core, "secrets", "", None, false),
             ("get", core, "secrets", other_ns.as_str(), Some("x"), false),
-            ("get", core, "secrets", release_ns.as_str(), Some("keyferry-hmac-key"), true),
-            ("get", core, "secrets", release_ns.as_str(), Some("someone-elses"), false),
+            (
+                "get",
+                core,
+                "secrets",
+                release_ns.as_str(),
+                Some("keyferry-hmac-key"),
+                true,
+            ),
+            (
+                "get",
+                core,
+                "secrets",
+                release_ns.as_str(),
+                Some("someone-elses"),
+                false,
+            ),
             ("list", core, "secrets", release_ns.as_str(), None, false),
             ("list", es, "externalsecrets", watched_ns.as_str(), None, true),
             ("list", es, "externalsecrets", "", None, false),
@@ -634,8 +698,22 @@ fn roles_only_install_runs_the_controller() {
             ("list", core, "namespaces", "", None, false),
             ("patch", "apps", "deployments", watched_ns.as_str(), None, true),
             ("patch", "apps", "deployments", other_ns.as_str(), None, false),
-            ("create", core, "serviceaccounts/token", watched_ns.as_str(), None, false),
-            ("update", "coordination.k8s.io", "leases", release_ns.as_str(), None, true),
+            (
+                "create",
+                core,
+                "serviceaccounts/token",
+                watched_ns.as_str(),
+                None,
+                false,
+            ),
+            (
+                "update",
+                "coordination.k8s.io",
+                "leases",
+                release_ns.as_str(),
+                None,
+                true,
+            ),
         ] {
             assert_eq!(
                 can(&admin, &user, verb, group, resource, ns, name).await,

@@ -36,7 +36,13 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
-fn answer(path: &str, query: &str, authority: Option<&str>, headers: &HeaderMap, cert_der: &[u8]) -> Response {
+fn answer(
+    path: &str,
+    query: &str,
+    authority: Option<&str>,
+    headers: &HeaderMap,
+    cert_der: &[u8],
+) -> Response {
     if !headers.contains_key(header::AUTHORIZATION) {
         // Key Vault's challenge: the SDK's first request carries no token.
         return (
@@ -94,7 +100,9 @@ fn answer(path: &str, query: &str, authority: Option<&str>, headers: &HeaderMap,
         ),
         // ...and one streamed without a length (64 MiB, read only up to the cap).
         ["secrets", "streamed-huge", ..] => {
-            let head = futures::stream::once(async { Ok::<_, std::io::Error>(axum::body::Bytes::from("{\"value\": \"")) });
+            let head = futures::stream::once(async {
+                Ok::<_, std::io::Error>(axum::body::Bytes::from("{\"value\": \""))
+            });
             let chunk = axum::body::Bytes::from(CANARY.repeat(64 * 1024 / CANARY.len()));
             let body = futures::stream::StreamExt::chain(
                 head,
@@ -115,7 +123,12 @@ fn answer(path: &str, query: &str, authority: Option<&str>, headers: &HeaderMap,
                 .and_then(|p| p.parse().ok())
                 .unwrap_or(0);
             let tags: serde_json::Map<String, serde_json::Value> = (0..15)
-                .map(|t| (format!("{t:02}{}", "k".repeat(998)), serde_json::Value::from(CANARY.repeat(90))))
+                .map(|t| {
+                    (
+                        format!("{t:02}{}", "k".repeat(998)),
+                        serde_json::Value::from(CANARY.repeat(90)),
+                    )
+                })
                 .collect();
             let items: Vec<serde_json::Value> = (0..25)
                 .map(|i| serde_json::json!({"id": format!("{base}/secrets/s{page}-{i}"), "attributes": attrs, "tags": tags}))
@@ -376,8 +389,7 @@ async fn an_endless_padded_listing_ends_at_the_listing_cap() {
     let line = common::one_clear_line(&err, &[CANARY]);
     assert!(matches!(err, ProviderError::Invalid { .. }), "{line}");
     assert!(
-        line.contains("(list)")
-            && line.contains(&keyferry_providers::azure::MAX_LISTING_BYTES.to_string()),
+        line.contains("(list)") && line.contains(&keyferry_providers::azure::MAX_LISTING_BYTES.to_string()),
         "{line}"
     );
 }

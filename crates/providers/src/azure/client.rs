@@ -16,8 +16,9 @@ use azure_security_keyvault_certificates::models::{
 };
 use azure_security_keyvault_keys::models::{KeyAttributes, KeyClientGetKeyOptions};
 use azure_security_keyvault_secrets::models::{
-    SecretAttributes, SecretClientGetSecretOptions, SecretProperties as SdkSecretProperties, SecretClientListSecretPropertiesOptions,
-    SecretClientListSecretPropertiesVersionsOptions, SetSecretParameters,
+    SecretAttributes, SecretClientGetSecretOptions, SecretClientListSecretPropertiesOptions,
+    SecretClientListSecretPropertiesVersionsOptions, SecretProperties as SdkSecretProperties,
+    SetSecretParameters,
 };
 use futures::StreamExt as _;
 use keyferry_api::external_secret::{FindRef, MetadataPolicy, RemoteRef};

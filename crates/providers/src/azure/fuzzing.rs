@@ -49,12 +49,18 @@ pub fn parse_vault_response(status: u16, body: &[u8]) {
     if let Ok(key) = serde_json::from_slice::<Key>(body)
         && let Some(mut jwk) = key.key
     {
-        (jwk.d, jwk.dp, jwk.dq, jwk.p, jwk.q, jwk.qi, jwk.k, jwk.t) = (None, None, None, None, None, None, None, None);
+        (jwk.d, jwk.dp, jwk.dq, jwk.p, jwk.q, jwk.qi, jwk.k, jwk.t) =
+            (None, None, None, None, None, None, None, None);
         let _ = serde_json::to_vec(&jwk);
     }
     if let Ok(cert) = serde_json::from_slice::<Certificate>(body) {
         let attrs = cert.attributes.as_ref().map(Attrs::from).unwrap_or_default();
-        let _ = properties(cert.id.as_deref(), attrs, cert.tags.as_ref(), cert.content_type.as_ref());
+        let _ = properties(
+            cert.id.as_deref(),
+            attrs,
+            cert.tags.as_ref(),
+            cert.content_type.as_ref(),
+        );
     }
     let status = StatusCode::from(status);
     let raw = RawResponse::from_bytes(status, Headers::new(), body.to_vec());
