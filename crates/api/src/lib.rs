@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod names;
 pub mod reference;
 pub mod secret_store;
+pub mod store_conditions;
 
 pub use cluster_external_secret::{ClusterExternalSecret, ClusterExternalSecretSpec};
 pub use condition::{Condition, ConditionStatus};

@@ -1,12 +1,16 @@
 //! `keyferry render`: manifests in, Kubernetes Secret manifests out, through the same sync pipeline
 //! the controller uses. Values are redacted unless `--reveal`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use keyferry_api::manifest::Manifest;
-use keyferry_sync::DesiredSecret;
+use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
+use keyferry_api::manifest::{Located, Manifest};
+use keyferry_api::secret_store::ClusterSecretStoreCondition;
+use keyferry_api::store_conditions::{Admission, cluster_store_admits};
+use keyferry_sync::{DesiredSecret, ResolveError, StoreResolver as _};
 
 use crate::inputs;
 use crate::stores::{StoreArgs, Stores};
@@ -46,13 +50,19 @@ pub async fn run(args: RenderArgs) -> ExitCode {
     {
         return usage_error(&e);
     }
+    let conditions = cluster_store_conditions(&inputs.documents);
     let mut failures = inputs.errors;
     let mut rendered: Vec<(String, DesiredSecret)> = Vec::new();
     for doc in &inputs.documents {
         match &doc.value {
             Manifest::ExternalSecret(es) => {
                 let namespace = es.metadata.namespace.clone().unwrap_or_default();
-                match keyferry_sync::sync(es, &stores.resolver(&namespace)).await {
+                let inner = stores.resolver(&namespace);
+                let resolver = |store: &SecretStoreRef| {
+                    admitted(&conditions, store, &namespace)?;
+                    inner.resolve(store)
+                };
+                match keyferry_sync::sync(es, &resolver).await {
                     Ok(desired) => rendered.push((doc.origin.file.clone(), desired)),
                     Err(e) => failures.push(format!("{}: {e}", doc.origin)),
                 }
@@ -83,6 +93,51 @@ pub async fn run(args: RenderArgs) -> ExitCode {
     } else {
         eprintln!("rendered {} Secret(s), {} failed", rendered.len(), failures.len());
         ExitCode::from(1)
+    }
+}
+
+/// `spec.conditions` of every ClusterSecretStore among the inputs, by name.
+fn cluster_store_conditions(
+    documents: &[Located<Manifest>],
+) -> BTreeMap<String, Vec<ClusterSecretStoreCondition>> {
+    documents
+        .iter()
+        .filter_map(|d| match &d.value {
+            Manifest::ClusterSecretStore(s) => Some((
+                s.metadata.name.clone().unwrap_or_default(),
+                s.spec.conditions.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Refuses a ClusterSecretStore whose `conditions` do not admit `namespace`, by the controller's own
+/// rule ([`keyferry_api::store_conditions`]). Namespace labels are not among the inputs, so a
+/// `namespaceSelector` that alone could admit the namespace is refused too, saying so: render
+/// never produces a Secret the controller might refuse.
+fn admitted(
+    conditions: &BTreeMap<String, Vec<ClusterSecretStoreCondition>>,
+    store: &SecretStoreRef,
+    namespace: &str,
+) -> Result<(), ResolveError> {
+    if store.kind_or_default() != StoreKind::ClusterSecretStore {
+        return Ok(());
+    }
+    let Some(conds) = conditions.get(&store.name) else {
+        return Ok(());
+    };
+    let name = &store.name;
+    match cluster_store_admits(conds, namespace, None) {
+        Ok(Admission::Admitted) => Ok(()),
+        Ok(Admission::NotAdmitted) => Err(ResolveError::permanent(format!(
+            "ClusterSecretStore {name} does not admit namespace {namespace:?} (see its spec.conditions)"
+        ))),
+        Ok(Admission::NeedsLabels { field }) => Err(ResolveError::permanent(format!(
+            "ClusterSecretStore {name}: only {field} could admit namespace {namespace:?}, and render cannot \
+             read namespace labels; list the namespace in spec.conditions[].namespaces to render it"
+        ))),
+        Err(e) => Err(ResolveError::permanent(format!("ClusterSecretStore {name}: {e}"))),
     }
 }
 

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use keyferry_api::secret_store::ClusterSecretStoreCondition;
 
 /// Why an isolation rule could not be evaluated or refused access.
@@ -66,79 +65,31 @@ impl IsolationError {
     }
 }
 
-/// Whether any condition needs the namespace's labels (so the caller knows whether to read them).
-pub fn needs_namespace_labels(conditions: &[ClusterSecretStoreCondition]) -> bool {
-    conditions.iter().any(|c| c.namespace_selector.is_some())
-}
+pub use keyferry_api::store_conditions::{needs_namespace_labels, selector_matches};
 
-/// Checks a ClusterSecretStore's `conditions` against a namespace, with ESO's semantics: no conditions
-/// admit every namespace; otherwise the namespace must match at least one condition, and a condition
-/// matches when its `namespaceSelector` matches the namespace's labels, or `namespaces` lists it, or
-/// one of `namespaceRegexes` matches the name (unanchored, like Go's `regexp.MatchString`; write `^…$`
-/// to anchor).
+/// Checks a ClusterSecretStore's `conditions` against a namespace with its labels: the shared rule
+/// ([`keyferry_api::store_conditions::cluster_store_admits`], also used by `render` and `validate`)
+/// with this module's errors.
 pub fn cluster_store_admits(
     store: &str,
     conditions: &[ClusterSecretStoreCondition],
     namespace: &str,
     namespace_labels: &BTreeMap<String, String>,
 ) -> Result<(), IsolationError> {
-    if conditions.is_empty() {
-        return Ok(());
+    use keyferry_api::store_conditions::{self as rule, Admission};
+    match rule::cluster_store_admits(conditions, namespace, Some(namespace_labels)) {
+        Ok(Admission::Admitted) => Ok(()),
+        // With labels given, the rule never needs them.
+        Ok(Admission::NotAdmitted | Admission::NeedsLabels { .. }) => Err(IsolationError::NotAdmitted {
+            store: store.into(),
+            namespace: namespace.into(),
+        }),
+        Err(e) => Err(IsolationError::BadCondition {
+            store: store.into(),
+            field: e.field,
+            reason: e.reason,
+        }),
     }
-    for (i, cond) in conditions.iter().enumerate() {
-        if let Some(sel) = &cond.namespace_selector {
-            let field = format!("spec.conditions[{i}].namespaceSelector");
-            if selector_matches(sel, namespace_labels).map_err(|reason| IsolationError::BadCondition {
-                store: store.into(),
-                field,
-                reason,
-            })? {
-                return Ok(());
-            }
-        }
-        if cond.namespaces.iter().any(|n| n == namespace) {
-            return Ok(());
-        }
-        for (j, pattern) in cond.namespace_regexes.iter().enumerate() {
-            let re = regex::Regex::new(pattern).map_err(|e| IsolationError::BadCondition {
-                store: store.into(),
-                field: format!("spec.conditions[{i}].namespaceRegexes[{j}]"),
-                reason: format!("invalid regular expression: {e}").replace('\n', " "),
-            })?;
-            if re.is_match(namespace) {
-                return Ok(());
-            }
-        }
-    }
-    Err(IsolationError::NotAdmitted {
-        store: store.into(),
-        namespace: namespace.into(),
-    })
-}
-
-/// Evaluates a Kubernetes label selector (`matchLabels` and `matchExpressions` with `In`, `NotIn`,
-/// `Exists`, `DoesNotExist`). An empty selector matches everything.
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> Result<bool, String> {
-    if let Some(ml) = &sel.match_labels
-        && ml.iter().any(|(k, v)| labels.get(k) != Some(v))
-    {
-        return Ok(false);
-    }
-    for expr in sel.match_expressions.iter().flatten() {
-        let value = labels.get(&expr.key);
-        let values = expr.values.as_deref().unwrap_or_default();
-        let ok = match expr.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            other => return Err(format!("unknown selector operator {other:?}")),
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 /// Where a store may read an object it references (a credential Secret or a service account).
@@ -176,7 +127,7 @@ pub fn referenced_namespace(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()

@@ -100,6 +100,10 @@ rules! {
     NamingConvention = ("KF011", "naming-convention", Error, Finding);
     /// A remote key of a Vault store is not a usable KV secret path.
     VaultPath = ("KF012", "vault-path", Error, Finding);
+    /// A template (`target.template.data`, `templateFrom[].literal`, templated labels and
+    /// annotations, `rewrite[].transform.template`) does not compile with keyferry's engine, the one
+    /// the controller runs.
+    Template = ("KF013", "template", Error, Finding);
     /// A store reference resolves neither to a store in the repository nor to one declared in the
     /// policy.
     UnresolvedStore = ("KF020", "unresolved-store", Error, Finding);

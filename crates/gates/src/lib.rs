@@ -119,6 +119,7 @@ pub fn validate_repo(repo: &model::Repo, env_files: &[discover::SourceFile], pol
         raw.extend(rules::webhook::invalid_regexps(es));
         raw.extend(rules::webhook::datafrom_shape(es));
         raw.extend(rules::webhook::policy_conflict(es));
+        raw.extend(rules::webhook::templates(es));
         raw.extend(rules::names::akv_names(es, &index));
         raw.extend(rules::names::naming_convention(es, &policy.naming, &index));
         raw.extend(rules::names::vault_paths(es, &index));

@@ -46,6 +46,7 @@ const BAD: &[&str] = &[
     "deploy/jenkins/secrets/externalsecret-jenkins-webhook.yaml:31 error KF004",
     "deploy/netbox/secrets/externalsecret-netbox-db-copy.yaml:8 error KF030",
     "deploy/netbox/secrets/externalsecret-netbox-db-password.yaml:6 error KF030",
+    "deploy/netbox/secrets/externalsecret-netbox-dsn.yaml:10 error KF013",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:9 error KF010",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:11 error KF010",
     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:13 error KF011",
@@ -79,7 +80,7 @@ fn bad_repo_reports_every_problem_with_its_rule() {
     let report = run("bad");
     assert_eq!(lines(&report), BAD, "{}", render(&report, Format::Human));
     assert_eq!(report.exit_status(), 1);
-    assert_eq!(report.errors(), 16);
+    assert_eq!(report.errors(), 17);
     assert_eq!(report.warnings(), 2);
 }
 
@@ -102,6 +103,11 @@ fn bad_repo_messages_name_the_problem() {
         message("KF030", "db-password"),
         "target Secret netbox/netbox-db-credentials is also written by ExternalSecret netbox/netbox-db-copy \
          (deploy/netbox/secrets/externalsecret-netbox-db-copy.yaml:8); give one of them creationPolicy: Merge or another target name"
+    );
+    let template = message("KF013", "netbox-dsn");
+    assert!(
+        template.starts_with("spec.target.template.data.DSN: template does not compile: 1:"),
+        "{template}"
     );
     assert!(message("KF010", "names").contains("\"prod/netbox-db-password\" is not a valid Key Vault name"));
     assert!(message("KF001", "webhook").contains("spec.target.creationPolicy: unknown variant `Sometimes`"));
@@ -133,6 +139,7 @@ KF006 = "off"
 store-spec = "off"
 KF010 = "warning"
 KF011 = "off"
+KF013 = "off"
 KF020 = "off"
 KF030 = "warning"
 KF050 = "off"
@@ -226,7 +233,7 @@ fn run_validate_writes_every_format_and_exits_by_result() {
                 assert!(text.contains(
                     "deploy/netbox/secrets/externalsecret-netbox-names.yaml:9: error KF010 akv-name: spec.data[0].remoteRef.key"
                 ));
-                assert!(text.ends_with("keyferry validate: 16 errors, 2 warnings (9 files, 7 ExternalSecrets, 11 references)\n"), "{text}");
+                assert!(text.ends_with("keyferry validate: 17 errors, 2 warnings (10 files, 8 ExternalSecrets, 12 references)\n"), "{text}");
             }
             Format::Json => {
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -237,8 +244,8 @@ fn run_validate_writes_every_format_and_exits_by_result() {
             Format::Junit => {
                 assert!(text.starts_with("<?xml"));
                 // One failing case per file with errors, each listing all of that file's errors.
-                assert_eq!(text.matches("<failure ").count(), 8);
-                assert_eq!(text.matches(": error KF").count(), 16);
+                assert_eq!(text.matches("<failure ").count(), 9);
+                assert_eq!(text.matches(": error KF").count(), 17);
                 assert!(text.contains("<failure message=\"7 errors; first: "), "{text}");
                 assert!(text.contains("<testcase classname=\"keyferry.validate\" name=\"deploy/netbox/secrets/externalsecret-netbox-db-password.yaml\">"));
             }

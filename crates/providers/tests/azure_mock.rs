@@ -36,7 +36,13 @@ fn json(status: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
-fn answer(path: &str, headers: &HeaderMap, cert_der: &[u8]) -> Response {
+fn answer(
+    path: &str,
+    query: &str,
+    authority: Option<&str>,
+    headers: &HeaderMap,
+    cert_der: &[u8],
+) -> Response {
     if !headers.contains_key(header::AUTHORIZATION) {
         // Key Vault's challenge: the SDK's first request carries no token.
         return (
@@ -48,9 +54,9 @@ fn answer(path: &str, headers: &HeaderMap, cert_der: &[u8]) -> Response {
         )
             .into_response();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
+    let host = authority
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("mock");
     let base = format!("https://{host}");
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -85,6 +91,51 @@ fn answer(path: &str, headers: &HeaderMap, cert_der: &[u8]) -> Response {
                     "attributes": attrs,
                     "tags": {"cn": "mock"},
                 }),
+            )
+        }
+        // A body over the 1 MiB cap with its Content-Length declared...
+        ["secrets", "declared-huge", ..] => json(
+            StatusCode::OK,
+            serde_json::json!({"value": CANARY.repeat(300_000), "id": format!("{base}/secrets/declared-huge/v1")}),
+        ),
+        // ...and one streamed without a length (64 MiB, read only up to the cap).
+        ["secrets", "streamed-huge", ..] => {
+            let head = futures::stream::once(async {
+                Ok::<_, std::io::Error>(axum::body::Bytes::from("{\"value\": \""))
+            });
+            let chunk = axum::body::Bytes::from(CANARY.repeat(64 * 1024 / CANARY.len()));
+            let body = futures::stream::StreamExt::chain(
+                head,
+                futures::stream::iter((0..1024).map(move |_| Ok(chunk.clone()))),
+            );
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Body::from_stream(body),
+            )
+                .into_response()
+        }
+        // A listing that never ends, each page padded with tags (about 750 KiB a page).
+        ["secrets"] => {
+            let page: u64 = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("page="))
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let tags: serde_json::Map<String, serde_json::Value> = (0..15)
+                .map(|t| {
+                    (
+                        format!("{t:02}{}", "k".repeat(998)),
+                        serde_json::Value::from(CANARY.repeat(90)),
+                    )
+                })
+                .collect();
+            let items: Vec<serde_json::Value> = (0..25)
+                .map(|i| serde_json::json!({"id": format!("{base}/secrets/s{page}-{i}"), "attributes": attrs, "tags": tags}))
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"value": items, "nextLink": format!("{base}/secrets?page={}", page + 1)}),
             )
         }
         ["secrets", "malformed", ..] => {
@@ -159,7 +210,15 @@ async fn mock() -> Mock {
     let der = Arc::new(cert_der.clone());
     let app = axum::Router::new().fallback(move |req: Request| {
         let der = der.clone();
-        async move { answer(req.uri().path(), req.headers(), &der) }
+        async move {
+            answer(
+                req.uri().path(),
+                req.uri().query().unwrap_or_default(),
+                req.uri().authority().map(|a| a.as_str()),
+                req.headers(),
+                &der,
+            )
+        }
     });
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp_rustls(listener, tls)
@@ -301,4 +360,36 @@ async fn retry_after_as_http_date() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_responses_are_refused_naming_the_secret() {
+    let m = mock().await;
+    for key in ["declared-huge", "streamed-huge"] {
+        let err = m.provider.get_secret(&remote(key)).await.expect_err(key);
+        let line = common::one_clear_line(&err, &[CANARY]);
+        assert!(matches!(err, ProviderError::Invalid { .. }), "{key}: {line}");
+        assert!(
+            line.contains(key)
+                && line.contains(m.provider.vault_url())
+                && line.contains(&keyferry_providers::azure::MAX_RESPONSE_BYTES.to_string()),
+            "{key}: {line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_padded_listing_ends_at_the_listing_cap() {
+    let m = mock().await;
+    let err = m
+        .provider
+        .list_secret_properties()
+        .await
+        .expect_err("a listing that never ends");
+    let line = common::one_clear_line(&err, &[CANARY]);
+    assert!(matches!(err, ProviderError::Invalid { .. }), "{line}");
+    assert!(
+        line.contains("(list)") && line.contains(&keyferry_providers::azure::MAX_LISTING_BYTES.to_string()),
+        "{line}"
+    );
 }

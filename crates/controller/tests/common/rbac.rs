@@ -46,7 +46,12 @@ pub fn render_rbac(fullname: &str, namespace: &str, sa: &str) -> Vec<serde_yaml_
     for line in template.lines() {
         let t = line.trim();
         if let Some(expr) = t.strip_prefix("{{- if ").and_then(|r| r.strip_suffix(" }}")) {
-            let on = *keep.last().unwrap_or(&true) && truthy(lookup(&values, expr.trim()));
+            let expr = expr.trim();
+            let on = *keep.last().unwrap_or(&true)
+                && match expr.strip_prefix("not ") {
+                    Some(negated) => !truthy(lookup(&values, negated.trim())),
+                    None => truthy(lookup(&values, expr)),
+                };
             keep.push(on);
             continue;
         }

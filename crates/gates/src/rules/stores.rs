@@ -143,17 +143,15 @@ impl StoreIndex {
     }
 }
 
-/// Whether a ClusterSecretStore's conditions admit `namespace`. Label selectors cannot be evaluated
-/// offline (namespace labels live in the cluster), so a condition with a selector admits.
+/// Whether a ClusterSecretStore's conditions admit `namespace`, by the shared rule
+/// ([`keyferry_api::store_conditions`]). Label selectors cannot be evaluated offline (namespace
+/// labels live in the cluster) and a condition that cannot be evaluated is reported elsewhere, so
+/// only a definite "not admitted" counts here.
 fn admits(conditions: &[ClusterSecretStoreCondition], namespace: &str) -> bool {
-    conditions.is_empty()
-        || conditions.iter().any(|c| {
-            c.namespace_selector.is_some()
-                || c.namespaces.iter().any(|n| n == namespace)
-                || c.namespace_regexes
-                    .iter()
-                    .any(|re| regex::Regex::new(re).is_ok_and(|re| re.is_match(namespace)))
-        })
+    !matches!(
+        keyferry_api::store_conditions::cluster_store_admits(conditions, namespace, None),
+        Ok(keyferry_api::store_conditions::Admission::NotAdmitted)
+    )
 }
 
 /// `KF020` for one ExternalSecret.

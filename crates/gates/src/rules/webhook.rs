@@ -25,6 +25,37 @@ pub fn no_data(es: &EsView<'_>) -> Vec<RawFinding> {
     ]
 }
 
+/// `KF013`: every template compiles, by the controller's own compiler (`keyferry_sync::plan`, which
+/// parses every template of the spec). Only template errors are reported here; the plan's other
+/// refusals are the other rules' findings.
+pub fn templates(es: &EsView<'_>) -> Vec<RawFinding> {
+    let mut object = keyferry_api::ExternalSecret::new(es.name, es.spec.clone());
+    object.metadata.namespace = es.namespace.map(str::to_owned);
+    match keyferry_sync::plan(&object) {
+        Err(keyferry_sync::SyncError::Template { field, source, .. }) => {
+            // The line of the template's own key (the last segment of the field path).
+            let key = field
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .split('[')
+                .next()
+                .unwrap_or_default();
+            let line = line_of_field(&es.doc.located, key, "", 0);
+            vec![
+                RawFinding::new(
+                    Rule::Template,
+                    es.file(),
+                    line,
+                    format!("{field}: template does not compile: {source}").replace('\n', " "),
+                )
+                .with_object(es.object()),
+            ]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// `KF003`: two `data` entries must not write the same `secretKey`.
 pub fn duplicate_secret_keys(es: &EsView<'_>) -> Vec<RawFinding> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();

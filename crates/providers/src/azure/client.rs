@@ -17,9 +17,10 @@ use azure_security_keyvault_certificates::models::{
 use azure_security_keyvault_keys::models::{KeyAttributes, KeyClientGetKeyOptions};
 use azure_security_keyvault_secrets::models::{
     SecretAttributes, SecretClientGetSecretOptions, SecretClientListSecretPropertiesOptions,
-    SecretClientListSecretPropertiesVersionsOptions, SetSecretParameters,
+    SecretClientListSecretPropertiesVersionsOptions, SecretProperties as SdkSecretProperties,
+    SetSecretParameters,
 };
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use keyferry_api::external_secret::{FindRef, MetadataPolicy, RemoteRef};
 use keyferry_api::names::{ObjectType, check_vault_name, split_remote_key};
 use time::OffsetDateTime;
@@ -35,9 +36,26 @@ use crate::{
 /// Key Vault's page size limit; one list transaction returns at most this many items.
 const PAGE_SIZE: i32 = 25;
 
+/// Most secrets (or versions) one listing may return. Key Vault itself has no such limit; 100,000
+/// is 4,000 pages, four times the largest vault measured (25,000 secrets, docs/performance.md).
+pub const MAX_LISTED_ITEMS: usize = 100_000;
+
+/// Most bytes of properties (names, versions, tags, content types) one listing may keep. With the
+/// per-response cap ([`super::MAX_RESPONSE_BYTES`]) this bounds what a vault that pages forever or
+/// pads its pages can make the controller hold: listings fail instead.
+pub const MAX_LISTING_BYTES: usize = 32 * 1024 * 1024;
+
+/// What one listed item keeps in memory, roughly.
+pub(crate) fn retained_bytes(p: &SecretProperties) -> usize {
+    64 + p.name.len()
+        + p.version.as_deref().map_or(0, str::len)
+        + p.content_type.as_deref().map_or(0, str::len)
+        + p.tags.iter().map(|(k, v)| k.len() + v.len() + 32).sum::<usize>()
+}
+
 /// The attributes every Key Vault object has.
 #[derive(Default)]
-struct Attrs {
+pub(crate) struct Attrs {
     enabled: Option<bool>,
     created: Option<OffsetDateTime>,
     updated: Option<OffsetDateTime>,
@@ -75,7 +93,7 @@ pub(crate) fn parse_object_id(id: &str) -> Option<(String, Option<String>)> {
     }
 }
 
-fn properties(
+pub(crate) fn properties(
     id: Option<&str>,
     attrs: Attrs,
     tags: Option<&HashMap<String, String>>,
@@ -266,32 +284,68 @@ impl AzureProvider {
         })
     }
 
+    /// Collects a listing into our properties, within [`MAX_LISTED_ITEMS`] and
+    /// [`MAX_LISTING_BYTES`]; `what` names the listing in errors (the secret, or `(list)`).
+    async fn collect_listing<S>(&self, pager: S, what: &str) -> Result<Vec<SecretProperties>, ProviderError>
+    where
+        S: futures::Stream<Item = azure_core::Result<SdkSecretProperties>>,
+    {
+        let mut pager = std::pin::pin!(pager);
+        let (mut out, mut listed, mut bytes) = (Vec::new(), 0usize, 0usize);
+        while let Some(item) = pager.next().await {
+            let item = item.map_err(|e| self.fail(what, &e))?;
+            listed += 1;
+            if listed > MAX_LISTED_ITEMS {
+                return Err(self.listing_too_large(what, format!("more than {MAX_LISTED_ITEMS} items")));
+            }
+            let attrs = item.attributes.as_ref().map(Attrs::from).unwrap_or_default();
+            let Some(props) = properties(
+                item.id.as_deref(),
+                attrs,
+                item.tags.as_ref(),
+                item.content_type.as_ref(),
+            ) else {
+                tracing::warn!(vault = %self.inner.vault_url, listing = what, "skipping a listed item without a usable id");
+                continue;
+            };
+            bytes = bytes.saturating_add(retained_bytes(&props));
+            if bytes > MAX_LISTING_BYTES {
+                return Err(self.listing_too_large(
+                    what,
+                    format!("more than {MAX_LISTING_BYTES} bytes of names, versions and tags"),
+                ));
+            }
+            out.push(props);
+        }
+        Ok(out)
+    }
+
+    fn listing_too_large(&self, what: &str, over: String) -> ProviderError {
+        ProviderError::Invalid {
+            detail: format!(
+                "{}: the listing for {what} returned {over}, keyferry's cap per listing; not read further",
+                self.inner.vault_url
+            ),
+        }
+    }
+
     /// Properties of every version of a live secret; empty when there is none.
     async fn versions(&self, name: &str) -> Result<Vec<SecretProperties>, ProviderError> {
         let options = SecretClientListSecretPropertiesVersionsOptions {
             maxresults: Some(PAGE_SIZE),
             ..Default::default()
         };
-        let items = match self
+        let listed = match self
             .inner
             .secrets
             .list_secret_properties_versions(name, Some(options))
         {
-            Ok(pager) => pager.try_collect::<Vec<_>>().await,
-            Err(e) => Err(e),
+            Ok(pager) => self.collect_listing(pager, name).await,
+            Err(e) => Err(self.fail(name, &e)),
         };
-        match items {
-            Ok(items) => Ok(items
-                .iter()
-                .filter_map(|i| {
-                    let attrs = i.attributes.as_ref().map(Attrs::from).unwrap_or_default();
-                    properties(i.id.as_deref(), attrs, i.tags.as_ref(), i.content_type.as_ref())
-                })
-                .collect()),
-            Err(e) => match self.fail(name, &e) {
-                ProviderError::NotFound { .. } => Ok(Vec::new()),
-                other => Err(other),
-            },
+        match listed {
+            Err(ProviderError::NotFound { .. }) => Ok(Vec::new()),
+            other => other,
         }
     }
 
@@ -357,22 +411,10 @@ impl SecretsClient for AzureProvider {
             maxresults: Some(PAGE_SIZE),
             ..Default::default()
         };
-        let items = match self.inner.secrets.list_secret_properties(Some(options)) {
-            Ok(pager) => pager.try_collect::<Vec<_>>().await,
-            Err(e) => Err(e),
+        match self.inner.secrets.list_secret_properties(Some(options)) {
+            Ok(pager) => self.collect_listing(pager, "(list)").await,
+            Err(e) => Err(self.fail("(list)", &e)),
         }
-        .map_err(|e| self.fail("(list)", &e))?;
-        Ok(items
-            .iter()
-            .filter_map(|i| {
-                let attrs = i.attributes.as_ref().map(Attrs::from).unwrap_or_default();
-                let props = properties(i.id.as_deref(), attrs, i.tags.as_ref(), i.content_type.as_ref());
-                if props.is_none() {
-                    tracing::warn!(vault = %self.inner.vault_url, "skipping a listed secret without a usable id");
-                }
-                props
-            })
-            .collect())
     }
 
     async fn secret_exists(&self, remote: &RemoteRef) -> Result<Existence, ProviderError> {

@@ -28,6 +28,16 @@ pub(crate) struct Ctx<'a> {
 pub(crate) fn map_error(err: &azure_core::Error, ctx: Ctx<'_>) -> ProviderError {
     let store = ctx.store.to_owned();
     let key = || ctx.key.unwrap_or("(vault)").to_owned();
+    if let Some(limit) = super::transport::response_too_large(err) {
+        return ProviderError::Invalid {
+            detail: format!(
+                "{}: the response for {} is larger than {limit} bytes, keyferry's cap per response \
+                 (a Key Vault value is at most 25 KiB); not read",
+                ctx.store,
+                key()
+            ),
+        };
+    }
     match err.kind() {
         ErrorKind::HttpResponse {
             status,

@@ -23,6 +23,8 @@ mod budget;
 mod client;
 mod credentials;
 mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod retry;
 pub mod store_auth;
 pub(crate) mod transport;
@@ -40,9 +42,10 @@ use keyferry_api::secret_store::AzureKvProvider;
 use url::Url;
 
 pub use budget::{BudgetConfig, RequestBudget};
+pub use client::{MAX_LISTED_ITEMS, MAX_LISTING_BYTES};
 pub use credentials::{AssertionSource, AzureCredentials};
 pub use retry::RetryConfig;
-pub use transport::install_crypto_provider;
+pub use transport::{MAX_RESPONSE_BYTES, ResponseTooLarge, install_crypto_provider};
 
 use crate::ProviderError;
 
@@ -72,6 +75,9 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Timeout for each read from the connection.
     pub read_timeout: Duration,
+    /// Most bytes read from one response (a listing page is one response); default
+    /// [`MAX_RESPONSE_BYTES`]. Over it the call fails with an error naming the vault and secret.
+    pub max_response_bytes: usize,
 }
 
 impl Default for ConnectOptions {
@@ -85,6 +91,7 @@ impl Default for ConnectOptions {
             verify_challenge_resource: true,
             connect_timeout: Duration::from_secs(20),
             read_timeout: Duration::from_secs(60),
+            max_response_bytes: MAX_RESPONSE_BYTES,
         }
     }
 }
@@ -221,7 +228,10 @@ impl AzureProvider {
             options.connect_timeout,
             options.read_timeout,
         )?;
-        let transport = Transport::new(Arc::new(http));
+        let transport = Transport::new(Arc::new(transport::CappedHttpClient {
+            inner: Arc::new(http),
+            limit: options.max_response_bytes,
+        }));
         let retry = RetryOptions::custom(Arc::new(retry::KeyferryRetry::new(options.retry)));
         let vault_url = vault.as_str().trim_end_matches('/').to_owned();
         let budget = RequestBudget::for_vault(&vault_url, options.budget);

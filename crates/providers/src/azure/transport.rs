@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::error::ErrorKind;
+use azure_core::http::headers::CONTENT_LENGTH;
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{Context, Request};
+use azure_core::http::{AsyncRawResponse, Context, HttpClient, Request};
+use futures::StreamExt as _;
 use url::Url;
 
 use crate::ProviderError;
@@ -66,6 +68,75 @@ pub(crate) fn http_client(
     builder.build().map_err(|e| ProviderError::Invalid {
         detail: format!("cannot build the HTTPS client: {e}"),
     })
+}
+
+/// Most bytes keyferry reads from one vault or Entra response; a listing page is one response.
+/// Key Vault caps a secret value at 25 KiB: 1 MiB leaves room for JSON escaping, tags, certificate
+/// policies and a full page of properties many times over, and is also the most a Kubernetes
+/// Secret holds. A hostile or broken vault cannot make the controller read more.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// A response body over [`MAX_RESPONSE_BYTES`] (declared or streamed). It travels inside an
+/// `azure_core::Error` of kind `Other` (never retried) and is turned into a
+/// [`ProviderError::Invalid`] that names the vault and the secret.
+#[derive(Debug, thiserror::Error)]
+#[error("the response body is larger than {limit} bytes")]
+pub struct ResponseTooLarge {
+    /// The cap that was exceeded.
+    pub limit: usize,
+}
+
+fn too_large(limit: usize) -> azure_core::Error {
+    azure_core::Error::new(ErrorKind::Other, ResponseTooLarge { limit })
+}
+
+/// The HTTP client the SDK gets: the reqwest client, with every response body capped at `limit`
+/// bytes while it streams in. The SDK's transport policy buffers whole bodies; wrapping the
+/// stream (rather than a pipeline policy, which sees the body already buffered) stops reading at
+/// the cap, so at most `limit` plus one chunk is ever held.
+#[derive(Debug)]
+pub(crate) struct CappedHttpClient {
+    pub(crate) inner: Arc<dyn HttpClient>,
+    pub(crate) limit: usize,
+}
+
+#[async_trait]
+impl HttpClient for CappedHttpClient {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
+        let response = self.inner.execute_request(request).await?;
+        let limit = self.limit;
+        let declared = response
+            .headers()
+            .get_optional_str(&CONTENT_LENGTH)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large(limit));
+        }
+        let (status, headers, body) = response.deconstruct();
+        let mut seen = 0usize;
+        let capped = body.map(move |chunk| {
+            let chunk = chunk?;
+            seen = seen.saturating_add(chunk.len());
+            if seen > limit {
+                Err(too_large(limit))
+            } else {
+                Ok(chunk)
+            }
+        });
+        Ok(AsyncRawResponse::new(status, headers, Box::pin(capped)))
+    }
+}
+
+/// The cap a response exceeded, if that is why `err` happened.
+pub(crate) fn response_too_large(err: &azure_core::Error) -> Option<usize> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(t) = e.downcast_ref::<ResponseTooLarge>() {
+            return Some(t.limit);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Makes certificate-trust failures final. The SDK retries every connection error, so an
