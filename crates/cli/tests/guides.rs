@@ -6,7 +6,8 @@
 //! Blocks whose info string has a second word are not run, and the word says why: `sh azure` needs a
 //! real Azure subscription, `sh long` is a benchmark, a release build or the whole test suite, `sh vm` changes a host's
 //! system (users, systemd units) and is meant for a VM you administer. The
-//! binary under test is on `PATH` as `keyferry`, as after `cargo install`. Every guide listed in
+//! binary under test is on `PATH` as `keyferry`, as after `cargo install`, and a guide's
+//! `cargo build` is answered by it (a nested build would wait on the outer `cargo test`'s lock). Every guide listed in
 //! `GUIDES` must pass; a guide not listed says so in the output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -90,6 +91,7 @@ fn script(guide: &str, blocks: &[Block], testenv_state: &Path) -> String {
          export KEYFERRY_TESTENV_STATE={state}\n\
          unset KUBECONFIG KUBECONFIG_USER\n\
          export PATH=\"$PWD/target/debug:$PATH\"\n\
+         cargo() {{ if [ \"$1\" = build ]; then echo '(doc runner: the binary under test is already built)'; else command cargo \"$@\"; fi; }}\n\
          KF_BLOCK=start\n\
          trap 'echo \"DOC BLOCK FAILED: $KF_BLOCK\" >&2' ERR\n\
          trap 'kill $(jobs -p) 2>/dev/null || true; scripts/testenv down >/dev/null 2>&1 || true' EXIT\n",

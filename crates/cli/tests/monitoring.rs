@@ -98,13 +98,19 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
          spec: {{provider: {{fake: {{data: [{{key: db-password, value: not-a-real-value, version: v1}}]}}}}}}\n---\n\
          apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: db}}\n\
          spec:\n  secretStoreRef: {{name: {store}, kind: ClusterSecretStore}}\n  target: {{name: db}}\n\
-         \x20 data: [{{secretKey: password, remoteRef: {{key: db-password}}}}]\n"
+         \x20 data: [{{secretKey: password, remoteRef: {{key: db-password}}}}]\n---\n\
+         apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: broken}}\n\
+         spec:\n  secretStoreRef: {{name: {store}, kind: ClusterSecretStore}}\n  target: {{name: broken}}\n\
+         \x20 data: [{{secretKey: password, remoteRef: {{key: no-such-secret}}}}]\n"
     );
     let cluster_scoped = common::apply_yaml(&cluster.admin, &ns.name, &manifests).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {
-        // Scraped once the sync has been counted (the Secret write and the vault read with it).
-        if let Some(p) = get(port, "/metrics").filter(|p| p.contains("keyferry_secret_writes_total{")) {
+        // Scraped once one sync has been counted (the Secret write and the vault read with it) and
+        // the ExternalSecret reading a missing secret has failed.
+        if let Some(p) = get(port, "/metrics").filter(|p| {
+            p.contains("keyferry_secret_writes_total{") && p.contains("keyferry_reconcile_errors_total{")
+        }) {
             break p;
         }
         assert!(

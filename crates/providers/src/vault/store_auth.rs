@@ -168,6 +168,30 @@ pub fn build(spec: &VaultSpec, inputs: VaultStoreInputs<'_>) -> Result<VaultProv
     Ok(VaultProvider::new(spec, credentials, inputs.connect, &ca_pems)?)
 }
 
+/// The JWT a `kubernetes` or `jwt` login presents: the named Secret's key when `secretRef` is set,
+/// else a ServiceAccount token from the TokenRequest source. `fields` are (secretRef field,
+/// service-account field) for messages.
+fn assertion(
+    secret_name: Option<&str>,
+    inputs: &VaultStoreInputs<'_>,
+    field: &dyn Fn(&str) -> Option<SecretValue>,
+    missing: &dyn Fn(&str) -> VaultStoreError,
+    (secret_field, account_field): (&str, &str),
+) -> Result<Arc<dyn AssertionSource>, VaultStoreError> {
+    match secret_name {
+        Some(name) => Ok(Arc::new(StaticJwt {
+            jwt: field("secretRef").ok_or_else(|| missing(secret_field))?,
+            origin: format!("Secret {name}"),
+        })),
+        None => inputs
+            .service_account_token
+            .clone()
+            .ok_or_else(|| VaultStoreError::NoTokenSource {
+                field: format!("{BASE}.{account_field}"),
+            }),
+    }
+}
+
 fn credentials_for(
     kind: VaultAuthKind<'_>,
     inputs: &VaultStoreInputs<'_>,
@@ -191,18 +215,13 @@ fn credentials_for(
             }
         }
         VaultAuthKind::Kubernetes(k) => {
-            let jwt: Arc<dyn AssertionSource> =
-                match &k.secret_ref {
-                    Some(sel) => Arc::new(StaticJwt {
-                        jwt: field("secretRef").ok_or_else(|| missing("auth.kubernetes.secretRef"))?,
-                        origin: format!("Secret {}", sel.name),
-                    }),
-                    None => inputs.service_account_token.clone().ok_or_else(|| {
-                        VaultStoreError::NoTokenSource {
-                            field: format!("{BASE}.auth.kubernetes.serviceAccountRef"),
-                        }
-                    })?,
-                };
+            let jwt = assertion(
+                k.secret_ref.as_ref().map(|sel| sel.name.as_str()),
+                inputs,
+                field,
+                missing,
+                ("auth.kubernetes.secretRef", "auth.kubernetes.serviceAccountRef"),
+            )?;
             VaultCredentials::Jwt {
                 method: "kubernetes",
                 mount: k.mount_path.trim_matches('/').to_owned(),
@@ -211,18 +230,13 @@ fn credentials_for(
             }
         }
         VaultAuthKind::Jwt(j) => {
-            let jwt: Arc<dyn AssertionSource> =
-                match &j.secret_ref {
-                    Some(sel) => Arc::new(StaticJwt {
-                        jwt: field("secretRef").ok_or_else(|| missing("auth.jwt.secretRef"))?,
-                        origin: format!("Secret {}", sel.name),
-                    }),
-                    None => inputs.service_account_token.clone().ok_or_else(|| {
-                        VaultStoreError::NoTokenSource {
-                            field: format!("{BASE}.auth.jwt.kubernetesServiceAccountToken"),
-                        }
-                    })?,
-                };
+            let jwt = assertion(
+                j.secret_ref.as_ref().map(|sel| sel.name.as_str()),
+                inputs,
+                field,
+                missing,
+                ("auth.jwt.secretRef", "auth.jwt.kubernetesServiceAccountToken"),
+            )?;
             VaultCredentials::Jwt {
                 method: "jwt",
                 mount: j.path.trim_matches('/').to_owned(),
