@@ -423,7 +423,7 @@ spec:
         let err = store.spec.provider.kind().unwrap_err().to_string();
         assert_eq!(
             err,
-            "provider aws is not supported (keyferry supports: azurekv, fake)"
+            "provider aws is not supported (keyferry supports: azurekv, fake, vault)"
         );
     }
 }

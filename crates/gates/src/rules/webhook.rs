@@ -602,7 +602,7 @@ mod tests {
         assert_eq!(f[0].line, 5);
         assert_eq!(
             f[0].message,
-            "spec.provider: provider aws is not supported (keyferry supports: azurekv, fake)"
+            "spec.provider: provider aws is not supported (keyferry supports: azurekv, fake, vault)"
         );
         assert_eq!(f[0].object.as_deref(), Some("ClusterSecretStore aws"));
         assert!(unsupported_provider(&d[1].located).is_empty());
