@@ -69,15 +69,17 @@ fn syncs_from_openbao_with_token_auth_and_rotates_through_the_change_feed() {
         );
 
         let es: ExternalSecret = yaml(&format!(
-            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata:\n  name: app\n  namespace: {ns}\nspec:\n  refreshInterval: 1h\n  secretStoreRef: {{name: bao}}\n  data:\n  - secretKey: password\n    remoteRef: {{key: app/db, property: password}}\n  - secretKey: port\n    remoteRef: {{key: secret/app/db, property: conn.port}}\n  dataFrom:\n  - extract: {{key: app/db}}\n",
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata:\n  name: app\n  namespace: {ns}\nspec:\n  refreshInterval: 1h\n  secretStoreRef: {{name: bao}}\n  data:\n  - secretKey: db-password\n    remoteRef: {{key: app/db, property: password}}\n  - secretKey: port\n    remoteRef: {{key: secret/app/db, property: conn.port}}\n  dataFrom:\n  - extract: {{key: app/db}}\n",
             ns = ns.name
         ));
         let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
         apply(&ess, &es).await;
-        let synced = wait_secret_value(&client, &ns.name, "app", "password", CANARY_V1).await;
+        let synced = wait_secret_value(&client, &ns.name, "app", "db-password", CANARY_V1).await;
         let data = synced.data.unwrap_or_default();
         assert_eq!(data.get("port").map(|v| v.0.clone()), Some(b"5432".to_vec()));
         assert_eq!(data.get("user").map(|v| v.0.clone()), Some(b"app".to_vec()));
+        // `data` and `dataFrom.extract` name different keys: the same value under both.
+        assert_eq!(data.get("password"), data.get("db-password"));
         wait_ready(&client, &ns.name, "app", "True", "SecretSynced").await;
 
         // A new version in OpenBao: only the change feed can bring it within the hour.
@@ -87,7 +89,7 @@ fn syncs_from_openbao_with_token_auth_and_rotates_through_the_change_feed() {
             json!({"user": "app", "password": CANARY_V2, "conn": {"port": 5432}}),
         )
         .await;
-        wait_secret_value(&client, &ns.name, "app", "password", CANARY_V2).await;
+        wait_secret_value(&client, &ns.name, "app", "db-password", CANARY_V2).await;
 
         let statuses = serde_json::to_string(
             &ess.list(&Default::default())
