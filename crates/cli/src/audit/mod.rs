@@ -141,27 +141,13 @@ fn add_raw(inv: &mut Inventory, value: serde_json::Value) -> Result<(), serde_js
         .unwrap_or_default()
         .to_owned();
     match kind.as_str() {
-        "Deployment" => push_workload(inv, &kind, serde_json::from_value::<Deployment>(value)?, |d| {
-            d.spec.and_then(|s| s.template.spec)
-        }),
-        "StatefulSet" => push_workload(inv, &kind, serde_json::from_value::<StatefulSet>(value)?, |d| {
-            d.spec.and_then(|s| s.template.spec)
-        }),
-        "DaemonSet" => push_workload(inv, &kind, serde_json::from_value::<DaemonSet>(value)?, |d| {
-            d.spec.and_then(|s| s.template.spec)
-        }),
-        "ReplicaSet" => push_workload(inv, &kind, serde_json::from_value::<ReplicaSet>(value)?, |d| {
-            d.spec.and_then(|s| s.template.and_then(|t| t.spec))
-        }),
-        "Job" => push_workload(inv, &kind, serde_json::from_value::<Job>(value)?, |d| {
-            d.spec.and_then(|s| s.template.spec)
-        }),
-        "CronJob" => push_workload(inv, &kind, serde_json::from_value::<CronJob>(value)?, |d| {
-            d.spec
-                .and_then(|s| s.job_template.spec)
-                .and_then(|s| s.template.spec)
-        }),
-        "Pod" => push_workload(inv, &kind, serde_json::from_value::<Pod>(value)?, |p| p.spec),
+        "Deployment" => push_workload(inv, serde_json::from_value::<Deployment>(value)?),
+        "StatefulSet" => push_workload(inv, serde_json::from_value::<StatefulSet>(value)?),
+        "DaemonSet" => push_workload(inv, serde_json::from_value::<DaemonSet>(value)?),
+        "ReplicaSet" => push_workload(inv, serde_json::from_value::<ReplicaSet>(value)?),
+        "Job" => push_workload(inv, serde_json::from_value::<Job>(value)?),
+        "CronJob" => push_workload(inv, serde_json::from_value::<CronJob>(value)?),
+        "Pod" => push_workload(inv, serde_json::from_value::<Pod>(value)?),
         "Role" => inv.rbac.roles.push(serde_json::from_value(value)?),
         "ClusterRole" => inv.rbac.cluster_roles.push(serde_json::from_value(value)?),
         "RoleBinding" => inv.rbac.role_bindings.push(serde_json::from_value(value)?),
@@ -174,19 +160,51 @@ fn add_raw(inv: &mut Inventory, value: serde_json::Value) -> Result<(), serde_js
     Ok(())
 }
 
-fn push_workload<T: kube::Resource>(
-    inv: &mut Inventory,
-    kind: &str,
-    object: T,
-    pod: impl FnOnce(T) -> Option<PodSpec>,
-) {
+/// A kind that runs pods: where its pod template lives (written once for offline and online).
+trait PodBearing: kube::Resource<DynamicType = ()> + Sized {
+    fn pod(self) -> Option<PodSpec>;
+}
+
+macro_rules! pod_at_template {
+    ($($t:ty),*) => {$(
+        impl PodBearing for $t {
+            fn pod(self) -> Option<PodSpec> {
+                self.spec.and_then(|s| s.template.spec)
+            }
+        }
+    )*};
+}
+pod_at_template!(Deployment, StatefulSet, DaemonSet, Job);
+
+impl PodBearing for ReplicaSet {
+    fn pod(self) -> Option<PodSpec> {
+        self.spec.and_then(|s| s.template).and_then(|t| t.spec)
+    }
+}
+
+impl PodBearing for CronJob {
+    fn pod(self) -> Option<PodSpec> {
+        self.spec
+            .and_then(|s| s.job_template.spec)
+            .and_then(|s| s.template.spec)
+    }
+}
+
+impl PodBearing for Pod {
+    fn pod(self) -> Option<PodSpec> {
+        self.spec
+    }
+}
+
+fn push_workload<T: PodBearing>(inv: &mut Inventory, object: T) {
+    let kind = T::kind(&()).into_owned();
     let meta = object.meta();
     // Objects in Git often leave the namespace to the deploy tool; the API server's default applies.
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".to_owned());
     let name = meta.name.clone().unwrap_or_default();
-    if let Some(pod) = pod(object) {
+    if let Some(pod) = object.pod() {
         inv.workloads.push(Workload {
-            kind: kind.to_owned(),
+            kind,
             namespace,
             name,
             pod,
@@ -245,34 +263,26 @@ async fn from_cluster(kubeconfig: Option<&std::path::Path>) -> Result<Inventory,
             .map(store_of_cluster),
     );
     for d in list::<Deployment>(&client, "Deployment").await? {
-        push_workload(&mut inv, "Deployment", d, |d| {
-            d.spec.and_then(|s| s.template.spec)
-        });
+        push_workload(&mut inv, d);
     }
     for d in list::<StatefulSet>(&client, "StatefulSet").await? {
-        push_workload(&mut inv, "StatefulSet", d, |d| {
-            d.spec.and_then(|s| s.template.spec)
-        });
+        push_workload(&mut inv, d);
     }
     for d in list::<DaemonSet>(&client, "DaemonSet").await? {
-        push_workload(&mut inv, "DaemonSet", d, |d| d.spec.and_then(|s| s.template.spec));
+        push_workload(&mut inv, d);
     }
     for j in list::<CronJob>(&client, "CronJob").await? {
-        push_workload(&mut inv, "CronJob", j, |d| {
-            d.spec
-                .and_then(|s| s.job_template.spec)
-                .and_then(|s| s.template.spec)
-        });
+        push_workload(&mut inv, j);
     }
     // Jobs and Pods made by a controller are reported through their owner.
     for j in list::<Job>(&client, "Job").await? {
         if j.metadata.owner_references.as_ref().is_none_or(Vec::is_empty) {
-            push_workload(&mut inv, "Job", j, |d| d.spec.and_then(|s| s.template.spec));
+            push_workload(&mut inv, j);
         }
     }
     for p in list::<Pod>(&client, "Pod").await? {
         if p.metadata.owner_references.as_ref().is_none_or(Vec::is_empty) {
-            push_workload(&mut inv, "Pod", p, |p| p.spec);
+            push_workload(&mut inv, p);
         }
     }
     inv.rbac = Rbac {
