@@ -12,6 +12,7 @@ use futures::channel::mpsc::UnboundedSender;
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
 use keyferry_api::names::split_remote_key;
+use keyferry_providers::Interest;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
@@ -21,7 +22,7 @@ use crate::stores::StoreKey;
 /// What an ExternalSecret reads from one store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Usage {
-    /// One named secret (lower-case).
+    /// One named secret, its `remoteRef.key` as written (see [`feed_name`]).
     Key(String),
     /// `dataFrom.find`: any secret of the store may matter.
     Any,
@@ -45,11 +46,10 @@ fn usages(es: &ExternalSecret) -> Vec<(StoreKey, Usage)> {
             .or(default)
             .map(|r| store_key(es, r))
     };
-    let name = |key: &str| split_remote_key(key).1.to_ascii_lowercase();
     let mut out = Vec::new();
     for d in &spec.data {
         if let Some(store) = pick(d.source_ref.as_ref()) {
-            out.push((store, Usage::Key(name(&d.remote_ref.key))));
+            out.push((store, Usage::Key(d.remote_ref.key.clone())));
         }
     }
     for d in &spec.data_from {
@@ -57,7 +57,7 @@ fn usages(es: &ExternalSecret) -> Vec<(StoreKey, Usage)> {
             continue;
         };
         if let Some(extract) = &d.extract {
-            out.push((store.clone(), Usage::Key(name(&extract.key))));
+            out.push((store.clone(), Usage::Key(extract.key.clone())));
         }
         if d.find.is_some() {
             out.push((store, Usage::Any));
@@ -66,13 +66,42 @@ fn usages(es: &ExternalSecret) -> Vec<(StoreKey, Usage)> {
     out
 }
 
+/// The name the change feed reports a remote key under: without its object prefix, lower-case.
+fn feed_name(key: &str) -> String {
+    split_remote_key(key).1.to_ascii_lowercase()
+}
+
+/// What the next round must watch in a client used by `stores`: the remote keys its ExternalSecrets
+/// read, or every secret when one of them uses `dataFrom.find`. The cache checks a few keys one by
+/// one instead of listing a large vault, so the feed's cost follows what the cluster references.
+pub fn referenced_keys<'a>(
+    all: impl IntoIterator<Item = &'a ExternalSecret>,
+    stores: &[StoreKey],
+) -> Option<BTreeSet<String>> {
+    let mut keys = BTreeSet::new();
+    for es in all {
+        for (store, usage) in usages(es) {
+            if !stores.contains(&store) {
+                continue;
+            }
+            match usage {
+                Usage::Any => return None,
+                Usage::Key(k) => {
+                    keys.insert(k);
+                }
+            }
+        }
+    }
+    Some(keys)
+}
+
 /// Whether a change of `changed` (lower-case names) in a client used by `stores` concerns `es`.
 pub fn affected(es: &ExternalSecret, stores: &[StoreKey], changed: &BTreeSet<String>) -> bool {
     usages(es).into_iter().any(|(store, usage)| {
         stores.contains(&store)
             && match usage {
                 Usage::Any => true,
-                Usage::Key(k) => changed.contains(&k),
+                Usage::Key(k) => changed.contains(&feed_name(&k)),
             }
     })
 }
@@ -105,7 +134,7 @@ pub fn stale_since_refresh(
     usages(es).into_iter().any(|(store, usage)| {
         stores.contains(&store)
             && match usage {
-                Usage::Key(k) => listed.get(&k).is_none_or(|u| newer(*u)),
+                Usage::Key(k) => listed.get(&feed_name(&k)).is_none_or(|u| newer(*u)),
                 Usage::Any => listed.values().any(|u| newer(*u)),
             }
     })
@@ -119,8 +148,11 @@ pub async fn poll_once(
     interval: Duration,
 ) {
     let (mut hits, mut misses, mut invalidations) = (0, 0, 0);
+    let all = reader.state();
     for (client, stores) in ctx.clients.grouped() {
-        let result = client.cached.poll_changes().await;
+        let keys = referenced_keys(all.iter().map(AsRef::as_ref), &stores);
+        let interest = keys.as_ref().map_or(Interest::All, Interest::Keys);
+        let result = client.cached.poll_changes_of(interest).await;
         // The first listing is only a baseline for the next one. Compared with each ExternalSecret's
         // last successful refresh (in its status, so it survives restarts and leader changes), it
         // finds the ExternalSecrets whose vault content changed while no controller delivered it:
@@ -134,10 +166,15 @@ pub async fn poll_once(
                 }
                 client.set_feed_ok(true);
                 ctx.metrics.change_feed_polled(true, changed.len());
+                let now = keyferry_providers::unix_now();
+                for updated in changed.iter().filter_map(|name| client.cached.updated(name)) {
+                    ctx.metrics
+                        .change_feed_lag(Duration::from_secs(u64::try_from(now - updated).unwrap_or(0)));
+                }
                 if !changed.is_empty() {
                     let changed: BTreeSet<String> = changed.into_iter().collect();
                     let mut woken = 0;
-                    for es in reader.state().iter().filter(|es| affected(es, &stores, &changed)) {
+                    for es in all.iter().filter(|es| affected(es, &stores, &changed)) {
                         ctx.mark_dirty(&es.uid().unwrap_or_default());
                         if wake.unbounded_send(ObjectRef::from_obj(es.as_ref())).is_ok() {
                             woken += 1;
@@ -154,8 +191,7 @@ pub async fn poll_once(
                 if baseline && let Some(listed) = client.cached.listed_updates() {
                     let slack = interval + CLOCK_SLACK;
                     let mut woken = 0;
-                    for es in reader
-                        .state()
+                    for es in all
                         .iter()
                         .filter(|es| stale_since_refresh(es, &stores, &listed, slack))
                     {
@@ -371,6 +407,47 @@ status:
         assert!(
             !stale_since_refresh(&never, &own, &listed(Some(refreshed + 60)), slack),
             "never synced: syncing anyway"
+        );
+    }
+
+    #[test]
+    fn a_round_watches_the_keys_its_stores_serve_or_everything_for_find() {
+        let a = es(r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: a, namespace: team}
+spec:
+  secretStoreRef: {name: vault}
+  data:
+    - secretKey: p
+      remoteRef: {key: secret/DB-Password}
+    - secretKey: q
+      remoteRef: {key: token}
+      sourceRef: {storeRef: {name: shared, kind: ClusterSecretStore}}
+  dataFrom:
+    - extract: {key: config}
+"#);
+        let b = es(r#"
+apiVersion: external-secrets.io/v1
+kind: ExternalSecret
+metadata: {name: b, namespace: team}
+spec:
+  secretStoreRef: {name: shared, kind: ClusterSecretStore}
+  dataFrom:
+    - find: {name: {regexp: "^app-"}}
+"#);
+        let own = [key(StoreKind::SecretStore, Some("team"), "vault")];
+        let shared = [key(StoreKind::ClusterSecretStore, None, "shared")];
+        assert_eq!(
+            referenced_keys([&a, &b], &own),
+            Some(["config", "secret/DB-Password"].map(String::from).into()),
+            "keys as written: a case-sensitive store is asked by its own spelling"
+        );
+        assert_eq!(referenced_keys([&a], &shared), Some(["token".to_owned()].into()));
+        assert_eq!(referenced_keys([&a, &b], &shared), None, "find: list everything");
+        assert_eq!(
+            referenced_keys([&a, &b], &[key(StoreKind::SecretStore, Some("x"), "vault")]),
+            Some(BTreeSet::new())
         );
     }
 

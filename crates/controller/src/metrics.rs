@@ -18,6 +18,8 @@
 //! | `keyferry_change_feed_wakeups_total` | counter | — (ExternalSecrets synced because of a change) |
 //! | `keyferry_vault_cache_hits`, `_misses`, `_invalidations` | gauge | — (totals over live clients) |
 //! | `keyferry_externalsecrets` | gauge | `ready` (`true`, `false`, `unknown`): ExternalSecrets by Ready status, for alerts |
+//! | `keyferry_externalsecrets_stale` | gauge | — (periodic ExternalSecrets not refreshed for more than 2× their interval) |
+//! | `keyferry_change_feed_lag_seconds` | histogram | — (vault write → change feed noticed it, per changed secret) |
 //! | `keyferry_rollout_restarts_total` | counter | `kind` (`Deployment`, `StatefulSet`, `DaemonSet`): workloads rolled because a Secret changed |
 //! | `keyferry_rollout_restart_failures_total` | counter | `kind`: workloads that could not be listed or patched |
 //! | `keyferry_drift_restored_total` | counter | — (hand edits of keyferry's keys reverted) |
@@ -132,6 +134,8 @@ pub struct Metrics {
     cache_misses: Gauge,
     cache_invalidations: Gauge,
     external_secrets: Family<ReadyLabels, Gauge>,
+    external_secrets_stale: Gauge,
+    feed_lag: Histogram,
     rollout_restarts: Family<KindLabels, Counter>,
     rollout_failures: Family<KindLabels, Counter>,
     drift_restored: Counter,
@@ -194,6 +198,19 @@ impl Metrics {
         let cache_misses = Gauge::default();
         let cache_invalidations = Gauge::default();
         let external_secrets = Family::<ReadyLabels, Gauge>::default();
+        let external_secrets_stale = Gauge::default();
+        // 0.5 s … ~17 min: one poll interval is 15–60 s; longer means polls failed.
+        let feed_lag = Histogram::new(exponential_buckets(0.5, 2.0, 12));
+        registry.register(
+            "externalsecrets_stale",
+            "Periodic ExternalSecrets whose last successful vault read is older than twice their refresh interval",
+            external_secrets_stale.clone(),
+        );
+        registry.register(
+            "change_feed_lag_seconds",
+            "Seconds from a vault write (the secret's updated time) to the change feed noticing it",
+            feed_lag.clone(),
+        );
         let rollout_restarts = Family::<KindLabels, Counter>::default();
         let rollout_failures = Family::<KindLabels, Counter>::default();
         let drift_restored = Counter::default();
@@ -333,6 +350,8 @@ impl Metrics {
             cache_misses,
             cache_invalidations,
             external_secrets,
+            external_secrets_stale,
+            feed_lag,
             rollout_restarts,
             rollout_failures,
             drift_restored,
@@ -486,6 +505,17 @@ impl Metrics {
         self.cache_invalidations.set(g(invalidations));
     }
 
+    /// Sets the number of overdue periodic ExternalSecrets.
+    pub fn set_stale_external_secrets(&self, n: usize) {
+        self.external_secrets_stale
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records how long after its write the change feed noticed a new version.
+    pub fn change_feed_lag(&self, lag: Duration) {
+        self.feed_lag.observe(lag.as_secs_f64());
+    }
+
     /// Sets the number of ExternalSecrets per Ready status.
     pub fn set_external_secrets(&self, ready: usize, not_ready: usize, unknown: usize) {
         for (label, n) in [("true", ready), ("false", not_ready), ("unknown", unknown)] {
@@ -527,6 +557,8 @@ mod tests {
         m.secret_write("created");
         m.set_leader(true);
         m.set_external_secrets(3, 1, 0);
+        m.set_stale_external_secrets(2);
+        m.change_feed_lag(Duration::from_secs(20));
         m.rollout_restarted("Deployment");
         m.drift_restored();
         m.set_break_glass_active("SecretStore team/akv", true);
@@ -543,6 +575,8 @@ mod tests {
             "keyferry_leader 1",
             "keyferry_externalsecrets{ready=\"false\"} 1",
             "keyferry_rollout_restarts_total{kind=\"Deployment\"} 1",
+            "keyferry_externalsecrets_stale 2",
+            "keyferry_change_feed_lag_seconds_bucket{le=\"32.0\"} 1",
             "keyferry_drift_restored_total 1",
             "keyferry_break_glass_active{store=\"SecretStore team/akv\"} 1",
             "keyferry_sync_duration_seconds_bucket",

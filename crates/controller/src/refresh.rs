@@ -157,6 +157,15 @@ pub fn floor(interval: Duration, min: Duration) -> Duration {
     }
 }
 
+/// Whether an ExternalSecret that refreshes periodically went more than two intervals without a
+/// successful vault read (`keyferry_externalsecrets_stale`): its vault or its schedule is stuck. One
+/// that never synced, or refreshes only on change, is never overdue.
+pub fn overdue(policy: RefreshPolicy, interval: Duration, since_last_refresh: Option<Duration>) -> bool {
+    policy == RefreshPolicy::Periodic
+        && !interval.is_zero()
+        && since_last_refresh.is_some_and(|elapsed| elapsed > interval.saturating_mul(2))
+}
+
 /// `interval × (1 + j)` with `j ∈ [-JITTER_FRACTION, +JITTER_FRACTION]` derived from `seed`.
 pub fn jittered(interval: Duration, seed: u64) -> Duration {
     // Map the seed to [0, 1], then to [-f, +f].
@@ -184,6 +193,22 @@ pub fn backoff(attempt: u32, base: Duration, cap: Duration, random: f64) -> Dura
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overdue_means_two_periodic_intervals_without_a_refresh() {
+        let h = Duration::from_secs(3600);
+        let p = RefreshPolicy::Periodic;
+        assert!(!overdue(p, h, Some(h)));
+        assert!(!overdue(p, h, Some(h * 2)));
+        assert!(overdue(p, h, Some(h * 2 + Duration::from_secs(1))));
+        assert!(!overdue(p, h, None), "never synced: counted as not ready instead");
+        assert!(
+            !overdue(p, Duration::ZERO, Some(h * 100)),
+            "interval 0: never refreshed"
+        );
+        assert!(!overdue(RefreshPolicy::OnChange, h, Some(h * 100)));
+        assert!(!overdue(RefreshPolicy::CreatedOnce, h, Some(h * 100)));
+    }
 
     fn inputs() -> RefreshInputs {
         RefreshInputs {

@@ -10,7 +10,7 @@
 //!
 //! Values stay inside [`SecretValue`]s and are dropped when their entry is invalidated or expires.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,11 +62,33 @@ struct Inner {
     max_age: Duration,
     slots: Mutex<HashMap<ReadKey, Slot>>,
     next_ticket: std::sync::atomic::AtomicU64,
-    /// The change feed's last view: name (lower-case) → (updated, tags, content type, enabled), and
-    /// when (Unix seconds, local clock) that listing started.
-    seen: Mutex<Option<(BTreeMap<String, Fingerprint>, i64)>>,
+    /// The change feed's last view, `None` before its first full listing.
+    seen: Mutex<Option<FeedView>>,
     stats: Mutex<CacheStats>,
 }
+
+/// What the change feed last saw of a store.
+struct FeedView {
+    /// Name (lower-case) → what identifies its current version.
+    secrets: BTreeMap<String, Fingerprint>,
+    /// When (Unix seconds, local clock) the last round started.
+    started: i64,
+    /// Requests the last full listing took (its pages): a round that checks fewer secrets than this
+    /// one by one is cheaper than listing.
+    listing_cost: usize,
+}
+
+/// Which secrets a change-feed round must cover.
+#[derive(Clone, Copy, Debug)]
+pub enum Interest<'a> {
+    /// Every secret of the store (a `dataFrom.find` reads any of them).
+    All,
+    /// Only these, as written in `remoteRef.key`s (any case, any object prefix).
+    Keys(&'a BTreeSet<String>),
+}
+
+/// How many secrets a targeted round checks at once.
+const CHECK_CONCURRENCY: usize = 8;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Fingerprint {
@@ -75,6 +97,22 @@ struct Fingerprint {
     enabled: bool,
     tags: BTreeMap<String, String>,
     content_type: Option<String>,
+}
+
+impl Fingerprint {
+    /// Whether both describe the same current version. A listing may leave the version id out (Key
+    /// Vault's does) where a single read has it: an id only one side knows is not a difference.
+    fn same_as(&self, other: &Fingerprint) -> bool {
+        let versions_agree = match (&self.version, &other.version) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => true,
+        };
+        versions_agree
+            && self.updated == other.updated
+            && self.enabled == other.enabled
+            && self.tags == other.tags
+            && self.content_type == other.content_type
+    }
 }
 
 impl From<&SecretProperties> for Fingerprint {
@@ -137,9 +175,19 @@ impl CachedClient {
     /// The last change-feed listing: each secret's name (lower-case) and the `updated` time of its
     /// current version (Unix seconds), or `None` before the first successful listing.
     pub fn listed_updates(&self) -> Option<BTreeMap<String, Option<i64>>> {
+        lock(&self.inner.seen).as_ref().map(|view| {
+            view.secrets
+                .iter()
+                .map(|(n, fp)| (n.clone(), fp.updated))
+                .collect()
+        })
+    }
+
+    /// When the current version of `name` (lower-case) was written, as the change feed last saw it.
+    pub fn updated(&self, name: &str) -> Option<i64> {
         lock(&self.inner.seen)
             .as_ref()
-            .map(|(seen, _)| seen.iter().map(|(n, fp)| (n.clone(), fp.updated)).collect())
+            .and_then(|view| view.secrets.get(name).and_then(|fp| fp.updated))
     }
 
     /// Drops cached values no caller read for `idle`, so entries of secrets
@@ -187,66 +235,174 @@ impl CachedClient {
         lock(&self.inner.stats).invalidations += dropped;
     }
 
-    /// One round of the change feed: lists the store's properties (no values), compares them with
-    /// the previous round, drops cached reads of every secret that changed, appeared or disappeared,
-    /// and returns those names (lower-case).
+    /// One round of the change feed over every secret of the store: see
+    /// [`CachedClient::poll_changes_of`].
+    pub async fn poll_changes(&self) -> Result<Vec<String>, ProviderError> {
+        self.poll_changes_of(Interest::All).await
+    }
+
+    /// One round of the change feed: finds which secrets changed, appeared or disappeared since the
+    /// previous round, drops cached reads of each, and returns those names (lower-case).
+    ///
+    /// The round costs what the secrets of `interest` need, not what the vault holds: when it names
+    /// fewer secrets than the last full listing took pages, each is checked on its own
+    /// ([`SecretsClient::secret_properties`]); otherwise the store's properties are listed (no
+    /// values). The first round is always a full listing (the baseline). A store of 25,000 secrets
+    /// lists in 1,000 pages; ten referenced secrets cost ten requests.
     ///
     /// Key Vault's `updated` has one-second resolution, so a write in the same second as the previous
-    /// listing could look unchanged: a secret whose `updated` is not older than that listing's second
+    /// round could look unchanged: a secret whose `updated` is not older than that round's second
     /// (minus one second of slack for clock skew) counts as changed once more. That costs at most one
     /// extra read per recently written secret. The first round has nothing to compare with: it drops
-    /// every cached read (whatever was read before it may already be stale) and returns no names.
-    pub async fn poll_changes(&self) -> Result<Vec<String>, ProviderError> {
+    /// every cached read it cannot vouch for and returns no names.
+    pub async fn poll_changes_of(&self, interest: Interest<'_>) -> Result<Vec<String>, ProviderError> {
+        match self.targeted(interest) {
+            Some(keys) => self.poll_keys(keys).await,
+            None => self.poll_listing().await,
+        }
+    }
+
+    /// The keys to check one by one when that is cheaper than a listing.
+    fn targeted<'a>(&self, interest: Interest<'a>) -> Option<&'a BTreeSet<String>> {
+        let Interest::Keys(keys) = interest else {
+            return None;
+        };
+        let seen = lock(&self.inner.seen);
+        let view = seen.as_ref()?;
+        (keys.len() < view.listing_cost).then_some(keys)
+    }
+
+    async fn poll_listing(&self) -> Result<Vec<String>, ProviderError> {
         let started = unix_now();
         let listed = self.inner.client.list_secret_properties().await?;
+        let listing_cost = crate::listing_requests(self.inner.client.as_ref(), listed.len());
         let now: BTreeMap<String, Fingerprint> = listed
             .iter()
             .map(|p| (p.name.to_ascii_lowercase(), Fingerprint::from(p)))
             .collect();
-        let previous = lock(&self.inner.seen).replace((now.clone(), started));
-        let Some((previous, previous_started)) = previous else {
-            // No baseline yet: keep a cached read only if the listing shows its secret unchanged since
-            // the read was sent (one second of slack); in-flight reads are dropped to be safe.
-            let mut slots = lock(&self.inner.slots);
-            let before = slots.len();
-            slots.retain(|k, slot| match slot {
-                Slot::Pending(..) => false,
-                Slot::Ready { sent, at, .. } => {
-                    let fresh = now
-                        .get(&split_remote_key(&k.key).1.to_ascii_lowercase())
-                        .is_some_and(|fp| fp.updated.is_some_and(|u| u < *sent - 1));
-                    if fresh {
-                        *at = Instant::now();
-                    }
-                    fresh
-                }
-            });
-            let dropped = (before - slots.len()) as u64;
-            lock(&self.inner.stats).invalidations += dropped;
+        let previous = lock(&self.inner.seen).replace(FeedView {
+            secrets: now.clone(),
+            started,
+            listing_cost,
+        });
+        let Some(previous) = previous else {
+            self.keep_what_the_baseline_vouches_for(&now);
             return Ok(Vec::new());
         };
-        let recent = |fp: &Fingerprint| fp.updated.is_some_and(|u| u >= previous_started - 1);
+        let recent = |fp: &Fingerprint| fp.updated.is_some_and(|u| u >= previous.started - 1);
         let mut changed: Vec<String> = now
             .iter()
-            .filter(|(name, fp)| previous.get(*name) != Some(*fp) || recent(fp))
+            .filter(|(name, fp)| {
+                previous
+                    .secrets
+                    .get(*name)
+                    .is_none_or(|before| !before.same_as(fp))
+                    || recent(fp)
+            })
             .map(|(name, _)| name.clone())
             .collect();
-        changed.extend(previous.keys().filter(|name| !now.contains_key(*name)).cloned());
+        changed.extend(
+            previous
+                .secrets
+                .keys()
+                .filter(|name| !now.contains_key(*name))
+                .cloned(),
+        );
+        Ok(self.settle(changed, |name| now.contains_key(name)))
+    }
+
+    /// A targeted round: the current properties of each key, compared with the view.
+    async fn poll_keys(&self, keys: &BTreeSet<String>) -> Result<Vec<String>, ProviderError> {
+        use futures::StreamExt as _;
+        let started = unix_now();
+        // Owned keys and client per check: the stream's futures must be `Send` for any lifetime.
+        let checks: Vec<BoxFuture<'static, (String, Result<Option<SecretProperties>, ProviderError>)>> = keys
+            .iter()
+            .map(|key| {
+                let (client, key) = (self.inner.client.clone(), key.clone());
+                async move {
+                    let name = split_remote_key(&key).1.to_ascii_lowercase();
+                    let answer = client.secret_properties(&key).await;
+                    (name, answer)
+                }
+                .boxed()
+            })
+            .collect();
+        let answers: Vec<(String, Result<Option<SecretProperties>, ProviderError>)> =
+            futures::stream::iter(checks)
+                .buffer_unordered(CHECK_CONCURRENCY)
+                .collect()
+                .await;
+        let mut now: BTreeMap<String, Option<Fingerprint>> = BTreeMap::new();
+        for (name, answer) in answers {
+            now.insert(name, answer?.as_ref().map(Fingerprint::from));
+        }
+        let changed = {
+            let mut seen = lock(&self.inner.seen);
+            let Some(view) = seen.as_mut() else {
+                // Only reachable if the view was dropped meanwhile; nothing to compare with.
+                return Ok(Vec::new());
+            };
+            let previous_started = std::mem::replace(&mut view.started, started);
+            let recent = |fp: &Fingerprint| fp.updated.is_some_and(|u| u >= previous_started - 1);
+            let mut changed = Vec::new();
+            for (name, fp) in &now {
+                let differs = match (view.secrets.get(name), fp) {
+                    (Some(before), Some(fp)) => !before.same_as(fp) || recent(fp),
+                    (None, None) => false,
+                    _ => true,
+                };
+                if differs {
+                    changed.push(name.clone());
+                }
+                match fp {
+                    Some(fp) => view.secrets.insert(name.clone(), fp.clone()),
+                    None => view.secrets.remove(name),
+                };
+            }
+            changed
+        };
+        Ok(self.settle(changed, |name| now.get(name).is_some_and(Option::is_some)))
+    }
+
+    /// No baseline yet: keeps a cached read only if the listing shows its secret unchanged since the
+    /// read was sent (one second of slack); in-flight reads are dropped to be safe.
+    fn keep_what_the_baseline_vouches_for(&self, now: &BTreeMap<String, Fingerprint>) {
+        let mut slots = lock(&self.inner.slots);
+        let before = slots.len();
+        slots.retain(|k, slot| match slot {
+            Slot::Pending(..) => false,
+            Slot::Ready { sent, at, .. } => {
+                let fresh = now
+                    .get(&split_remote_key(&k.key).1.to_ascii_lowercase())
+                    .is_some_and(|fp| fp.updated.is_some_and(|u| u < *sent - 1));
+                if fresh {
+                    *at = Instant::now();
+                }
+                fresh
+            }
+        });
+        let dropped = (before - slots.len()) as u64;
+        lock(&self.inner.stats).invalidations += dropped;
+    }
+
+    /// Drops cached reads of `changed` and restarts the age of every other cached value the round
+    /// `confirmed`, so `max_age` bounds staleness only while the feed is not confirming. Returns
+    /// `changed`, sorted and without duplicates.
+    fn settle(&self, mut changed: Vec<String>, confirmed: impl Fn(&str) -> bool) -> Vec<String> {
         changed.sort();
         changed.dedup();
         for name in &changed {
             self.invalidate(name);
         }
-        // The listing confirms every other cached value: restart its age, so `max_age` bounds
-        // staleness only while the feed is not confirming.
         for (k, slot) in lock(&self.inner.slots).iter_mut() {
             if let Slot::Ready { at, .. } = slot
-                && now.contains_key(&split_remote_key(&k.key).1.to_ascii_lowercase())
+                && confirmed(&split_remote_key(&k.key).1.to_ascii_lowercase())
             {
                 *at = Instant::now();
             }
         }
-        Ok(changed)
+        changed
     }
 
     fn read(&self, remote: &RemoteRef) -> Shared<BoxFuture<'static, ReadResult>> {
@@ -336,6 +492,10 @@ impl SecretsClient for CachedClient {
         self.inner.client.secret_exists(remote).await
     }
 
+    async fn secret_properties(&self, key: &str) -> Result<Option<SecretProperties>, ProviderError> {
+        self.inner.client.secret_properties(key).await
+    }
+
     async fn push_secret(
         &self,
         name: &str,
@@ -363,6 +523,10 @@ impl SecretsClient for CachedClient {
 
     fn honours_find_path(&self) -> bool {
         self.inner.client.honours_find_path()
+    }
+
+    fn listing_page_size(&self) -> Option<usize> {
+        self.inner.client.listing_page_size()
     }
 }
 
@@ -392,6 +556,130 @@ mod tests {
             key: key.into(),
             ..RemoteRef::default()
         }
+    }
+
+    /// A fake store that pages its listings (2 secrets a page) and counts single-secret checks.
+    struct Paged {
+        fake: FakeStore,
+        checks: std::sync::atomic::AtomicU64,
+    }
+
+    #[async_trait]
+    impl SecretsClient for Paged {
+        async fn get_secret(&self, remote: &RemoteRef) -> Result<RemoteValue, ProviderError> {
+            self.fake.get_secret(remote).await
+        }
+        async fn get_all_secrets(
+            &self,
+            find: &FindRef,
+        ) -> Result<BTreeMap<String, SecretValue>, ProviderError> {
+            self.fake.get_all_secrets(find).await
+        }
+        async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, ProviderError> {
+            self.fake.list_secret_properties().await
+        }
+        async fn secret_exists(&self, remote: &RemoteRef) -> Result<Existence, ProviderError> {
+            self.checks.fetch_add(1, Ordering::Relaxed);
+            self.fake.secret_exists(remote).await
+        }
+        async fn push_secret(
+            &self,
+            name: &str,
+            value: &SecretValue,
+            tags: &BTreeMap<String, String>,
+        ) -> Result<bool, ProviderError> {
+            self.fake.push_secret(name, value, tags).await
+        }
+        async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
+            self.fake.delete_secret(name).await
+        }
+        async fn validate(&self) -> Result<(), ProviderError> {
+            Ok(())
+        }
+        fn listing_page_size(&self) -> Option<usize> {
+            Some(2)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_few_referenced_secrets_are_checked_one_by_one_instead_of_listing_the_vault() {
+        let fake = FakeStore::new("t");
+        let enabled = || NewVersion {
+            enabled: true,
+            ..NewVersion::default()
+        };
+        for i in 0..10 {
+            fake.set(&format!("s{i}"), SecretValue::from("x"), enabled());
+        }
+        fake.set("db-password", SecretValue::from("v1"), enabled());
+        let paged = Arc::new(Paged {
+            fake: fake.clone(),
+            checks: Default::default(),
+        });
+        let cache = CachedClient::new(paged.clone(), Duration::from_secs(3600));
+        let lists = || fake.counters().lists.load(Ordering::Relaxed);
+        let checks = || paged.checks.load(Ordering::Relaxed);
+        let keys: BTreeSet<String> = ["secret/DB-Password", "S3"].map(String::from).into();
+
+        assert!(
+            cache
+                .poll_changes_of(Interest::Keys(&keys))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            (lists(), checks()),
+            (1, 0),
+            "the baseline is a full listing (6 pages)"
+        );
+        cache.get_secret(&remote("db-password")).await.unwrap();
+
+        assert!(
+            cache
+                .poll_changes_of(Interest::Keys(&keys))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!((lists(), checks()), (1, 2), "2 checks cost less than 6 pages");
+        fake.set("db-password", SecretValue::from("v2"), enabled());
+        fake.set("s7", SecretValue::from("y"), enabled());
+        assert_eq!(
+            cache.poll_changes_of(Interest::Keys(&keys)).await.unwrap(),
+            vec!["db-password".to_owned()],
+            "only referenced secrets are watched"
+        );
+        let v = cache.get_secret(&remote("db-password")).await.unwrap();
+        assert_eq!(
+            v.value.expose(),
+            b"v2",
+            "the changed secret's cached read was dropped"
+        );
+        fake.soft_delete("s3");
+        assert_eq!(
+            cache.poll_changes_of(Interest::Keys(&keys)).await.unwrap(),
+            vec!["s3".to_owned()],
+            "a deleted secret is a change"
+        );
+        assert!(
+            cache
+                .poll_changes_of(Interest::Keys(&keys))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!((lists(), checks()), (1, 8));
+
+        let many: BTreeSet<String> = (0..6).map(|i| format!("s{i}")).collect();
+        assert_eq!(
+            cache.poll_changes_of(Interest::Keys(&many)).await.unwrap(),
+            vec!["s7".to_owned()],
+            "as many keys as pages: a listing, which sees what the targeted rounds skipped"
+        );
+        assert_eq!((lists(), checks()), (2, 8));
+        cache.poll_changes_of(Interest::All).await.unwrap();
+        assert_eq!((lists(), checks()), (3, 8), "find needs the listing");
     }
 
     #[tokio::test]

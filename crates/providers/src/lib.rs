@@ -20,7 +20,7 @@ pub mod seed;
 pub mod value;
 pub mod vault;
 
-pub use cache::{CacheStats, CachedClient};
+pub use cache::{CacheStats, CachedClient, Interest};
 pub use error::ProviderError;
 pub use fake::FakeStore;
 pub use value::SecretValue;
@@ -85,6 +85,22 @@ pub trait SecretsClient: Send + Sync {
 
     /// Whether a secret exists, from properties only: never reads the value.
     async fn secret_exists(&self, remote: &RemoteRef) -> Result<Existence, ProviderError>;
+
+    /// The properties of the current version of the secret `key` names (as written in a
+    /// `remoteRef.key`), as [`SecretsClient::list_secret_properties`] would list them; `None` when it
+    /// does not exist or is not an object that listing shows. The change feed uses this to watch a few
+    /// secrets of a large vault for less than a listing costs, so a store should answer it in one
+    /// request where it can. The default asks [`SecretsClient::secret_exists`].
+    async fn secret_properties(&self, key: &str) -> Result<Option<SecretProperties>, ProviderError> {
+        let remote = RemoteRef {
+            key: key.to_owned(),
+            ..RemoteRef::default()
+        };
+        Ok(match self.secret_exists(&remote).await? {
+            Existence::Present(p) => Some(p),
+            Existence::SoftDeleted | Existence::Missing => None,
+        })
+    }
 
     /// Writes a value as a new version, tagged as managed by keyferry. Skips the write when the value
     /// and tags are unchanged. Returns whether a write happened.
@@ -167,6 +183,9 @@ impl SecretsClient for Provider {
     }
     async fn secret_exists(&self, remote: &RemoteRef) -> Result<Existence, ProviderError> {
         self.client().secret_exists(remote).await
+    }
+    async fn secret_properties(&self, key: &str) -> Result<Option<SecretProperties>, ProviderError> {
+        self.client().secret_properties(key).await
     }
     async fn push_secret(
         &self,
@@ -276,7 +295,7 @@ pub async fn find_secrets<C: SecretsClient + ?Sized>(
 }
 
 /// The current time in Unix seconds (0 if the clock is before 1970).
-pub(crate) fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

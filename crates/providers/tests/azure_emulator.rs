@@ -858,3 +858,99 @@ async fn emulator_matches_documented_key_vault_behaviour() {
         problems.join("\n")
     );
 }
+
+/// The change feed's cost follows what is referenced, not the vault's size: with 102 secrets in the
+/// vault (5 listing pages), a round over two referenced secrets costs two GETs and no listing, and
+/// still sees a rotation and a disabled version; a round over everything (`find`) lists again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_over_a_few_secrets_of_a_large_vault_checks_them_instead_of_listing() {
+    use keyferry_emulator::NewVersion;
+    use keyferry_providers::{CachedClient, Interest};
+    let emu = emulator(EmulatorConfig::default()).await;
+    let set = |name: &str, version: NewVersion| {
+        emu.set_secret_with(name, version)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let value = |v: &str| NewVersion {
+        value: v.to_owned(),
+        ..NewVersion::default()
+    };
+    for i in 0..100 {
+        set(&format!("bulk-{i:03}"), value("x"));
+    }
+    set("db-password", value("v1"));
+    set("api-key", value("k1"));
+    let cache = CachedClient::new(
+        Arc::new(provider(&emu, RetryConfig::fast(2))),
+        Duration::from_secs(3600),
+    );
+    let keys: std::collections::BTreeSet<String> = ["secret/DB-Password", "api-key"].map(String::from).into();
+    let round = || async {
+        emu.reset_counters();
+        let changed = cache
+            .poll_changes_of(Interest::Keys(&keys))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Answered requests: a fresh client's first request is its unauthenticated challenge (401).
+        let c = emu.counters();
+        (
+            changed,
+            c.status(Operation::ListSecrets, 200),
+            c.status(Operation::GetSecret, 200),
+        )
+    };
+
+    // Past Key Vault's one-second resolution, so the seeding writes are not "recent" to the baseline
+    // (the round after it would report them once more).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let pages = emu.secret_names().len().div_ceil(25) as u64;
+    assert!(pages >= 5, "{pages}");
+    let (changed, lists, gets) = round().await;
+    assert_eq!(
+        (changed.len(), lists, gets),
+        (0, pages, 0),
+        "the baseline lists every page"
+    );
+    let (changed, lists, gets) = round().await;
+    assert_eq!(
+        (changed.len(), lists, gets),
+        (0, 0, 2),
+        "two checks instead of {pages} pages"
+    );
+
+    set("db-password", value("v2"));
+    let (changed, lists, gets) = round().await;
+    assert_eq!(changed, vec!["db-password".to_owned()]);
+    assert_eq!((lists, gets), (0, 2));
+    let v = cache
+        .get_secret(&remote("db-password"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v.value.expose(), b"v2");
+
+    set(
+        "api-key",
+        NewVersion {
+            enabled: Some(false),
+            ..value("k2")
+        },
+    );
+    let (changed, lists, _) = round().await;
+    assert!(
+        changed.contains(&"api-key".to_owned()),
+        "a disabled version is a change: {changed:?}"
+    );
+    assert_eq!(lists, 0);
+
+    emu.reset_counters();
+    let changed = cache
+        .poll_changes_of(Interest::All)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(changed.iter().all(|n| !n.starts_with("bulk-")), "{changed:?}");
+    assert_eq!(
+        emu.counters().status(Operation::ListSecrets, 200),
+        pages,
+        "find lists everything"
+    );
+}

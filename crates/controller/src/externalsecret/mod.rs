@@ -377,6 +377,24 @@ fn read_mode(es: &ExternalSecret, reason: refresh::SyncReason) -> crate::stores:
     }
 }
 
+/// Whether a periodic ExternalSecret went more than two of its (floored) intervals without a
+/// successful vault read; an unparsable interval is reported elsewhere, not here.
+fn overdue(es: &ExternalSecret, now: k8s_openapi::jiff::Timestamp, min_interval: Duration) -> bool {
+    let Ok(interval) = es.spec.refresh_interval_or_default() else {
+        return false;
+    };
+    let since = es
+        .status
+        .as_ref()
+        .and_then(|s| s.refresh_time.as_deref())
+        .and_then(|t| conditions::elapsed_since(t, now));
+    refresh::overdue(
+        es.spec.refresh_policy_or_default(),
+        refresh::floor(interval, min_interval),
+        since,
+    )
+}
+
 /// Builds the scheduler's inputs from the object, its status and its Secret.
 fn schedule(
     es: &ExternalSecret,
@@ -700,8 +718,12 @@ pub async fn run(
             }
             tracing::debug!("census: watch cache ready");
             loop {
-                let (mut ready, mut not_ready, mut unknown) = (0, 0, 0);
+                let (mut ready, mut not_ready, mut unknown, mut stale) = (0, 0, 0, 0);
+                let now = k8s_openapi::jiff::Timestamp::now();
                 for es in reader.state() {
+                    if overdue(&es, now, ctx.settings.min_refresh_interval) {
+                        stale += 1;
+                    }
                     match es
                         .status
                         .as_ref()
@@ -714,6 +736,7 @@ pub async fn run(
                     }
                 }
                 ctx.metrics.set_external_secrets(ready, not_ready, unknown);
+                ctx.metrics.set_stale_external_secrets(stale);
                 tokio::time::sleep(CENSUS_EVERY).await;
             }
         })

@@ -78,6 +78,12 @@ impl SecretsClient for Instrumented {
         self.record("secret_exists", t, &r);
         r
     }
+    async fn secret_properties(&self, key: &str) -> Result<Option<SecretProperties>, ProviderError> {
+        let t = Instant::now();
+        let r = self.inner.secret_properties(key).await;
+        self.record("secret_properties", t, &r);
+        r
+    }
     async fn push_secret(
         &self,
         name: &str,
@@ -100,6 +106,17 @@ impl SecretsClient for Instrumented {
         let r = self.inner.validate().await;
         self.record("validate", t, &r);
         r
+    }
+    // The store's own answers, not the trait's defaults: the cache keys a case-sensitive store's
+    // secrets by case, and the change feed prices a listing by its pages.
+    fn cache_key(&self, key: &str) -> String {
+        self.inner.cache_key(key)
+    }
+    fn honours_find_path(&self) -> bool {
+        self.inner.honours_find_path()
+    }
+    fn listing_page_size(&self) -> Option<usize> {
+        self.inner.listing_page_size()
     }
 }
 

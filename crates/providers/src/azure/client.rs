@@ -437,6 +437,54 @@ impl SecretsClient for AzureProvider {
         Ok(chosen.map_or(Existence::Missing, Existence::Present))
     }
 
+    /// One GET of the current version (Key Vault has no properties-only read of one secret; the
+    /// value in the answer is wiped at once). A certificate's properties are those of its backing
+    /// secret, which listings show under the certificate's name; keys are not in a secret listing.
+    async fn secret_properties(&self, key: &str) -> Result<Option<SecretProperties>, ProviderError> {
+        let (kind, name) = self.object(key)?;
+        if kind == ObjectType::Key {
+            return Ok(None);
+        }
+        let answer = self
+            .inner
+            .secrets
+            .get_secret(name, None)
+            .await
+            .and_then(|r| r.into_model());
+        let mut secret = match answer {
+            Ok(secret) => secret,
+            Err(e) => {
+                return match self.fail(key, &e) {
+                    ProviderError::NotFound { .. } => Ok(None),
+                    // A disabled current version is not readable; its properties are listed.
+                    ProviderError::Disabled { .. } => {
+                        let remote = RemoteRef {
+                            key: name.to_owned(),
+                            ..RemoteRef::default()
+                        };
+                        Ok(match self.secret_exists(&remote).await? {
+                            Existence::Present(p) => Some(p),
+                            Existence::SoftDeleted | Existence::Missing => None,
+                        })
+                    }
+                    other => Err(other),
+                };
+            }
+        };
+        if let Some(mut v) = secret.value.take() {
+            v.zeroize();
+        }
+        let attrs = secret.attributes.as_ref().map(Attrs::from).unwrap_or_default();
+        properties(
+            secret.id.as_deref(),
+            attrs,
+            secret.tags.as_ref(),
+            secret.content_type.as_ref(),
+        )
+        .map(Some)
+        .ok_or_else(|| self.malformed(key, "no usable id"))
+    }
+
     async fn push_secret(
         &self,
         name: &str,
