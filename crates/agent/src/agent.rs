@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use keyferry_api::external_secret::SecretStoreRef;
 use keyferry_providers::azure::ConnectOptions;
-use keyferry_providers::{SecretValue, SecretsClient};
+use keyferry_providers::{Interest, SecretValue, SecretsClient};
 use keyferry_sync::ResolveError;
 
 use crate::auth::VaultClient;
@@ -439,7 +439,12 @@ impl Agent {
                 to_sync.extend(of_vault.iter().map(|o| o.name.clone()));
                 continue;
             }
-            match client.cached.poll_changes().await {
+            let keys = of_vault.iter().try_fold(BTreeSet::new(), |mut all, o| {
+                all.extend(pipeline::used_keys(o)?);
+                Some(all)
+            });
+            let interest = keys.as_ref().map_or(Interest::All, Interest::Keys);
+            match client.cached.poll_changes_of(interest).await {
                 Ok(changed) => {
                     self.metrics.polled(true, changed.len());
                     if self.unreachable_since.remove(&vault).is_some()

@@ -29,23 +29,32 @@ pub fn external_secret(output: &OutputConfig) -> ExternalSecret {
     ExternalSecret::new(&output.name, spec)
 }
 
-/// Which secrets of its vault an output reads: named secrets (lower-case), or `None` when a
-/// `dataFrom.find` makes any secret matter (the controller's change-feed rule).
-pub fn used_names(output: &OutputConfig) -> Option<BTreeSet<String>> {
-    let name = |key: &str| split_remote_key(key).1.to_ascii_lowercase();
+/// Which secrets of its vault an output reads, as its `remoteRef.key`s are written, or `None` when a
+/// `dataFrom.find` makes any secret matter (the controller's change-feed rule). The change feed
+/// checks these one by one when that is cheaper than listing the vault.
+pub fn used_keys(output: &OutputConfig) -> Option<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for d in &output.data {
-        out.insert(name(&d.remote_ref.key));
+        out.insert(d.remote_ref.key.clone());
     }
     for d in &output.data_from {
         if d.find.is_some() {
             return None;
         }
         if let Some(e) = &d.extract {
-            out.insert(name(&e.key));
+            out.insert(e.key.clone());
         }
     }
     Some(out)
+}
+
+/// [`used_keys`] as the change feed names them: without object prefix, lower-case.
+pub fn used_names(output: &OutputConfig) -> Option<BTreeSet<String>> {
+    used_keys(output).map(|keys| {
+        keys.iter()
+            .map(|key| split_remote_key(key).1.to_ascii_lowercase())
+            .collect()
+    })
 }
 
 /// Whether a change of `changed` (lower-case names) concerns the output.
@@ -53,5 +62,32 @@ pub fn affected(output: &OutputConfig, changed: &BTreeSet<String>) -> bool {
     match used_names(output) {
         None => !changed.is_empty(),
         Some(names) => names.iter().any(|n| changed.contains(n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(yaml: &str) -> OutputConfig {
+        serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn keys_are_kept_as_written_and_named_like_the_change_feed() {
+        let o = output(
+            "name: db\npath: /tmp/db\nvault: main\ndata:\n  - secretKey: p\n    remoteRef: {key: secret/DB-Password}\ndataFrom:\n  - extract: {key: Config}\n",
+        );
+        let keys: BTreeSet<String> = ["Config", "secret/DB-Password"].map(String::from).into();
+        assert_eq!(used_keys(&o), Some(keys));
+        let names: BTreeSet<String> = ["config", "db-password"].map(String::from).into();
+        assert_eq!(used_names(&o), Some(names.clone()));
+        assert!(affected(&o, &["db-password".to_owned()].into()));
+        assert!(!affected(&o, &["other".to_owned()].into()));
+        let find = output(
+            "name: all\npath: /tmp/all\nvault: main\ndataFrom:\n  - find: {name: {regexp: '^app-'}}\n",
+        );
+        assert_eq!(used_keys(&find), None, "find: every secret matters");
+        assert!(affected(&find, &["anything".to_owned()].into()));
     }
 }
