@@ -292,6 +292,7 @@ async fn final_names(
 fn vault_code(e: &ProviderError) -> u8 {
     match e {
         ProviderError::Unavailable { .. }
+        | ProviderError::Unreachable { .. }
         | ProviderError::Throttled { .. }
         | ProviderError::Forbidden { .. } => 3,
         _ => 2,

@@ -12,7 +12,7 @@ use futures::channel::mpsc::UnboundedSender;
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
 use keyferry_api::names::split_remote_key;
-use keyferry_providers::Interest;
+use keyferry_providers::{Interest, ProviderError};
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
@@ -158,6 +158,18 @@ pub async fn poll_once(
         // finds the ExternalSecrets whose vault content changed while no controller delivered it:
         // exactly those sync, not every ExternalSecret of the client.
         let baseline = result.is_ok() && client.mark_listed();
+        let unreachable = matches!(result, Err(ProviderError::Unreachable { .. }));
+        if client.note_reachability(!unreachable) {
+            // Dead pooled connections, a stale DNS answer or a CA re-issued on disk: state that only
+            // a new client clears. The next reconcile of these stores builds one.
+            tracing::warn!(
+                stores = stores.len(),
+                rounds = crate::stores::cache::REBUILD_AFTER_UNREACHABLE_ROUNDS,
+                "vault unreachable for several change-feed rounds; rebuilding its client"
+            );
+            ctx.clients.discard(&client);
+            ctx.metrics.set_provider_clients(ctx.clients.len());
+        }
         report_detection(ctx, &stores, result.is_ok()).await;
         match result {
             Ok(changed) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{apply, emulator_store, env, run, wait_ready, wait_secret_value, yaml};
 use keyferry_api::{ExternalSecret, SecretStore};
-use keyferry_emulator::{FaultKind, FaultSpec, Operation};
+use keyferry_emulator::{Emulator, EmulatorConfig, FaultKind, FaultSpec, Operation, TlsMode};
 use keyferry_testkit::TestNamespace;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -164,7 +164,8 @@ struct ScopedController {
 }
 
 impl ScopedController {
-    fn start(env: &common::Env, ns: &str, class: &str) -> Self {
+    /// A controller of class `class` watching `ns`, trusting `vault`'s CA file and authority.
+    fn start(env: &common::Env, vault: &Emulator, ns: &str, class: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -178,8 +179,8 @@ impl ScopedController {
             change_feed_interval_secs: 1,
             metrics_addr: ([127, 0, 0, 1], port).into(),
             skip_logging_init: true,
-            ca_file: Some(env.emulator.ca_file().to_path_buf()),
-            azure_authority_host: Some(env.emulator.authority_host().to_owned()),
+            ca_file: Some(vault.ca_file().to_path_buf()),
+            azure_authority_host: Some(vault.authority_host().to_owned()),
             ..keyferry_controller::ControllerArgs::default()
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -201,8 +202,8 @@ impl ScopedController {
     }
 }
 
-/// An emulator SecretStore of controller class `class` (service principal from a Secret).
-async fn emulator_store_of_class(env: &common::Env, ns: &str, name: &str, class: &str) {
+/// A SecretStore on `vault` of controller class `class` (service principal from a Secret).
+async fn emulator_store_of_class(env: &common::Env, vault: &Emulator, ns: &str, name: &str, class: &str) {
     let client = env.client();
     let creds: k8s_openapi::api::core::v1::Secret = yaml(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-sp\n  namespace: {ns}\nstringData:\n  client-id: keyferry-e2e-{name}\n  client-secret: {ns}\n"
@@ -210,8 +211,8 @@ async fn emulator_store_of_class(env: &common::Env, ns: &str, name: &str, class:
     apply(&Api::namespaced(client.clone(), ns), &creds).await;
     let store: SecretStore = yaml(&format!(
         "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  controller: {class}\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: {name}-sp, key: client-id}}\n        clientSecret: {{name: {name}-sp, key: client-secret}}\n",
-        url = env.emulator.vault_url(),
-        tenant = env.emulator.tenant_id(),
+        url = vault.vault_url(),
+        tenant = vault.tenant_id(),
     ));
     apply(&Api::namespaced(client, ns), &store).await;
 }
@@ -257,8 +258,8 @@ fn a_rotation_written_while_no_controller_runs_is_applied_at_start() {
         let written = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let first = ScopedController::start(env, &ns.name, &class);
-        emulator_store_of_class(env, &ns.name, "akv", &class).await;
+        let first = ScopedController::start(env, &env.emulator, &ns.name, &class);
+        emulator_store_of_class(env, &env.emulator, &ns.name, "akv", &class).await;
         let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
         wait_clock_past(written + 4).await;
         apply(&ess, &hourly_es(&ns.name, "a", "akv", "v", &rotated)).await;
@@ -271,7 +272,7 @@ fn a_rotation_written_while_no_controller_runs_is_applied_at_start() {
         env.emulator
             .set_secret(&rotated, "a2")
             .unwrap_or_else(|e| panic!("{e}"));
-        let second = ScopedController::start(env, &ns.name, &class);
+        let second = ScopedController::start(env, &env.emulator, &ns.name, &class);
         // Far below the hourly refresh: only the start-up comparison can deliver it.
         wait_secret_value(&client, &ns.name, "a", "v", "a2").await;
         let metrics = common::http_get(&second.metrics_url).await;
@@ -427,6 +428,65 @@ fn a_vault_outage_loses_nothing_and_rotations_during_it_arrive() {
             "a Secret was blank or unexpected at some instant: {bad:?}"
         );
         eprintln!("outage: {samples} Secret samples, none blank or unexpected");
+        ns.cleanup().await;
+    });
+}
+
+/// Issue 10 item 3: a long-lived vault client recovers from its vault restarting on the same port
+/// with a new CA (written to the same `--ca-file`) without a controller restart. The change feed
+/// cannot reach the vault (TLS: unknown issuer) for a few rounds, the client is dropped, and the
+/// next one reads the CA file again; the rotation written after the restart arrives.
+#[test]
+fn a_vault_restarted_with_a_new_ca_is_reached_again_without_restarting_the_controller() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "vaultrestart", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let config = |listen: std::net::SocketAddr| EmulatorConfig {
+            listen,
+            state: Some(dir.path().join("vault.json")),
+            tls: TlsMode::Generate {
+                ca_file: Some(dir.path().join("ca.pem")),
+            },
+            ..EmulatorConfig::default()
+        };
+        let first = Emulator::start(config(([127, 0, 0, 1], 0).into()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        first
+            .set_secret("db", "before-restart")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let class = format!("vaultrestart-{}", ns.name);
+        let controller = ScopedController::start(env, &first, &ns.name, &class);
+        emulator_store_of_class(env, &first, &ns.name, "akv", &class).await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(&ess, &hourly_es(&ns.name, "db", "akv", "password", "db")).await;
+        wait_secret_value(&client, &ns.name, "db", "password", "before-restart").await;
+
+        let (addr, old_ca) = (first.local_addr(), first.ca_pem().to_owned());
+        first.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        let second = Emulator::start(config(addr))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(second.ca_pem(), old_ca, "the restarted vault has a new CA");
+        second
+            .set_secret("db", "after-restart")
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Far below the hourly refresh, and the old client cannot reach the new vault at all.
+        wait_secret_value(&client, &ns.name, "db", "password", "after-restart").await;
+        wait_ready(&client, &ns.name, "db", "True", "SecretSynced").await;
+        let metrics = common::http_get(&controller.metrics_url).await;
+        let builds: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("keyferry_provider_client_builds_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(builds >= 2.0, "the client was rebuilt: {builds} builds");
+        controller.stop().await;
+        let _ = second.shutdown().await;
         ns.cleanup().await;
     });
 }

@@ -24,6 +24,9 @@ use crate::{Existence, ProviderError, RemoteValue, SecretProperties, SecretValue
 
 type ReadResult = Result<RemoteValue, ProviderError>;
 
+/// A targeted check's answer: the secret's feed name and its current properties.
+type Checked = (String, Result<Option<SecretProperties>, ProviderError>);
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ReadKey {
     /// The store's cache key of the remote key ([`SecretsClient::cache_key`]).
@@ -316,7 +319,7 @@ impl CachedClient {
         use futures::StreamExt as _;
         let started = unix_now();
         // Owned keys and client per check: the stream's futures must be `Send` for any lifetime.
-        let checks: Vec<BoxFuture<'static, (String, Result<Option<SecretProperties>, ProviderError>)>> = keys
+        let checks: Vec<BoxFuture<'static, Checked>> = keys
             .iter()
             .map(|key| {
                 let (client, key) = (self.inner.client.clone(), key.clone());
@@ -328,11 +331,10 @@ impl CachedClient {
                 .boxed()
             })
             .collect();
-        let answers: Vec<(String, Result<Option<SecretProperties>, ProviderError>)> =
-            futures::stream::iter(checks)
-                .buffer_unordered(CHECK_CONCURRENCY)
-                .collect()
-                .await;
+        let answers: Vec<Checked> = futures::stream::iter(checks)
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .collect()
+            .await;
         let mut now: BTreeMap<String, Option<Fingerprint>> = BTreeMap::new();
         for (name, answer) in answers {
             now.insert(name, answer?.as_ref().map(Fingerprint::from));

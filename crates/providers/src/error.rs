@@ -41,12 +41,22 @@ pub enum ProviderError {
         /// How long the store asked us to wait, if it said.
         retry_after: Option<Duration>,
     },
-    /// The store could not be reached or failed (network, TLS, 5xx).
+    /// The store answered that it failed (5xx, 408).
     #[error("{store} is unavailable: {detail}")]
     Unavailable {
         /// The vault or store.
         store: String,
         /// What failed.
+        detail: String,
+    },
+    /// The store could not be reached: connection refused or reset, DNS, TLS. Unlike
+    /// [`ProviderError::Unavailable`], this may be our side's connection state (a pool of dead
+    /// connections, a CA that changed), so long-lived clients rebuild their transport after several.
+    #[error("{store} could not be reached: {detail}")]
+    Unreachable {
+        /// The vault or store.
+        store: String,
+        /// What failed (the transport's cause, never a body).
         detail: String,
     },
     /// The request or the response was invalid (bad name, oversize value, malformed answer,
@@ -63,7 +73,9 @@ impl ProviderError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ProviderError::Throttled { .. } | ProviderError::Unavailable { .. }
+            ProviderError::Throttled { .. }
+                | ProviderError::Unavailable { .. }
+                | ProviderError::Unreachable { .. }
         )
     }
 
@@ -75,6 +87,7 @@ impl ProviderError {
             ProviderError::Forbidden { .. } => "forbidden",
             ProviderError::Throttled { .. } => "throttled",
             ProviderError::Unavailable { .. } => "unavailable",
+            ProviderError::Unreachable { .. } => "unreachable",
             ProviderError::Invalid { .. } => "invalid",
         }
     }

@@ -459,7 +459,7 @@ async fn dropped_connection() {
         .expect("fault");
     let err = p.get_secret(&remote("a")).await.expect_err("dropped");
     let line = common::one_clear_line(&err, &["canary"]);
-    assert!(matches!(err, ProviderError::Unavailable { .. }), "{line}");
+    assert!(matches!(err, ProviderError::Unreachable { .. }), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +480,7 @@ async fn untrusted_ca_is_a_clear_tls_error() {
     );
     let line = common::one_clear_line(&err, &[CLIENT_SECRET]);
     assert!(
-        matches!(err, ProviderError::Unavailable { .. }) && line.contains("UnknownIssuer"),
+        matches!(err, ProviderError::Unreachable { .. }) && line.contains("UnknownIssuer"),
         "{line}"
     );
 }
@@ -509,7 +509,7 @@ async fn unreachable_port() {
     let err = p.validate().await.expect_err("refused");
     let line = common::one_clear_line(&err, &[CLIENT_SECRET]);
     assert!(
-        matches!(err, ProviderError::Unavailable { .. }) && line.contains("refused"),
+        matches!(err, ProviderError::Unreachable { .. }) && line.contains("refused"),
         "{line}"
     );
 }

@@ -9,7 +9,7 @@
 //! same provider settings and credentials share one client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use keyferry_providers::SecretsClient;
@@ -30,7 +30,14 @@ pub struct StoreClient {
     feed: AtomicU8,
     /// Whether a change-feed listing ever succeeded.
     listed: AtomicBool,
+    /// Change-feed rounds in a row that could not reach the vault.
+    unreachable_rounds: AtomicU32,
 }
+
+/// After this many change-feed rounds in a row that could not reach the vault, the client is
+/// dropped and the next use builds a new one: a new connection pool, DNS lookups and the CA files
+/// read again. A long-lived client must not stay wedged on state only a restart would clear.
+pub const REBUILD_AFTER_UNREACHABLE_ROUNDS: u32 = 3;
 
 const FEED_UNKNOWN: u8 = 0;
 const FEED_OK: u8 = 1;
@@ -54,7 +61,19 @@ impl StoreClient {
             direct,
             feed: AtomicU8::new(if change_feed { FEED_UNKNOWN } else { FEED_OK }),
             listed: AtomicBool::new(false),
+            unreachable_rounds: AtomicU32::new(0),
         }
+    }
+
+    /// Records whether a change-feed round reached the vault (an answer, even an error answer,
+    /// counts); returns true when the client should be rebuilt
+    /// ([`REBUILD_AFTER_UNREACHABLE_ROUNDS`] in a row could not reach it).
+    pub fn note_reachability(&self, reached: bool) -> bool {
+        if reached {
+            self.unreachable_rounds.store(0, Ordering::Relaxed);
+            return false;
+        }
+        self.unreachable_rounds.fetch_add(1, Ordering::Relaxed) + 1 >= REBUILD_AFTER_UNREACHABLE_ROUNDS
     }
 
     /// Records a successful change-feed listing; returns whether it was the first one.
@@ -205,6 +224,19 @@ impl ClientCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 
+    /// Drops `client` from every store using it and from the shared identities, so the next use of
+    /// those stores builds a new client. Reads in flight keep the old one until they finish.
+    pub fn discard(&self, client: &Arc<StoreClient>) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, e| !Arc::ptr_eq(&e.client, client));
+        self.identities
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, w| w.upgrade().is_none_or(|c| !Arc::ptr_eq(&c, client)));
+    }
+
     /// Keeps only the clients of stores that pass `keep`.
     pub fn retain(&self, keep: impl Fn(&StoreKey) -> bool) {
         self.entries
@@ -294,6 +326,30 @@ mod tests {
         cache.invalidate(&key("a"));
         cache.invalidate(&key("b"));
         assert!(cache.shared("id-1").is_none(), "gone with the last store");
+    }
+
+    #[test]
+    fn a_client_that_cannot_reach_its_vault_is_discarded_for_a_rebuild() {
+        let cache = ClientCache::default();
+        let c = client();
+        let other = client();
+        cache.insert(key("a"), "u", 1, "", c.clone());
+        cache.insert(key("b"), "v", 1, "", c.clone());
+        cache.insert(key("c"), "w", 1, "", other.clone());
+        cache.remember("id-1", &c);
+        assert!(!c.note_reachability(false));
+        assert!(!c.note_reachability(true), "an answer resets the count");
+        for _ in 1..REBUILD_AFTER_UNREACHABLE_ROUNDS {
+            assert!(!c.note_reachability(false));
+        }
+        assert!(c.note_reachability(false), "rebuild due");
+        cache.discard(&c);
+        assert!(cache.get(&key("a"), "u", 1).is_none() && cache.get(&key("b"), "v", 1).is_none());
+        assert!(
+            cache.shared("id-1").is_none(),
+            "a new store must not pick the old client up"
+        );
+        assert!(cache.get(&key("c"), "w", 1).is_some(), "other clients stay");
     }
 
     fn remote(key: &str) -> keyferry_api::external_secret::RemoteRef {

@@ -53,7 +53,7 @@ pub(crate) fn map_error(err: &azure_core::Error, ctx: Ctx<'_>) -> ProviderError 
                 ctx,
             )
         }
-        ErrorKind::Connection | ErrorKind::Io => ProviderError::Unavailable {
+        ErrorKind::Connection | ErrorKind::Io => ProviderError::Unreachable {
             store,
             detail: transport_cause(err),
         },
@@ -66,7 +66,7 @@ pub(crate) fn map_error(err: &azure_core::Error, ctx: Ctx<'_>) -> ProviderError 
             // non-TLS protected endpoints" or a challenge-resource mismatch: our own config errors,
             // whose text names no value.
             if let Some(e) = find_kind(err, |k| matches!(k, ErrorKind::Connection | ErrorKind::Io)) {
-                return ProviderError::Unavailable {
+                return ProviderError::Unreachable {
                     store,
                     detail: transport_cause(e),
                 };
@@ -143,10 +143,10 @@ pub(crate) fn map_status(
     }
 }
 
-/// A credential failure: the token endpoint refused us (Forbidden) or could not be reached (Unavailable).
+/// A credential failure: the token endpoint refused us (Forbidden) or could not be reached (Unreachable).
 fn map_credential(err: &azure_core::Error, ctx: Ctx<'_>) -> ProviderError {
     if let Some(e) = find_kind(err, |k| matches!(k, ErrorKind::Connection | ErrorKind::Io)) {
-        return ProviderError::Unavailable {
+        return ProviderError::Unreachable {
             store: ctx.store.to_owned(),
             detail: format!("cannot get a token: {}", transport_cause(e)),
         };
@@ -473,7 +473,7 @@ mod tests {
         let e = map_error(&e, CTX);
         let s = shown(&e);
         assert!(
-            matches!(e, ProviderError::Unavailable { .. }) && s.contains("UnknownIssuer"),
+            matches!(e, ProviderError::Unreachable { .. }) && s.contains("UnknownIssuer"),
             "{s}"
         );
     }
@@ -508,7 +508,7 @@ mod tests {
         );
         let e = map_error(&wrapped, CTX);
         assert!(
-            matches!(e, ProviderError::Unavailable { .. }) && shown(&e).contains("connection refused"),
+            matches!(e, ProviderError::Unreachable { .. }) && shown(&e).contains("connection refused"),
             "{e:?}"
         );
     }

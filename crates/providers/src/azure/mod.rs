@@ -59,6 +59,10 @@ pub struct ConnectOptions {
     /// Extra trusted CA certificates (PEM text, each may hold several), merged with the platform
     /// roots. From `SSL_CERT_FILE` / `--ca-file`; the emulator's `ca_pem()`.
     pub extra_ca_pems: Vec<String>,
+    /// CA files ([`ConnectOptions::with_ca_file`]), read again whenever a client is built, so a
+    /// client rebuilt after its vault became unreachable trusts a CA that changed on disk (an
+    /// emulator or an internal CA that was re-issued) as well as the one read at start.
+    pub ca_files: Vec<std::path::PathBuf>,
     /// Entra authority host (https). `None`: `AZURE_AUTHORITY_HOST` if set, else the store's
     /// `environmentType` (public cloud by default).
     pub authority_host: Option<String>,
@@ -84,6 +88,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
             extra_ca_pems: Vec::new(),
+            ca_files: Vec::new(),
             authority_host: None,
             api_version: DEFAULT_API_VERSION.to_owned(),
             budget: BudgetConfig::default(),
@@ -118,7 +123,24 @@ impl ConnectOptions {
             detail: format!("CA file {}: cannot read: {e}", path.display()),
         })?;
         self.extra_ca_pems.push(pem);
+        self.ca_files.push(path.to_path_buf());
         Ok(self)
+    }
+
+    /// Every extra CA to trust now: the PEMs given, plus the current content of each CA file (a
+    /// file that cannot be read now still counts with what it held at start).
+    pub fn current_ca_pems(&self) -> Vec<String> {
+        let mut pems = self.extra_ca_pems.clone();
+        for path in &self.ca_files {
+            match std::fs::read_to_string(path) {
+                Ok(pem) if !pems.contains(&pem) => pems.push(pem),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "CA file unreadable; keeping the CAs read before")
+                }
+            }
+        }
+        pems
     }
 
     /// Adds CA certificates from PEM text.
@@ -223,7 +245,7 @@ impl AzureProvider {
         }
 
         let http = transport::http_client(
-            &options.extra_ca_pems,
+            &options.current_ca_pems(),
             &[&vault, &authority_url],
             options.connect_timeout,
             options.read_timeout,

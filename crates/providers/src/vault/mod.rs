@@ -199,7 +199,7 @@ impl VaultProvider {
                 detail: format!("spec.provider.vault.path {m:?}: {e}"),
             })?;
         }
-        let mut pems = options.extra_ca_pems.clone();
+        let mut pems = options.current_ca_pems();
         pems.extend(ca_pems.iter().cloned());
         let http = crate::azure::transport::http_client(
             &pems,
