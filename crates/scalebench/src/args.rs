@@ -88,6 +88,12 @@ pub struct Args {
     #[arg(long)]
     pub apiserver_pid: Option<u32>,
 
+    /// Run the chaos scenario instead of the benchmark: SIGKILL the controller this many times at
+    /// random points of the first sync (rotating secrets between kills) while every Secret is
+    /// sampled; fails if one was ever wrong, blank or partial, or did not converge.
+    #[arg(long, default_value_t = 0)]
+    pub chaos_kills: usize,
+
     /// Directory for controller logs. Default: a directory under the system temp dir.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,

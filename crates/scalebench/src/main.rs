@@ -11,22 +11,12 @@
 //! Everything it creates (namespaces, the ClusterSecretStore, the controller process) is removed
 //! when a scale ends, also on error or Ctrl-C.
 
-mod args;
-mod controller;
-mod objects;
-mod procfs;
-mod ready;
-mod report;
-mod rotation;
-mod scale;
-mod vault;
-mod workload;
-
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use crate::args::Args;
-use crate::scale::Bench;
+use keyferry_scalebench::args::Args;
+use keyferry_scalebench::scale::{self, Bench};
+use keyferry_scalebench::{chaos, objects, procfs, report};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -70,6 +60,9 @@ async fn main() -> Result<()> {
         bench.log_dir.display()
     );
 
+    if bench.args.chaos_kills > 0 {
+        return run_chaos(&bench).await;
+    }
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for es in bench.args.scale_list() {
@@ -98,6 +91,37 @@ async fn main() -> Result<()> {
     }
     if !failed.is_empty() {
         anyhow::bail!("scales {failed:?} failed (see above)");
+    }
+    Ok(())
+}
+
+/// `--chaos-kills N`: the chaos scenario at each scale instead of the benchmark; fails if any
+/// Secret was ever seen wrong, blank or partial, or did not converge.
+async fn run_chaos(bench: &Bench) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for es in bench.args.scale_list() {
+        match chaos::run(bench, es, bench.args.chaos_kills).await {
+            Ok(r) => {
+                eprintln!("{}\n{}", chaos::ChaosResult::header(), r.row());
+                if r.violation_count > 0 {
+                    eprintln!("violations (first {}): {:#?}", r.violations.len(), r.violations);
+                    failed.push(es);
+                }
+                rows.push(r);
+            }
+            Err(e) => {
+                eprintln!("chaos at {es} failed: {e:#}");
+                failed.push(es);
+            }
+        }
+    }
+    println!("{}", chaos::ChaosResult::header());
+    for r in &rows {
+        println!("{}", r.row());
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("chaos at {failed:?} failed (see above)");
     }
     Ok(())
 }
