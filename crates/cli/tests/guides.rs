@@ -70,8 +70,9 @@ fn blocks(markdown: &str) -> Vec<Block> {
     out
 }
 
-/// A scratch checkout: every top-level entry of the repository linked, except `target`, which holds
-/// only the binary under test (the build's real target dir may be elsewhere).
+/// A scratch checkout: every top-level entry of the repository copied (a few MB; a guide that edits
+/// a file, e.g. `sed -i` on a copy of `examples/`, can never change the repository), except `target`,
+/// which holds only the binary under test (the build's real target dir may be elsewhere).
 fn scratch_checkout(dir: &Path) {
     for entry in std::fs::read_dir(repo()).unwrap() {
         let entry = entry.unwrap();
@@ -79,7 +80,13 @@ fn scratch_checkout(dir: &Path) {
         if name == "target" || name == ".git" {
             continue;
         }
-        std::os::unix::fs::symlink(entry.path(), dir.join(&name)).unwrap();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(entry.path())
+            .arg(dir.join(&name))
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copying {} failed", entry.path().display());
     }
     std::fs::create_dir_all(dir.join("target/debug")).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_keyferry"), dir.join("target/debug/keyferry")).unwrap();
@@ -128,9 +135,13 @@ fn the_fence_parser_keeps_only_shell_blocks_and_honours_markers() {
 
 #[test]
 fn every_listed_guide_runs_as_written() {
-    let mut not_listed: Vec<String> = std::fs::read_dir(repo().join("docs"))
-        .unwrap()
-        .map(|e| format!("docs/{}", e.unwrap().file_name().to_string_lossy()))
+    let mut not_listed: Vec<String> = ["docs", "docs/academy"]
+        .iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(repo().join(dir))
+                .unwrap()
+                .map(move |e| format!("{dir}/{}", e.unwrap().file_name().to_string_lossy()))
+        })
         .filter(|f| f.ends_with(".md") && !GUIDES.contains(&f.as_str()))
         .collect();
     not_listed.sort();
@@ -150,6 +161,7 @@ fn every_listed_guide_runs_as_written() {
         let state = dir.path().join(".testenv");
         let script_path = dir.path().join(".guide.sh");
         std::fs::write(&script_path, script(guide, &blocks, &state)).unwrap();
+        let started = std::time::Instant::now();
         let out = Command::new("timeout")
             .args(["600", "bash"])
             .arg(&script_path)
@@ -179,9 +191,13 @@ fn every_listed_guide_runs_as_written() {
             tail(&stdout),
             tail(&stderr)
         );
+        if std::env::var_os("KEYFERRY_GUIDES_VERBOSE").is_some() {
+            println!("--- {guide} stdout ---\n{stdout}\n--- {guide} stderr ---\n{stderr}");
+        }
         println!(
-            "{guide}: {} blocks ran, {skipped} marked not to run",
-            blocks.len() - skipped
+            "{guide}: {} blocks ran, {skipped} marked not to run, {:.0} s",
+            blocks.len() - skipped,
+            started.elapsed().as_secs_f64()
         );
     }
 }
