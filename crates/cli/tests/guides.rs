@@ -20,6 +20,11 @@ const GUIDES: &[&str] = &[
     "docs/ci.md",
     "docs/audit.md",
     "docs/vm-agent.md",
+    "docs/academy/README.md",
+    "docs/academy/create-a-secret.md",
+    "docs/academy/wire-an-externalsecret.md",
+    "docs/academy/rotation.md",
+    "docs/academy/bootstrap-on-rke2.md",
 ];
 
 fn repo() -> PathBuf {
