@@ -103,6 +103,8 @@ fn script(guide: &str, blocks: &[Block], testenv_state: &Path) -> String {
          export KEYFERRY_TESTENV_STATE={state}\n\
          unset KUBECONFIG KUBECONFIG_USER\n\
          export PATH=\"$PWD/target/debug:$PATH\"\n\
+         if [ -n \"${{SOPS_BIN:-}}\" ]; then PATH=\"$PATH:$(dirname \"$SOPS_BIN\")\"; fi\n\
+         PATH=\"$PATH:$(python3 -m site --user-base 2>/dev/null)/bin\"\n\
          cargo() {{ if [ \"$1\" = build ]; then echo '(doc runner: the binary under test is already built)'; else command cargo \"$@\"; fi; }}\n\
          KF_BLOCK=start\n\
          trap 'echo \"DOC BLOCK FAILED: $KF_BLOCK\" >&2' ERR\n\
