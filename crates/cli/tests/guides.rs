@@ -4,11 +4,18 @@
 //! The first failing block fails the test, named by file and line.
 //!
 //! Blocks whose info string has a second word are not run, and the word says why: `sh azure` needs a
-//! real Azure subscription, `sh long` is a benchmark, a release build or the whole test suite, `sh vm` changes a host's
-//! system (users, systemd units) and is meant for a VM you administer. The
-//! binary under test is on `PATH` as `keyferry`, as after `cargo install`, and a guide's
-//! `cargo build` is answered by it (a nested build would wait on the outer `cargo test`'s lock). Every guide listed in
-//! `GUIDES` must pass; a guide not listed says so in the output.
+//! real Azure subscription, `sh long` is a benchmark, a release build or a test suite, `sh vm` changes a
+//! host's system (users, systemd units) and is meant for a VM you administer, `sh example` holds
+//! placeholders (`<apiserver>`) to fill in for your own system.
+//!
+//! The binary under test is on `PATH` as `keyferry`, as after `cargo install`; a guide's `cargo build`
+//! is answered by it and `cargo run -p keyferry -- ARGS` runs it (a nested cargo would wait on the
+//! outer `cargo test`'s lock). `sops` is on `PATH` too (`$SOPS_BIN`, or pip's user `bin`, where
+//! `scripts/test` installs it). testenv and OpenBao get per-guide state directories, so a guide's
+//! `scripts/testenv`/`scripts/openbao` never touch those of `scripts/test`, and both are stopped when
+//! the guide ends. Every guide listed in `GUIDES` must pass; a guide not listed says so in the output.
+//! `KEYFERRY_GUIDES=docs/a.md,docs/b.md` runs only those; `KEYFERRY_GUIDES_VERBOSE=1` prints each
+//! guide's whole output.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -16,6 +23,7 @@ use std::process::Command;
 
 /// The guides the runner holds to account, in the order they run.
 const GUIDES: &[&str] = &[
+    "README.md",
     "docs/getting-started.md",
     "docs/ci.md",
     "docs/audit.md",
@@ -25,6 +33,11 @@ const GUIDES: &[&str] = &[
     "docs/rotation.md",
     "docs/reliability.md",
     "docs/dr.md",
+    "docs/install.md",
+    "docs/monitoring.md",
+    "docs/vault.md",
+    "docs/performance.md",
+    "docs/security.md",
     "docs/academy/README.md",
     "docs/academy/create-a-secret.md",
     "docs/academy/wire-an-externalsecret.md",
@@ -106,14 +119,19 @@ fn script(guide: &str, blocks: &[Block], testenv_state: &Path) -> String {
     let mut s = format!(
         "set -eE -o pipefail\n\
          export KEYFERRY_TESTENV_STATE={state}\n\
-         unset KUBECONFIG KUBECONFIG_USER\n\
+         export KEYFERRY_OPENBAO_STATE={state}-openbao\n\
+         unset KUBECONFIG KUBECONFIG_USER BAO_ADDR BAO_TOKEN BAO_BIN\n\
          export PATH=\"$PWD/target/debug:$PATH\"\n\
          if [ -n \"${{SOPS_BIN:-}}\" ]; then PATH=\"$PATH:$(dirname \"$SOPS_BIN\")\"; fi\n\
          PATH=\"$PATH:$(python3 -m site --user-base 2>/dev/null)/bin\"\n\
-         cargo() {{ if [ \"$1\" = build ]; then echo '(doc runner: the binary under test is already built)'; else command cargo \"$@\"; fi; }}\n\
+         cargo() {{ case \"$1\" in\n\
+           build) echo '(doc runner: the binary under test is already built)' ;;\n\
+           run) while [ $# -gt 0 ] && [ \"$1\" != -- ]; do shift; done; if [ $# -gt 0 ]; then shift; fi; keyferry \"$@\" ;;\n\
+           *) command cargo \"$@\" ;;\n\
+         esac; }}\n\
          KF_BLOCK=start\n\
          trap 'echo \"DOC BLOCK FAILED: $KF_BLOCK\" >&2' ERR\n\
-         trap 'kill $(jobs -p) 2>/dev/null || true; scripts/testenv down >/dev/null 2>&1 || true' EXIT\n",
+         trap 'kill $(jobs -p) 2>/dev/null || true; scripts/testenv down >/dev/null 2>&1 || true; [ ! -d \"$KEYFERRY_OPENBAO_STATE\" ] || scripts/openbao down >/dev/null 2>&1 || true' EXIT\n",
         state = testenv_state.display()
     );
     for b in blocks.iter().filter(|b| b.runnable) {
