@@ -17,7 +17,7 @@ mod stores;
 
 /// Azure Key Vault secrets into Kubernetes and VMs.
 #[derive(Debug, Parser)]
-#[command(name = "keyferry", version, about)]
+#[command(name = "keyferry", version = env!("KEYFERRY_VERSION"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
