@@ -166,3 +166,41 @@ fn the_image_runs_keyferry_from_its_own_rootfs_as_non_root() {
         "the image's keyferry prints other CRDs than the binary it was built from"
     );
 }
+
+/// The Dockerfile (for users' own CI; no daemon here to build it) and the daemon-less image agree
+/// with the chart: the final stage runs as the uid/gid the chart's pod securityContext sets, is a
+/// distroless base (no shell), and builds with the lock file and the commit.
+#[test]
+fn the_dockerfile_runs_as_the_charts_user_on_a_distroless_base() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let deployment =
+        std::fs::read_to_string(repo().join("charts/keyferry/templates/deployment.yaml")).unwrap();
+    let field = |name: &str| {
+        deployment
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .unwrap_or_else(|| panic!("no {name} in the chart's Deployment"))
+            .trim()
+            .to_owned()
+    };
+    let user = format!("{}:{}", field("runAsUser"), field("runAsGroup"));
+    let stages: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(stages.len(), 2, "not a two-stage build: {stages:?}");
+    assert!(
+        stages[1].contains("distroless"),
+        "final stage is not distroless: {}",
+        stages[1]
+    );
+    let final_stage = &dockerfile[dockerfile.rfind("\nFROM ").unwrap()..];
+    assert!(
+        final_stage.lines().any(|l| l.trim() == format!("USER {user}")),
+        "the final stage does not run as the chart's {user}"
+    );
+    assert!(dockerfile.contains("cargo build --release --locked -p keyferry"));
+    assert!(dockerfile.contains("KEYFERRY_COMMIT"));
+    let script = std::fs::read_to_string(repo().join("scripts/image")).unwrap();
+    assert!(
+        script.contains(&format!("--config.user {user}")),
+        "scripts/image does not run as the chart's {user}"
+    );
+}
