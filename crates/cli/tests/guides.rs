@@ -9,8 +9,9 @@
 //! placeholders (`<apiserver>`) to fill in for your own system.
 //!
 //! The binary under test is on `PATH` as `keyferry`, as after `cargo install`; a guide's `cargo build`
-//! is answered by it and `cargo run -p keyferry -- ARGS` runs it (a nested cargo would wait on the
-//! outer `cargo test`'s lock). `sops` is on `PATH` too (`$SOPS_BIN`, or pip's user `bin`, where
+//! is answered by it and `cargo run -p keyferry -- ARGS` runs it; any other cargo command fails at
+//! once with a hint to mark its block `sh long` (a nested cargo would wait on the outer `cargo
+//! test`'s lock until the guide's timeout). `sops` is on `PATH` too (`$SOPS_BIN`, or pip's user `bin`, where
 //! `scripts/test` installs it). testenv and OpenBao get per-guide state directories, so a guide's
 //! `scripts/testenv`/`scripts/openbao` never touch those of `scripts/test`, and both are stopped when
 //! the guide ends. Every guide — `README.md`, `docs/*.md`, `docs/academy/*.md` — runs and must pass:
@@ -105,7 +106,32 @@ fn scratch_checkout(dir: &Path) {
     }
     std::fs::create_dir_all(dir.join("target/debug")).unwrap();
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_keyferry"), dir.join("target/debug/keyferry")).unwrap();
+    // `cargo` for the guides, first on PATH (so `env … cargo` finds it too): a build is already
+    // done, `cargo run -p keyferry -- ARGS` is the binary, anything else would wait on the outer
+    // `cargo test`'s lock until the guide's timeout, so it fails at once and says what to do.
+    let bin = dir.join(".doc-runner-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("cargo"), CARGO_SHIM).unwrap();
+    std::fs::set_permissions(
+        bin.join("cargo"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
 }
+
+const CARGO_SHIM: &str = r#"#!/usr/bin/env bash
+case "$1" in
+  build) echo '(doc runner: the binary under test is already built)'; exit 0 ;;
+  run) case " $* " in
+         *' -p keyferry '*|*' --package keyferry '*|*' --bin keyferry '*)
+           while [ $# -gt 0 ] && [ "$1" != -- ]; do shift; done
+           if [ $# -gt 0 ]; then shift; fi
+           exec keyferry "$@" ;;
+       esac ;;
+esac
+echo "doc runner: 'cargo $*' would wait on the outer cargo test's lock; mark the block 'sh long'" >&2
+exit 1
+"#;
 
 fn script(guide: &str, blocks: &[Block], testenv_state: &Path) -> String {
     let mut s = format!(
@@ -113,18 +139,9 @@ fn script(guide: &str, blocks: &[Block], testenv_state: &Path) -> String {
          export KEYFERRY_TESTENV_STATE={state}\n\
          export KEYFERRY_OPENBAO_STATE={state}-openbao\n\
          unset KUBECONFIG KUBECONFIG_USER BAO_ADDR BAO_TOKEN BAO_BIN\n\
-         export PATH=\"$PWD/target/debug:$PATH\"\n\
+         export PATH=\"$PWD/.doc-runner-bin:$PWD/target/debug:$PATH\"\n\
          if [ -n \"${{SOPS_BIN:-}}\" ]; then PATH=\"$PATH:$(dirname \"$SOPS_BIN\")\"; fi\n\
          PATH=\"$PATH:$(python3 -m site --user-base 2>/dev/null)/bin\"\n\
-         cargo() {{ case \"$1\" in\n\
-           build) echo '(doc runner: the binary under test is already built)' ;;\n\
-           run) case \" $* \" in\n\
-             *' -p keyferry '*|*' --package keyferry '*|*' --bin keyferry '*)\n\
-               while [ $# -gt 0 ] && [ \"$1\" != -- ]; do shift; done; if [ $# -gt 0 ]; then shift; fi; keyferry \"$@\" ;;\n\
-             *) command cargo \"$@\" ;;\n\
-           esac ;;\n\
-           *) command cargo \"$@\" ;;\n\
-         esac; }}\n\
          KF_BLOCK=start\n\
          trap 'echo \"DOC BLOCK FAILED: $KF_BLOCK\" >&2' ERR\n\
          trap 'kill $(jobs -p) 2>/dev/null || true; scripts/testenv down >/dev/null 2>&1 || true; [ ! -d \"$KEYFERRY_OPENBAO_STATE\" ] || scripts/openbao down >/dev/null 2>&1 || true' EXIT\n",
