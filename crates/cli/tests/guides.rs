@@ -49,9 +49,13 @@ fn repo() -> PathBuf {
 #[derive(Debug, PartialEq)]
 struct Block {
     line: usize,
-    runnable: bool,
+    /// The info string's second word (`azure` in ```` ```sh azure ````): why the block is not run.
+    marker: Option<String>,
     text: String,
 }
+
+/// The markers a guide may use, each a reason a block is not run (see the module docs).
+const MARKERS: &[&str] = &["azure", "long", "vm", "example"];
 
 fn blocks(markdown: &str) -> Vec<Block> {
     let mut out = Vec::new();
@@ -65,7 +69,7 @@ fn blocks(markdown: &str) -> Vec<Block> {
                     let shell = matches!(words.next(), Some("sh" | "bash" | "shell"));
                     current = Some(Block {
                         line: i + 1,
-                        runnable: shell && words.next().is_none(),
+                        marker: words.next().map(str::to_owned),
                         text: if shell { String::new() } else { "\u{0}".to_owned() },
                     });
                 }
@@ -147,7 +151,7 @@ fn script(guide: &str, blocks: &[Block], testenv_state: &Path) -> String {
          trap 'kill $(jobs -p) 2>/dev/null || true; scripts/testenv down >/dev/null 2>&1 || true; [ ! -d \"$KEYFERRY_OPENBAO_STATE\" ] || scripts/openbao down >/dev/null 2>&1 || true' EXIT\n",
         state = testenv_state.display()
     );
-    for b in blocks.iter().filter(|b| b.runnable) {
+    for b in blocks.iter().filter(|b| b.marker.is_none()) {
         s.push_str(&format!("KF_BLOCK={guide}:{}\necho \"==> $KF_BLOCK\"\n", b.line));
         s.push_str(&b.text);
     }
@@ -164,12 +168,12 @@ fn the_fence_parser_keeps_only_shell_blocks_and_honours_markers() {
         [
             Block {
                 line: 2,
-                runnable: true,
+                marker: None,
                 text: "a\nb\n".into()
             },
             Block {
                 line: 9,
-                runnable: false,
+                marker: Some("azure".into()),
                 text: "az login\n".into()
             }
         ]
@@ -187,7 +191,16 @@ fn every_guide_runs_as_written() {
         let guide = guide.as_str();
         let markdown = std::fs::read_to_string(repo().join(guide)).unwrap();
         let blocks = blocks(&markdown);
-        let skipped = blocks.iter().filter(|b| !b.runnable).count();
+        for b in &blocks {
+            if let Some(m) = b.marker.as_deref() {
+                assert!(
+                    MARKERS.contains(&m),
+                    "{guide}:{}: unknown marker `sh {m}` (a block is skipped only for a known reason: {MARKERS:?})",
+                    b.line
+                );
+            }
+        }
+        let skipped = blocks.iter().filter(|b| b.marker.is_some()).count();
         let dir = tempfile::tempdir().unwrap();
         scratch_checkout(dir.path());
         let state = dir.path().join(".testenv");
