@@ -17,7 +17,7 @@ mod stores;
 
 /// Azure Key Vault secrets into Kubernetes and VMs.
 #[derive(Debug, Parser)]
-#[command(name = "keyferry", version, about)]
+#[command(name = "keyferry", version = env!("KEYFERRY_VERSION"), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,6 +48,16 @@ enum Command {
     Run(run::RunArgs),
     /// Break-glass DR: export vault secrets to a SOPS/age bundle, verify it is complete and current.
     Dr(dr::DrArgs),
+    /// Print a shell completion script: `source <(keyferry completions bash)`.
+    Completions(CompletionsArgs),
+}
+
+/// `keyferry completions` flags.
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +73,11 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Crds(args) => crds::run(&args),
+            Command::Completions(args) => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(args.shell, &mut cmd, "keyferry", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
             Command::Controller(args) => match keyferry_controller::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

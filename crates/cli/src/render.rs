@@ -24,6 +24,10 @@ pub struct RenderArgs {
     /// Print secret values instead of `<redacted: N bytes>`.
     #[arg(long)]
     pub reveal: bool,
+    /// `yaml`: one document per Secret, each after a `# from FILE` comment; `json`: one `v1` List
+    /// of the Secrets (for `jq`, or `kubectl apply -f -`).
+    #[arg(long, short = 'o', value_enum, default_value_t = RenderOutput::Yaml)]
+    pub output: RenderOutput,
     /// Serve the stores from this break-glass bundle (SOPS/age, from `keyferry dr export`): no vault.
     #[arg(long, value_name = "FILE", requires = "age_identity")]
     pub break_glass: Option<PathBuf>,
@@ -32,6 +36,15 @@ pub struct RenderArgs {
     pub age_identity: Option<PathBuf>,
     #[command(flatten)]
     pub stores: StoreArgs,
+}
+
+/// How `render` prints the Secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RenderOutput {
+    /// YAML documents.
+    Yaml,
+    /// One JSON `List`.
+    Json,
 }
 
 /// Exit codes: 0 all rendered, 1 some failed, 2 usage or configuration error.
@@ -76,12 +89,26 @@ pub async fn run(args: RenderArgs) -> ExitCode {
         }
     }
     let mut out = std::io::stdout().lock();
-    for (file, desired) in &rendered {
-        let _ = writeln!(
-            out,
-            "---\n# from {file}\n{}",
-            desired.to_yaml(args.reveal).trim_end()
-        );
+    match args.output {
+        RenderOutput::Yaml => {
+            for (file, desired) in &rendered {
+                let _ = writeln!(
+                    out,
+                    "---\n# from {file}\n{}",
+                    desired.to_yaml(args.reveal).trim_end()
+                );
+            }
+        }
+        RenderOutput::Json => {
+            let items: Vec<_> = rendered.iter().map(|(_, d)| d.to_secret(args.reveal)).collect();
+            let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+            match serde_json::to_string_pretty(&list) {
+                Ok(text) => {
+                    let _ = writeln!(out, "{text}");
+                }
+                Err(e) => return usage_error(&format!("cannot serialize the Secrets as JSON: {e}")),
+            }
+        }
     }
     let _ = out.flush();
     for f in &failures {

@@ -84,6 +84,55 @@ fn render_examples_redacted_by_default() {
 }
 
 #[test]
+fn render_output_json_is_one_list_of_the_same_secrets_and_redacted() {
+    let args = [
+        "render",
+        "examples/platform",
+        "examples/deploy",
+        "--seed",
+        "examples/vault/seed.yaml",
+    ];
+    let o = keyferry(&[&args[..], &["--output", "json"]].concat());
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "stderr: {err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(list["apiVersion"], "v1");
+    assert_eq!(list["kind"], "List");
+    let mut names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert_eq!(i["kind"], "Secret");
+            i["metadata"]["name"].as_str().unwrap()
+        })
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "jenkins-admin-credentials",
+            "netbox-config",
+            "netbox-db-credentials",
+            "netbox-db-dsn"
+        ]
+    );
+    let db = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["metadata"]["name"] == "netbox-db-credentials")
+        .unwrap();
+    assert_eq!(db["stringData"]["DB_PASSWORD"], "<redacted: 26 bytes>");
+    for v in seed_values() {
+        assert!(!out.contains(&v) && !err.contains(&v), "value leaked: {v}");
+    }
+    let revealed = keyferry(&[&args[..], &["-o", "json", "--reveal"]].concat());
+    let (out, _) = text(&revealed);
+    assert!(out.contains("ZGVtby1uZXRib3gtZGItcGFzc3dvcmQtdjI="), "{out}");
+}
+
+#[test]
 fn render_reveal_shows_values() {
     let o = keyferry(&[
         "render",

@@ -212,6 +212,74 @@ fn helm_lint_passes_for_every_values_case() {
     }
 }
 
+/// The PrometheusRule is off by default (it needs the Prometheus Operator's CRDs). Turned on, it
+/// lints, takes the extra labels and namespace, and its `spec` is exactly the rule file promtool
+/// unit-tests — `deploy/monitoring/keyferry-rules.yaml` is the chart's `files/keyferry-rules.yaml`,
+/// so the two cannot drift.
+#[test]
+fn prometheus_rule_is_opt_in_and_holds_the_promtool_tested_rules() {
+    let Some(bin) = helm() else { return };
+    let default = render(bin, &case("default", &[]));
+    assert!(
+        of_kind(&default, "PrometheusRule").is_empty(),
+        "a PrometheusRule is rendered by default (it needs the monitoring.coreos.com CRDs)"
+    );
+
+    let on = case(
+        "prometheus-rule",
+        &["prometheusRule.enabled=true", "prometheusRule.labels.release=kps"],
+    );
+    let out = helm_args(bin, ["lint", "--strict", &*chart().to_string_lossy()], &on.sets)
+        .output()
+        .unwrap_or_else(|e| panic!("running helm: {e}"));
+    assert!(
+        out.status.success(),
+        "helm lint (prometheus-rule) failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = render(bin, &on);
+    let rule = one(&docs, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "kf-system");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kps");
+    assert_eq!(rule["metadata"]["labels"]["app.kubernetes.io/name"], "keyferry");
+
+    let read = |path: &str| {
+        std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+    };
+    let tested = read("deploy/monitoring/keyferry-rules.yaml");
+    assert_eq!(
+        tested,
+        read("charts/keyferry/files/keyferry-rules.yaml"),
+        "deploy/monitoring/keyferry-rules.yaml must be the chart's files/keyferry-rules.yaml (a link), not a copy"
+    );
+    let tested: Value = serde_yaml_ng::from_str(&tested).unwrap_or_else(|e| panic!("rules YAML: {e}"));
+    assert!(
+        tested["groups"].as_array().is_some_and(|g| !g.is_empty()),
+        "no rule groups in {tested}"
+    );
+    assert_eq!(
+        rule["spec"], tested,
+        "the PrometheusRule's spec differs from the promtool-tested rule file"
+    );
+
+    let elsewhere = render(
+        bin,
+        &case(
+            "prometheus-rule-namespace",
+            &[
+                "prometheusRule.enabled=true",
+                "prometheusRule.namespace=monitoring",
+            ],
+        ),
+    );
+    assert_eq!(
+        one(&elsewhere, "PrometheusRule")["metadata"]["namespace"],
+        "monitoring"
+    );
+}
+
 #[test]
 fn rbac_follows_the_mode() {
     let Some(bin) = helm() else { return };
