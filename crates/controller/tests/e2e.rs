@@ -904,7 +904,7 @@ fn deletion_policy_applies_when_the_remote_secret_is_gone() {
             Some(b"v".to_vec())
         );
         // No delete/recreate loop: the deleted Secret stays deleted.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        common::wait_feed_rounds(env, 3).await;
         assert!(secrets.get_opt("delete").await.ok().flatten().is_none());
         ns.cleanup().await;
     });
@@ -963,7 +963,7 @@ fn stores_with_one_identity_share_one_vault_client() {
             wait_secret_value(&client, &ns.name, "db", "v", "one-client").await;
         }
         // Several refreshes later, still one build for both stores.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        common::wait_feed_rounds(env, 3).await;
         let after = builds(&env.metrics().await, "azurekv");
         assert_eq!(
             after - before,
@@ -1135,14 +1135,14 @@ fn foreign_keys_stay_and_hand_edits_are_reverted() {
             .patch("app", &pp, &Patch::Apply(&other("extra", "theirs")))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        common::wait_feed_rounds(env, 2).await;
         let t1 = ess
             .get("app")
             .await
             .ok()
             .and_then(|e| e.status)
             .and_then(|s| s.refresh_time);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        common::wait_feed_rounds(env, 3).await;
         let t2 = ess
             .get("app")
             .await

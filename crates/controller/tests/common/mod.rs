@@ -179,6 +179,23 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// Waits until the shared controller's change feed completed `rounds` more polls (ok or not):
+/// a "nothing happens meanwhile" check waits for the controller's progress, not for wall time.
+pub async fn wait_feed_rounds(env: &Env, rounds: u32) {
+    let polls = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("keyferry_change_feed_polls_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let start = polls(&env.metrics().await);
+    let done = keyferry_testkit::eventually(Duration::from_secs(60), || async {
+        (polls(&env.metrics().await) >= start + f64::from(rounds)).then_some(())
+    })
+    .await;
+    assert!(done.is_some(), "the change feed made no {rounds} more rounds within 60 s");
+}
+
 /// A plain HTTP GET (no client library needed for a local metrics endpoint).
 pub async fn http_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
