@@ -94,6 +94,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub chaos_kills: usize,
 
+    /// Run the slow-vault scenario instead of the benchmark: every vault call takes this many
+    /// milliseconds longer during the first sync.
+    #[arg(long, default_value_t = 0)]
+    pub chaos_latency_ms: u64,
+
     /// Directory for controller logs. Default: a directory under the system temp dir.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,

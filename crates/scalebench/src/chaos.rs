@@ -64,6 +64,120 @@ impl ChaosResult {
     }
 }
 
+/// What the slow-vault scenario measured.
+#[derive(Debug, Default)]
+pub struct LatencyResult {
+    /// ExternalSecrets.
+    pub es: usize,
+    /// Delay added to every vault call.
+    pub latency: Duration,
+    /// From the controller's start to every ExternalSecret Ready.
+    pub ready_after: Duration,
+    /// Vault data-plane requests (GETs and list pages) until then.
+    pub requests: u64,
+    /// The controller's RSS after 5 s, at its peak, and when all were Ready (KiB).
+    pub rss_kib: (u64, u64, u64),
+}
+
+impl LatencyResult {
+    /// One markdown row.
+    pub fn row(&self) -> String {
+        let mib = |k: u64| k as f64 / 1024.0;
+        format!(
+            "| {} | {:.1} s | {:.1} s | {} | {:.1} / {:.1} / {:.1} MiB |",
+            self.es,
+            self.latency.as_secs_f64(),
+            self.ready_after.as_secs_f64(),
+            self.requests,
+            mib(self.rss_kib.0),
+            mib(self.rss_kib.1),
+            mib(self.rss_kib.2)
+        )
+    }
+
+    /// The markdown header of [`LatencyResult::row`].
+    pub fn header() -> &'static str {
+        "| ExternalSecrets | delay on every vault call | all Ready after | vault requests (GET + list) | controller RSS at 5 s / peak / at Ready |\n|---:|---:|---:|---:|---|"
+    }
+}
+
+/// A slow vault: every data-plane call takes `latency` longer. The first sync must complete with
+/// bounded memory and without a retry storm (the read timeout is far above the delay).
+pub async fn run_latency(bench: &Bench, es: usize, latency: Duration) -> Result<LatencyResult> {
+    let w = Workload {
+        run: format!("{}-slow{es}", bench.run_id),
+        es,
+        secrets: bench.args.secrets,
+        keys: bench.args.keys,
+        namespaces: bench.args.namespaces,
+    };
+    let mut cleanup = Cleanup::default();
+    let outcome = slow_vault(bench, &w, latency, &mut cleanup).await;
+    eprintln!("[slow {es}] cleanup: deleting the run's namespaces and store");
+    cleanup.run(&bench.client, Duration::from_secs(600)).await;
+    outcome
+}
+
+async fn slow_vault(
+    bench: &Bench,
+    w: &Workload,
+    latency: Duration,
+    cleanup: &mut Cleanup,
+) -> Result<LatencyResult> {
+    let args = &bench.args;
+    let emulator = vault::start(w.secrets).await?;
+    let target = VaultTarget {
+        vault_url: emulator.vault_url().to_owned(),
+        tenant_id: emulator.tenant_id().to_owned(),
+    };
+    create_store(&bench.client, w, &target, cleanup).await?;
+    create_external_secrets(&bench.client, w, args.create_concurrency).await?;
+    emulator
+        .inject_fault(
+            keyferry_emulator::FaultSpec::new(keyferry_emulator::FaultKind::Latency).latency(latency),
+        )
+        .context("cannot install the latency fault")?;
+    let before = emulator.counters();
+    let config = ControllerConfig {
+        binary: args.controller_binary(),
+        kubeconfig: bench.kubeconfig.clone(),
+        ca_file: emulator.ca_file().to_path_buf(),
+        authority_host: emulator.authority_host().to_owned(),
+        run: w.run.clone(),
+        change_feed_interval_secs: args.change_feed_interval_secs,
+        concurrency: args.concurrency,
+        log_level: args.log_level.clone(),
+        extra_args: args.controller_args.clone(),
+        log_file: bench.log_dir.join(format!("controller-{}.log", w.run)),
+    };
+    let started = Instant::now();
+    let mut controller = ControllerProcess::start(&config).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let early = crate::procfs::memory(controller.pid())?.rss_kib;
+    let ready = wait_all_ready(
+        &bench.client,
+        &w.run,
+        w.es,
+        &mut controller,
+        Duration::from_secs(1),
+        Duration::from_secs(args.ready_timeout_secs),
+    )
+    .await?;
+    let memory = crate::procfs::memory(controller.pid())?;
+    let counts = crate::vault::VaultCounts::between(&before, &emulator.counters());
+    controller.stop();
+    if let Err(e) = emulator.shutdown().await {
+        eprintln!("[slow {}] emulator shutdown: {e}", w.es);
+    }
+    Ok(LatencyResult {
+        es: w.es,
+        latency,
+        ready_after: ready.duration_since(started),
+        requests: counts.data_plane(),
+        rss_kib: (early, memory.hwm_kib, memory.rss_kib),
+    })
+}
+
 /// Every value each vault secret ever held (by index), recorded *before* it is written.
 type Allowed = Arc<Mutex<HashMap<usize, BTreeSet<String>>>>;
 

@@ -63,6 +63,15 @@ async fn main() -> Result<()> {
     if bench.args.chaos_kills > 0 {
         return run_chaos(&bench).await;
     }
+    if bench.args.chaos_latency_ms > 0 {
+        let latency = std::time::Duration::from_millis(bench.args.chaos_latency_ms);
+        println!("{}", chaos::LatencyResult::header());
+        for es in bench.args.scale_list() {
+            let r = chaos::run_latency(&bench, es, latency).await?;
+            println!("{}", r.row());
+        }
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for es in bench.args.scale_list() {

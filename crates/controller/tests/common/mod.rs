@@ -193,7 +193,10 @@ pub async fn wait_feed_rounds(env: &Env, rounds: u32) {
         (polls(&env.metrics().await) >= start + f64::from(rounds)).then_some(())
     })
     .await;
-    assert!(done.is_some(), "the change feed made no {rounds} more rounds within 60 s");
+    assert!(
+        done.is_some(),
+        "the change feed made no {rounds} more rounds within 60 s"
+    );
 }
 
 /// A plain HTTP GET (no client library needed for a local metrics endpoint).
