@@ -714,6 +714,17 @@ pub enum PathError {
     },
 }
 
+/// How break-glass bundles (`keyferry dr export`) and their readers name a Vault store: the
+/// server without a trailing `/`, then `/<mount>` when the store has one. The one rule for the
+/// export, `render --break-glass`, the controller and the agent.
+pub fn store_url(server: &str, mount: Option<&str>) -> String {
+    let server = server.trim().trim_end_matches('/');
+    match mount.map(|m| m.trim_matches('/')).filter(|m| !m.is_empty()) {
+        Some(m) => format!("{server}/{m}"),
+        None => server.to_owned(),
+    }
+}
+
 /// Vault's KV path rule, as keyferry checks it (the one rule for the provider and `validate`):
 /// non-empty `/`-separated segments, none `.` or `..`, no trailing `/`, no control characters and
 /// none of `* + ? # %` (glob and URL syntax).
