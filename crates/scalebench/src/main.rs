@@ -14,6 +14,7 @@
 mod args;
 mod controller;
 mod objects;
+mod openbao;
 mod procfs;
 mod ready;
 mod report;
