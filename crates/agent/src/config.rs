@@ -734,6 +734,78 @@ outputs:
         assert_eq!(c.outputs[0].format, Format::Env);
     }
 
+    const BAO: &str = r#"
+apiVersion: keyferry.io/v1alpha1
+kind: Agent
+vaults:
+  - name: bao
+    hashicorpVault:
+      server: https://bao.example.com:8200
+      path: secret
+      auth:
+        appRole: {roleId: r, secretIdFile: /etc/keyferry/bao-secret-id}
+outputs:
+  - name: netbox-db
+    path: /etc/keyferry/netbox-db
+    format: raw
+    vault: bao
+    data:
+      - secretKey: password
+        remoteRef: {key: netbox/db, property: password}
+"#;
+
+    #[test]
+    fn a_hashicorp_vault_source_parses_and_its_errors_name_the_field() {
+        let c = AgentConfig::parse("agent.yaml", BAO).expect("valid");
+        let v = c.vault("bao").expect("vault");
+        assert_eq!(v.store_url(), "https://bao.example.com:8200/secret");
+        assert!(v.auth.is_empty() && v.vault_url.is_empty());
+        // Loopback http (a local Vault Agent) is fine; elsewhere it is refused.
+        let local = BAO.replace("https://bao.example.com:8200", "http://127.0.0.1:8200");
+        assert!(AgentConfig::parse("agent.yaml", &local).is_ok());
+        for (from, to, expect) in [
+            (
+                "https://bao.example.com:8200",
+                "http://bao.example.com:8200",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.server: must be https:// (http:// only on loopback)",
+            ),
+            (
+                "path: secret",
+                "path: /",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.path: must name the KV mount",
+            ),
+            (
+                "appRole: {roleId: r, secretIdFile: /etc/keyferry/bao-secret-id}",
+                "tokenFile: /t\n        jwt: {tokenFile: /j}",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.auth: set exactly one of tokenFile, appRole, jwt (found 2)",
+            ),
+            (
+                "secretIdFile: /etc/keyferry/bao-secret-id",
+                "secretIdFile: bao-secret-id",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.auth.appRole.secretIdFile: must be an absolute file path",
+            ),
+            (
+                "    hashicorpVault:\n",
+                "    tenantId: t\n    hashicorpVault:\n",
+                "agent.yaml: vaults[0] (bao): hashicorpVault: leave vaultUrl, tenantId and auth (Azure Key Vault) unset",
+            ),
+        ] {
+            let e = err(&BAO.replacen(from, to, 1));
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(e.starts_with(expect), "expected {expect:?}, got {e}");
+        }
+        let neither = BAO.replace(
+            "    hashicorpVault:\n      server: https://bao.example.com:8200\n      path: secret\n      auth:\n        appRole: {roleId: r, secretIdFile: /etc/keyferry/bao-secret-id}\n",
+            "",
+        );
+        assert!(
+            err(&neither)
+                .contains("vaults[0] (bao): vaultUrl: set vaultUrl (Azure Key Vault) or hashicorpVault"),
+            "{}",
+            err(&neither)
+        );
+    }
+
     #[test]
     fn errors_are_one_line_naming_file_output_and_field() {
         let e = err(&GOOD.replace("timeoutSeconds: 30", "timeoutSecs: 30"));

@@ -366,3 +366,78 @@ async fn approle_agent_follows_a_rotation_through_the_change_feed_and_runs_on_ch
     assert!(log.contains("wrote file"), "{log}");
     assert_no_canary("agent log", &log, &creds);
 }
+
+/// Break-glass for a Vault source: `dr export` of a store on the same server and mount names the
+/// bundle's entries as the agent's `hashicorpVault` does, and `mode: manual` writes a missing file
+/// from the bundle (the exported version, not the one OpenBao holds now) without calling OpenBao.
+#[tokio::test(flavor = "multi_thread")]
+async fn break_glass_manual_serves_a_vault_source_from_a_dr_export_bundle() {
+    let Some(bao) = openbao::openbao() else { return };
+    let ns = seed(&bao, "kf-agent-bg").await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("manifests")).unwrap();
+    std::fs::write(
+        d.join("manifests/store.yaml"),
+        format!(
+            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata: {{name: bao, namespace: db}}\nspec:\n  provider:\n    vault:\n      server: {addr}\n      path: secret\n      namespace: {ns}\n      auth:\n        tokenSecretRef: {{name: bao-token, key: token}}\n---\napiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: db, namespace: db}}\nspec:\n  secretStoreRef: {{name: bao}}\n  data:\n  - secretKey: password\n    remoteRef: {{key: netbox/db, property: password}}\n",
+            addr = bao.addr
+        ),
+    )
+    .unwrap();
+    let key = d.join("age.key");
+    let out = command()
+        .args(["dr", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let recipient = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let bundle = d.join("bundle.sops.yaml");
+    let out = command()
+        .args(["dr", "export"])
+        .arg(d.join("manifests"))
+        .args(["--age-recipient", &recipient, "--out"])
+        .arg(&bundle)
+        .env("VAULT_TOKEN", &bao.token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // OpenBao moves on; the bundle keeps the exported version.
+    bao.put(&ns, "netbox/db", json!({"user": "netbox", "password": CANARY_2}))
+        .await;
+
+    std::fs::write(d.join("bao-token"), "a-token-that-is-never-used\n").unwrap();
+    let config = write_config(
+        d,
+        &bao.addr,
+        &ns,
+        &format!("tokenFile: {}", d.join("bao-token").display()),
+    );
+    let with_bg = read(&config).replace(
+        "outputs:\n",
+        &format!(
+            "    breakGlass: {{bundle: {}, identityFile: {}, mode: manual}}\noutputs:\n",
+            bundle.display(),
+            key.display()
+        ),
+    );
+    // Only the password output: the bundle holds what the manifests referenced.
+    let with_bg = with_bg[..with_bg.find("  - name: netbox-env").unwrap()].to_owned();
+    std::fs::write(&config, with_bg).unwrap();
+    let out = command()
+        .args(["agent", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(read(&d.join("out/db-password")), CANARY_1);
+    assert_no_canary("agent log", &text(&out), &[bao.token.as_str()]);
+    let st = status_json(&config, &[bao.token.as_str()]);
+    assert!(
+        st["outputs"]["db-password"]["breakGlass"]
+            .as_str()
+            .is_some_and(|s| s.contains("break-glass bundle")),
+        "{st}"
+    );
+}
