@@ -3,7 +3,8 @@
 //! token auth from a Secret, `property` and `dataFrom.extract` on a KV v2 secret, rotation delivered
 //! by the change feed (the ExternalSecret's refresh is an hour), and canary values nowhere. Also
 //! OpenBao's kubernetes auth method: the controller logs in with a TokenRequest token of the store's
-//! `serviceAccountRef`, and OpenBao checks it with testenv's TokenReview API.
+//! `serviceAccountRef`, and OpenBao checks it with testenv's TokenReview API. And break-glass: a
+//! Vault store served from a bundle exported from OpenBao.
 
 mod common;
 
@@ -398,6 +399,106 @@ fn kubernetes_auth_with_a_service_account_token_reviewed_by_the_cluster() {
             "the controller stops cleanly: {stopped:?}"
         );
         let _ = bindings.delete(&binding_name, &Default::default()).await;
+        ns.cleanup().await;
+    });
+}
+
+/// Break-glass for a Vault store: a bundle exported from OpenBao (the code `keyferry dr export`
+/// runs, keyed by server and mount), the store switched to `keyferry.io/break-glass: active`, and a
+/// new ExternalSecret is served the exported value (not the one OpenBao holds since) with the
+/// BreakGlass reason; no value in logs or status.
+#[test]
+fn break_glass_serves_a_vault_store_from_its_bundle() {
+    run(async {
+        use keyferry_controller::breakglass::{
+            BUNDLE_ANNOTATION, IDENTITY_ANNOTATION, MODE_ANNOTATION, REASON,
+        };
+        use keyferry_providers::SecretValue;
+        use keyferry_sops::AgeIdentity;
+        let Some(bao) = openbao::openbao() else { return };
+        let bao_ns = bao.fresh_namespace("kf-bg").await;
+        bao.put(&bao_ns, "app/db", json!({"password": CANARY_V1})).await;
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "vault-bg", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let spec: keyferry_api::secret_store::VaultProvider = yaml(&format!(
+            "server: {addr}\npath: secret\nnamespace: {bao_ns}\nauth:\n  tokenSecretRef: {{name: bao-token, key: token}}\n",
+            addr = bao.addr
+        ));
+        let fields = std::collections::BTreeMap::new();
+        let provider = keyferry_providers::vault::build(
+            &spec,
+            keyferry_providers::vault::VaultStoreInputs {
+                secret_fields: &fields,
+                service_account_token: None,
+                connect: &keyferry_providers::azure::ConnectOptions::default(),
+                user_token: Some(SecretValue::from(bao.token.as_str())),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let url = keyferry_providers::vault::store_url(&spec.server, spec.path.as_deref());
+        let (entries, missing) =
+            keyferry_providers::breakglass::export_entries(&provider, &url, &["app/db".to_owned()])
+                .await
+                .unwrap_or_else(|e| panic!("export: {e}"));
+        assert!(missing.is_empty() && entries.len() == 1, "{missing:?}");
+        let identity = AgeIdentity::generate();
+        let bundle = keyferry_sops::bundle::seal_bundle(
+            &entries,
+            &[identity.recipient()],
+            k8s_openapi::jiff::Timestamp::now().as_second(),
+        )
+        .and_then(|d| d.to_text(keyferry_sops::Format::Yaml))
+        .unwrap_or_else(|e| panic!("seal: {e}"));
+        // OpenBao moves on after the export.
+        bao.put(&bao_ns, "app/db", json!({"password": CANARY_V2})).await;
+
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        for (name, key, text) in [
+            ("dr-bundle", "bundle.sops.yaml", bundle.clone()),
+            ("dr-age", "age.key", identity.to_key_file().to_string()),
+        ] {
+            let mut s: Secret = yaml(&format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: {ns}\n",
+                ns = ns.name
+            ));
+            s.data = Some([(key.to_owned(), k8s_openapi::ByteString(text.into_bytes()))].into());
+            apply(&secrets, &s).await;
+        }
+        let token: Secret = yaml(&format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bao-token\n  namespace: {ns}\nstringData:\n  token: {token}\n",
+            ns = ns.name,
+            token = bao.token
+        ));
+        apply(&secrets, &token).await;
+        let store: SecretStore = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: bao\n  namespace: {ns}\n  annotations:\n    {BUNDLE_ANNOTATION}: {ns}/dr-bundle\n    {IDENTITY_ANNOTATION}: {ns}/dr-age\n    {MODE_ANNOTATION}: active\nspec:\n  provider:\n    vault:\n      server: {addr}\n      path: secret\n      namespace: {bao_ns}\n      auth:\n        tokenSecretRef: {{name: bao-token, key: token}}\n",
+            ns = ns.name,
+            addr = bao.addr,
+        ));
+        apply(&Api::<SecretStore>::namespaced(client.clone(), &ns.name), &store).await;
+        let es: ExternalSecret = yaml(&format!(
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata:\n  name: app\n  namespace: {ns}\nspec:\n  refreshInterval: 1h\n  secretStoreRef: {{name: bao}}\n  data:\n  - secretKey: db-password\n    remoteRef: {{key: app/db, property: password}}\n",
+            ns = ns.name
+        ));
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(&ess, &es).await;
+        wait_secret_value(&client, &ns.name, "app", "db-password", CANARY_V1).await;
+        wait_ready(&client, &ns.name, "app", "True", REASON).await;
+        let statuses = serde_json::to_string(
+            &ess.list(&Default::default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .items,
+        )
+        .unwrap_or_default();
+        for (what, text) in [("logs", env.logs()), ("ExternalSecret status", statuses)] {
+            for canary in [CANARY_V1, CANARY_V2, bao.token.as_str()] {
+                assert!(!text.contains(canary), "a secret value leaked into {what}");
+            }
+        }
         ns.cleanup().await;
     });
 }
