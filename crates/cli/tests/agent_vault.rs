@@ -441,3 +441,126 @@ async fn break_glass_manual_serves_a_vault_source_from_a_dr_export_bundle() {
         "{st}"
     );
 }
+
+/// Runs `openssl` with `args`, `stdin` piped in; `None` when openssl is not installed.
+fn openssl(args: &[&str], stdin: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut child = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(out.stdout)
+}
+
+/// An RS256 JWT signed with the PEM key at `key` (openssl does the signing).
+fn jwt(key: &Path, claims: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"RS256","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = openssl(
+        &["dgst", "-sha256", "-sign", key.to_str().unwrap()],
+        input.as_bytes(),
+    )
+    .unwrap();
+    format!("{input}.{}", b64(&sig))
+}
+
+/// JWT login from a token file (a host identity token): OpenBao's jwt method validates it against
+/// the issuer's public key and the role's bound subject and audience; the file is read at every
+/// login. A token for another subject is refused and the files stay as they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_login_from_a_token_file() {
+    let Some(bao) = openbao::openbao() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = d.join("issuer.pem");
+    let Some(_) = openssl(&["genrsa", "-out", key.to_str().unwrap(), "2048"], b"") else {
+        println!("SKIPPED: jwt_login_from_a_token_file: openssl is not installed (it signs the test JWT)");
+        return;
+    };
+    let public =
+        String::from_utf8(openssl(&["rsa", "-in", key.to_str().unwrap(), "-pubout"], b"").unwrap()).unwrap();
+    let ns = seed(&bao, "kf-agent-jwt").await;
+    bao.ok(Some(&ns), "POST", "sys/auth/jwt", Some(json!({"type": "jwt"})))
+        .await;
+    bao.ok(
+        Some(&ns),
+        "POST",
+        "auth/jwt/config",
+        Some(json!({"jwt_validation_pubkeys": [public], "bound_issuer": "https://issuer.example"})),
+    )
+    .await;
+    bao.ok(
+        Some(&ns),
+        "PUT",
+        "sys/policies/acl/agent-read",
+        Some(json!({"policy": "path \"secret/data/netbox/*\" { capabilities = [\"read\"] }\npath \"secret/metadata/*\" { capabilities = [\"read\", \"list\", \"scan\"] }\npath \"secret/detailed-metadata/*\" { capabilities = [\"read\", \"list\", \"scan\"] }"})),
+    )
+    .await;
+    bao.ok(
+        Some(&ns),
+        "POST",
+        "auth/jwt/role/db-01",
+        Some(json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_subject": "host:db-01",
+            "bound_audiences": ["keyferry-agent"],
+            "token_policies": ["agent-read"],
+            "token_ttl": "10m",
+        })),
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |sub: &str| json!({"iss": "https://issuer.example", "sub": sub, "aud": "keyferry-agent", "iat": now, "nbf": now, "exp": now + 3600});
+    let token_file = d.join("host.jwt");
+    let good = jwt(&key, &claims("host:db-01"));
+    std::fs::write(&token_file, &good).unwrap();
+    let config = write_config(
+        d,
+        &bao.addr,
+        &ns,
+        &format!("jwt: {{role: db-01, tokenFile: {}}}", token_file.display()),
+    );
+    let creds = [bao.token.as_str(), good.as_str()];
+    let out = command()
+        .args(["agent", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(read(&d.join("out/db-password")), CANARY_1);
+    assert_no_canary("agent log", &text(&out), &creds);
+
+    // Another subject: OpenBao refuses the login; the file keeps its content; no token in the log.
+    let other = jwt(&key, &claims("host:web-07"));
+    std::fs::write(&token_file, &other).unwrap();
+    let out = command()
+        .args(["agent", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(read(&d.join("out/db-password")), CANARY_1);
+    assert_no_canary("agent log", &text(&out), &[bao.token.as_str(), other.as_str()]);
+    let st = status_json(&config, &creds);
+    let err = st["outputs"]["db-password"]["lastError"].as_str().unwrap_or("");
+    assert!(err.contains("jwt role db-01"), "{st}");
+}
