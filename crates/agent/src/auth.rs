@@ -1,4 +1,5 @@
-//! Vault clients for the agent: the same `AzureProvider` and `CachedClient` as the controller,
+//! Vault clients for the agent: the same `AzureProvider` / `VaultProvider` and `CachedClient` as
+//! the controller (HashiCorp Vault / OpenBao with a token file, AppRole or a JWT file),
 //! with credentials from files (service principal, workload identity) or the host's managed
 //! identity — Azure VM IMDS or the Azure Arc agent's local endpoint, which the SDK 1.0 does not
 //! support (its `ManagedIdentityCredential` answers "Azure Arc managed identity isn't supported").
@@ -9,12 +10,14 @@ use std::time::Duration;
 
 use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
+use keyferry_api::secret_store::VaultProvider as VaultSpec;
 use keyferry_api::secret_store::{AzureAuthType, AzureKvProvider};
-use keyferry_providers::azure::{AzureCredentials, AzureProvider, ConnectOptions};
+use keyferry_providers::azure::{AssertionSource, AzureCredentials, AzureProvider, ConnectOptions};
+use keyferry_providers::vault::{VaultCredentials, VaultProvider};
 use keyferry_providers::{CachedClient, SecretValue, SecretsClient};
 use tokio::sync::Mutex;
 
-use crate::config::{ManagedIdentityAuth, ManagedIdentitySource, VaultConfig};
+use crate::config::{HashicorpVaultConfig, ManagedIdentityAuth, ManagedIdentitySource, VaultConfig};
 
 /// Why a vault client could not be built.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,6 +76,9 @@ const CACHE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 impl VaultClient {
     /// Builds the client for a vault.
     pub fn build(vault: &VaultConfig, connect: &ConnectOptions) -> Result<VaultClient, AuthError> {
+        if let Some(hv) = &vault.hashicorp_vault {
+            return Self::build_hashicorp(&vault.name, hv, connect);
+        }
         let provider_err = |detail: String| AuthError::Provider {
             vault: vault.name.clone(),
             detail,
@@ -152,12 +158,125 @@ impl VaultClient {
         })
     }
 
+    /// A HashiCorp Vault / OpenBao store through the provider the controller uses.
+    fn build_hashicorp(
+        name: &str,
+        hv: &HashicorpVaultConfig,
+        connect: &ConnectOptions,
+    ) -> Result<VaultClient, AuthError> {
+        let provider_err = |detail: String| AuthError::Provider {
+            vault: name.to_owned(),
+            detail,
+        };
+        let read = |field: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map(SecretValue::new)
+                .map_err(|e| AuthError::CredentialFile {
+                    vault: name.to_owned(),
+                    field,
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+        };
+        // A credential file holds one line; an empty one is a configuration error, not a login
+        // failure with a confusing answer from Vault.
+        let one_line = |field: &'static str, path: &Path| -> Result<(SecretValue, SecretValue), AuthError> {
+            let raw = read(field, path)?;
+            let text = raw
+                .expose_str()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(SecretValue::from)
+                .ok_or_else(|| {
+                    provider_err(format!(
+                        "hashicorpVault.{field}: {} is empty or not UTF-8",
+                        path.display()
+                    ))
+                })?;
+            Ok((raw, text))
+        };
+        let mut credential_file = None;
+        let credentials = if let Some(path) = &hv.auth.token_file {
+            let (raw, token) = one_line("auth.tokenFile", path)?;
+            credential_file = Some((path.clone(), raw));
+            VaultCredentials::Token(token)
+        } else if let Some(r) = &hv.auth.app_role {
+            let (raw, secret_id) = one_line("auth.appRole.secretIdFile", &r.secret_id_file)?;
+            credential_file = Some((r.secret_id_file.clone(), raw));
+            VaultCredentials::AppRole {
+                mount: r
+                    .path
+                    .as_deref()
+                    .unwrap_or("approle")
+                    .trim_matches('/')
+                    .to_owned(),
+                role_id: SecretValue::from(r.role_id.trim()),
+                secret_id,
+            }
+        } else if let Some(j) = &hv.auth.jwt {
+            VaultCredentials::Jwt {
+                method: "jwt",
+                mount: j.path.as_deref().unwrap_or("jwt").trim_matches('/').to_owned(),
+                role: j.role.clone().filter(|r| !r.is_empty()),
+                jwt: Arc::new(JwtFile {
+                    path: j.token_file.clone(),
+                }),
+            }
+        } else {
+            return Err(provider_err("hashicorpVault.auth: no method set".into()));
+        };
+        let mut ca_pems = Vec::new();
+        if let Some(ca) = &hv.ca_file {
+            let pem = read("hashicorpVault.caFile", ca)?;
+            ca_pems.push(pem.expose_str().map(str::to_owned).ok_or_else(|| {
+                provider_err(format!("hashicorpVault.caFile: {} is not PEM text", ca.display()))
+            })?);
+        }
+        let spec = VaultSpec {
+            server: hv.server.clone(),
+            path: Some(hv.path.clone()),
+            namespace: hv.namespace.clone(),
+            ..VaultSpec::default()
+        };
+        let provider = VaultProvider::new(&spec, credentials, connect, &ca_pems)
+            .map_err(|e| provider_err(e.to_string()))?;
+        let client: Arc<dyn SecretsClient> = Arc::new(provider);
+        Ok(VaultClient {
+            cached: CachedClient::new(client, CACHE_MAX_AGE),
+            credential: credential_file,
+        })
+    }
+
     /// Whether the credential file changed since the client was built (then rebuild it).
     pub fn credential_changed(&self) -> bool {
         match &self.credential {
             None => false,
             Some((path, value)) => std::fs::read(path).is_ok_and(|now| now != value.expose()),
         }
+    }
+}
+
+/// A JWT read from a file at every Vault login, so a token the host rotates is picked up.
+struct JwtFile {
+    path: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl AssertionSource for JwtFile {
+    async fn assertion(&self) -> Result<SecretValue, String> {
+        let raw = tokio::fs::read(&self.path)
+            .await
+            .map_err(|e| format!("auth.jwt.tokenFile {}: cannot read: {e}", self.path.display()))?;
+        SecretValue::new(raw)
+            .expose_str()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(SecretValue::from)
+            .ok_or_else(|| format!("auth.jwt.tokenFile {}: empty or not UTF-8", self.path.display()))
+    }
+
+    fn describe(&self) -> String {
+        format!("token file {}", self.path.display())
     }
 }
 

@@ -95,7 +95,7 @@ pub fn open(vault: &VaultConfig, bg: &BreakGlassConfig) -> Result<BreakGlassClie
     let bundle = read("bundle", &bg.bundle)?;
     Ok(BreakGlassClient::open(
         &format!("break-glass {}", vault.name),
-        Some(&vault.vault_url),
+        Some(&vault.store_url()),
         &bg.bundle.display().to_string(),
         &bundle,
         &ids,

@@ -57,24 +57,105 @@ pub struct AgentConfig {
     pub outputs: Vec<OutputConfig>,
 }
 
-/// One Azure Key Vault and how to authenticate to it.
+/// One secret store and how to authenticate to it: an Azure Key Vault (`vaultUrl`, `tenantId`,
+/// `auth`) or a HashiCorp Vault / OpenBao KV mount (`hashicorpVault`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VaultConfig {
     /// The name outputs use in `vault:`.
     pub name: String,
-    /// `https://<vault>.vault.azure.net/`.
+    /// Azure Key Vault: `https://<vault>.vault.azure.net/`. Leave unset with `hashicorpVault`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub vault_url: String,
     /// Entra tenant id (service principal and workload identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<String>,
-    /// Exactly one authentication method.
+    /// Azure Key Vault: exactly one authentication method. Leave unset with `hashicorpVault`.
+    #[serde(default, skip_serializing_if = "AuthConfig::is_empty")]
     pub auth: AuthConfig,
+    /// A HashiCorp Vault or OpenBao KV secrets engine instead of an Azure Key Vault. Output keys
+    /// follow ESO's `spec.provider.vault` semantics (`remoteRef.key` is a path in the mount,
+    /// `property` a field of its data map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashicorp_vault: Option<HashicorpVaultConfig>,
     /// Break-glass: serve this vault's outputs from a SOPS bundle (`keyferry dr export`) while the
     /// vault is gone. A file that exists is never overwritten from the bundle (its content may be
     /// newer); only missing files are written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<BreakGlassConfig>,
+}
+
+/// A HashiCorp Vault / OpenBao KV v2 mount, with credentials from files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HashicorpVaultConfig {
+    /// The server, e.g. `https://vault.example.com:8200`. `http://` only on loopback (a local
+    /// Vault Agent or proxy): a token must not cross the network in clear text.
+    pub server: String,
+    /// The KV mount, e.g. `secret`: a KV version 2 engine (the change feed needs its versions).
+    pub path: String,
+    /// Vault Enterprise / OpenBao namespace (header `X-Vault-Namespace`), also used to log in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// PEM file of CA certificates to trust for the server (besides the system's and `--ca-file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Exactly one authentication method.
+    pub auth: HashicorpVaultAuth,
+}
+
+/// How the agent logs in to Vault: exactly one of the fields. Credential files are re-read when
+/// they change (the token file, the AppRole secret-id file) or at every login (the JWT file).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HashicorpVaultAuth {
+    /// A file holding a Vault token (one line), e.g. written by Vault Agent's auto-auth sink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// AppRole: a role id and a secret-id file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_role: Option<VaultAppRoleAuth>,
+    /// JWT/OIDC login with a token file (e.g. a workload identity token issued to the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<VaultJwtAuth>,
+}
+
+/// AppRole login.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultAppRoleAuth {
+    /// Where the AppRole method is mounted. Default `approle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The role id (not a secret on its own).
+    pub role_id: String,
+    /// File holding the secret id (one line).
+    pub secret_id_file: PathBuf,
+}
+
+/// JWT login.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultJwtAuth {
+    /// Where the JWT method is mounted. Default `jwt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The Vault role; unset: the method's default role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// File holding the JWT, read at every login.
+    pub token_file: PathBuf,
+}
+
+impl VaultConfig {
+    /// The store's URL as break-glass bundles record it (`keyferry dr export`): the Key Vault URL,
+    /// or the Vault server and mount.
+    pub fn store_url(&self) -> String {
+        match &self.hashicorp_vault {
+            Some(hv) => keyferry_providers::vault::store_url(&hv.server, Some(&hv.path)),
+            None => self.vault_url.clone(),
+        }
+    }
 }
 
 /// Default `breakGlass.graceSeconds`.
@@ -129,6 +210,13 @@ pub struct AuthConfig {
     /// A federated token file (workload identity federation), re-read at every token refresh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_identity: Option<WorkloadIdentityAuth>,
+}
+
+impl AuthConfig {
+    /// Whether no method is set (a Vault store's Azure `auth` is left out).
+    pub fn is_empty(&self) -> bool {
+        self == &AuthConfig::default()
+    }
 }
 
 /// Service principal credentials from files.
@@ -353,6 +441,23 @@ impl AgentConfig {
             if !vault_names.insert(v.name.as_str()) {
                 return Err(format!("{at}: name: duplicate vault name"));
             }
+            if let Some(hv) = &v.hashicorp_vault {
+                if !v.vault_url.is_empty() || !v.auth.is_empty() || v.tenant_id.is_some() {
+                    return Err(format!(
+                        "{at}: hashicorpVault: leave vaultUrl, tenantId and auth (Azure Key Vault) unset with it"
+                    ));
+                }
+                validate_hashicorp_vault(hv).map_err(|e| format!("{at}: hashicorpVault.{e}"))?;
+                if let Some(bg) = &v.break_glass {
+                    validate_break_glass(bg).map_err(|e| format!("{at}: {e}"))?;
+                }
+                continue;
+            }
+            if v.vault_url.is_empty() {
+                return Err(format!(
+                    "{at}: vaultUrl: set vaultUrl (Azure Key Vault) or hashicorpVault (HashiCorp Vault / OpenBao)"
+                ));
+            }
             let url = url::Url::parse(&v.vault_url)
                 .map_err(|e| format!("{at}: vaultUrl: {:?} is not a URL: {e}", v.vault_url))?;
             if url.scheme() != "https" {
@@ -386,14 +491,7 @@ impl AgentConfig {
                 }
             }
             if let Some(bg) = &v.break_glass {
-                for (field, path) in [("bundle", &bg.bundle), ("identityFile", &bg.identity_file)] {
-                    if !path.is_absolute() || path.file_name().is_none() {
-                        return Err(format!(
-                            "{at}: breakGlass.{field}: must be an absolute file path, got {:?}",
-                            path.display().to_string()
-                        ));
-                    }
-                }
+                validate_break_glass(bg).map_err(|e| format!("{at}: {e}"))?;
             }
             if (a.service_principal.is_some() || a.workload_identity.is_some())
                 && v.tenant_id.as_deref().is_none_or(|t| t.trim().is_empty())
@@ -481,6 +579,76 @@ impl AgentConfig {
     }
 }
 
+fn validate_break_glass(bg: &BreakGlassConfig) -> Result<(), String> {
+    for (field, path) in [("bundle", &bg.bundle), ("identityFile", &bg.identity_file)] {
+        absolute_file(path).map_err(|e| format!("breakGlass.{field}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn absolute_file(path: &Path) -> Result<(), String> {
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(format!(
+            "must be an absolute file path, got {:?}",
+            path.display().to_string()
+        ));
+    }
+    Ok(())
+}
+
+/// A Vault store's settings; errors start with the field below `hashicorpVault`.
+fn validate_hashicorp_vault(hv: &HashicorpVaultConfig) -> Result<(), String> {
+    let url =
+        url::Url::parse(&hv.server).map_err(|e| format!("server: {:?} is not a URL: {e}", hv.server))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(format!(
+                "server: must be https:// (http:// only on loopback), got {:?}",
+                hv.server
+            ));
+        }
+    }
+    let mount = hv.path.trim_matches('/');
+    if mount.is_empty() {
+        return Err("path: must name the KV mount, e.g. secret".into());
+    }
+    keyferry_providers::vault::check_path(mount).map_err(|e| format!("path: {mount:?}: {e}"))?;
+    if let Some(ca) = &hv.ca_file {
+        absolute_file(ca).map_err(|e| format!("caFile: {e}"))?;
+    }
+    let a = &hv.auth;
+    let set = [a.token_file.is_some(), a.app_role.is_some(), a.jwt.is_some()]
+        .iter()
+        .filter(|x| **x)
+        .count();
+    if set != 1 {
+        return Err(format!(
+            "auth: set exactly one of tokenFile, appRole, jwt (found {set})"
+        ));
+    }
+    if let Some(f) = &a.token_file {
+        absolute_file(f).map_err(|e| format!("auth.tokenFile: {e}"))?;
+    }
+    if let Some(r) = &a.app_role {
+        if r.role_id.trim().is_empty() {
+            return Err("auth.appRole.roleId: must not be empty".into());
+        }
+        absolute_file(&r.secret_id_file).map_err(|e| format!("auth.appRole.secretIdFile: {e}"))?;
+    }
+    if let Some(j) = &a.jwt {
+        absolute_file(&j.token_file).map_err(|e| format!("auth.jwt.tokenFile: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Turns a serde path (`outputs[0].onChange.command`) into `outputs[0] (name): onChange.command`.
 fn describe_path(raw: &serde_yaml_ng::Value, path: &str) -> String {
     for (list, label_field) in [("outputs", "name"), ("vaults", "name")] {
@@ -564,6 +732,78 @@ outputs:
         let c = AgentConfig::parse("agent.yaml", GOOD).expect("valid");
         assert_eq!(c.outputs[0].mode_bits(), 0o600);
         assert_eq!(c.outputs[0].format, Format::Env);
+    }
+
+    const BAO: &str = r#"
+apiVersion: keyferry.io/v1alpha1
+kind: Agent
+vaults:
+  - name: bao
+    hashicorpVault:
+      server: https://bao.example.com:8200
+      path: secret
+      auth:
+        appRole: {roleId: r, secretIdFile: /etc/keyferry/bao-secret-id}
+outputs:
+  - name: netbox-db
+    path: /etc/keyferry/netbox-db
+    format: raw
+    vault: bao
+    data:
+      - secretKey: password
+        remoteRef: {key: netbox/db, property: password}
+"#;
+
+    #[test]
+    fn a_hashicorp_vault_source_parses_and_its_errors_name_the_field() {
+        let c = AgentConfig::parse("agent.yaml", BAO).expect("valid");
+        let v = c.vault("bao").expect("vault");
+        assert_eq!(v.store_url(), "https://bao.example.com:8200/secret");
+        assert!(v.auth.is_empty() && v.vault_url.is_empty());
+        // Loopback http (a local Vault Agent) is fine; elsewhere it is refused.
+        let local = BAO.replace("https://bao.example.com:8200", "http://127.0.0.1:8200");
+        assert!(AgentConfig::parse("agent.yaml", &local).is_ok());
+        for (from, to, expect) in [
+            (
+                "https://bao.example.com:8200",
+                "http://bao.example.com:8200",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.server: must be https:// (http:// only on loopback)",
+            ),
+            (
+                "path: secret",
+                "path: /",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.path: must name the KV mount",
+            ),
+            (
+                "appRole: {roleId: r, secretIdFile: /etc/keyferry/bao-secret-id}",
+                "tokenFile: /t\n        jwt: {tokenFile: /j}",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.auth: set exactly one of tokenFile, appRole, jwt (found 2)",
+            ),
+            (
+                "secretIdFile: /etc/keyferry/bao-secret-id",
+                "secretIdFile: bao-secret-id",
+                "agent.yaml: vaults[0] (bao): hashicorpVault.auth.appRole.secretIdFile: must be an absolute file path",
+            ),
+            (
+                "    hashicorpVault:\n",
+                "    tenantId: t\n    hashicorpVault:\n",
+                "agent.yaml: vaults[0] (bao): hashicorpVault: leave vaultUrl, tenantId and auth (Azure Key Vault) unset",
+            ),
+        ] {
+            let e = err(&BAO.replacen(from, to, 1));
+            assert_eq!(e.lines().count(), 1, "{e}");
+            assert!(e.starts_with(expect), "expected {expect:?}, got {e}");
+        }
+        let neither = BAO.replace(
+            "    hashicorpVault:\n      server: https://bao.example.com:8200\n      path: secret\n      auth:\n        appRole: {roleId: r, secretIdFile: /etc/keyferry/bao-secret-id}\n",
+            "",
+        );
+        assert!(
+            err(&neither)
+                .contains("vaults[0] (bao): vaultUrl: set vaultUrl (Azure Key Vault) or hashicorpVault"),
+            "{}",
+            err(&neither)
+        );
     }
 
     #[test]

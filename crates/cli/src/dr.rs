@@ -148,17 +148,54 @@ struct Wanted {
     finds: Vec<FindRef>,
 }
 
-/// The vault URL each store manifest names (the bundle records the manifest's URL, not a mapped one).
-fn store_urls(documents: &[Located<Manifest>]) -> BTreeMap<StoreKey, String> {
+/// How a store names its secrets in a bundle.
+#[derive(Clone, Debug)]
+enum Naming {
+    /// Key Vault (and `fake`): `secret/` prefix dropped, case-insensitive.
+    KeyVault,
+    /// Vault / OpenBao: the path in the mount (a leading `<mount>/` dropped).
+    Vault {
+        /// `spec.provider.vault.path`.
+        mount: Option<String>,
+    },
+}
+
+impl Naming {
+    /// The bundle name of a remote key, or why it cannot be exported. Names are compared
+    /// case-insensitively in a bundle (Key Vault's rule).
+    fn name(&self, key: &str) -> Result<String, String> {
+        match self {
+            Naming::KeyVault => match split_remote_key(key) {
+                (ObjectType::Secret, name) => Ok(name.to_ascii_lowercase()),
+                _ => Err(format!(
+                    "remoteRef.key {key}: only secrets are exported to a bundle"
+                )),
+            },
+            Naming::Vault { mount } => {
+                Ok(keyferry_providers::vault::key_in_mount(mount.as_deref(), key).to_ascii_lowercase())
+            }
+        }
+    }
+}
+
+/// The store URL each store manifest names (the bundle records the manifest's URL, not a mapped
+/// one): a Key Vault URL, or a Vault server and mount ([`keyferry_providers::vault::store_url`]).
+fn store_urls(documents: &[Located<Manifest>]) -> BTreeMap<StoreKey, (String, Naming)> {
     let mut out = BTreeMap::new();
     for doc in documents {
         let Some((key, provider)) = crate::stores::store_of(&doc.value) else {
             continue;
         };
-        let url = match (&provider.azurekv, &provider.fake) {
-            (Some(az), _) => az.vault_url.trim_end_matches('/').to_owned(),
-            (None, Some(_)) => format!("fake://{}", key.name),
-            (None, None) => continue,
+        let url = match (&provider.azurekv, &provider.fake, &provider.vault) {
+            (Some(az), _, _) => (az.vault_url.trim_end_matches('/').to_owned(), Naming::KeyVault),
+            (None, Some(_), _) => (format!("fake://{}", key.name), Naming::KeyVault),
+            (None, None, Some(v)) => (
+                keyferry_providers::vault::store_url(&v.server, v.path.as_deref()),
+                Naming::Vault {
+                    mount: v.path.clone(),
+                },
+            ),
+            (None, None, None) => continue,
         };
         out.insert(key, url);
     }
@@ -196,9 +233,9 @@ fn allowlist(documents: &[Located<Manifest>], errors: &mut Vec<String>) -> BTree
                 return;
             };
             let sk = key_for(&ns, store);
-            let Some(url) = urls.get(&sk) else {
+            let Some((url, naming)) = urls.get(&sk) else {
                 errors.push(format!(
-                    "{}: store {} is not among the given manifests (or not Azure Key Vault)",
+                    "{}: store {} is not among the given manifests (or its provider has no bundle support)",
                     doc.origin, store.name
                 ));
                 return;
@@ -209,14 +246,11 @@ fn allowlist(documents: &[Located<Manifest>], errors: &mut Vec<String>) -> BTree
                 finds: Vec::new(),
             });
             if let Some(key) = key {
-                match split_remote_key(key) {
-                    (ObjectType::Secret, name) => {
-                        w.names.insert(name.to_ascii_lowercase());
+                match naming.name(key) {
+                    Ok(name) => {
+                        w.names.insert(name);
                     }
-                    _ => errors.push(format!(
-                        "{}: remoteRef.key {key}: only secrets are exported to a bundle",
-                        doc.origin
-                    )),
+                    Err(e) => errors.push(format!("{}: {e}", doc.origin)),
                 }
             }
             if let Some(f) = find {
@@ -440,6 +474,8 @@ async fn verify(args: VerifyArgs) -> ExitCode {
     }
     let mut findings = Vec::new();
     let mut checked = 0usize;
+    // Two stores on one vault (a ClusterSecretStore and a SecretStore) check each secret once.
+    let mut seen = BTreeSet::new();
     if !args.paths.is_empty() {
         let p = match prepare(CMD, &args.paths, &args.stores, &args.selection) {
             Ok(p) => p,
@@ -465,11 +501,14 @@ async fn verify(args: VerifyArgs) -> ExitCode {
                     Err(e) => return fail(CMD, vault_code(&e), &format!("store {}: {e}", key.name)),
                 };
             for name in names {
+                if !seen.insert((w.vault_url.to_ascii_lowercase(), name.clone())) {
+                    continue;
+                }
                 checked += 1;
                 let entry: Option<&BundleMeta> = index
                     .iter()
                     .find(|m| same_vault(&m.vault_url, &w.vault_url) && m.name.eq_ignore_ascii_case(&name));
-                let current = match listed.get(&name) {
+                let current = match listed.get(&name.to_ascii_lowercase()) {
                     Some(p) => p,
                     None => {
                         if entry.is_none() {
@@ -600,7 +639,7 @@ pub fn read_identities(path: &std::path::Path) -> Result<Vec<AgeIdentity>, Strin
     keyferry_sops::parse_identities(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `render --break-glass`: replaces every Azure/fake store's client by the bundle's entries for its
+/// `render --break-glass`: replaces every Azure/Vault/fake store's client by the bundle's entries for its
 /// vault URL.
 pub fn serve_from_bundle(
     stores: &mut Stores,
@@ -615,7 +654,7 @@ pub fn serve_from_bundle(
     let entries = open_bundle(&doc, &ids).map_err(|e| format!("{shown}: {e}"))?;
     let urls = store_urls(documents);
     stores.override_clients(|key| {
-        let url = urls.get(key)?;
+        let (url, _) = urls.get(key)?;
         let client =
             BreakGlassClient::from_entries(&format!("break-glass {}", key.name), Some(url), entries.clone());
         Some(Arc::new(client) as Arc<dyn SecretsClient>)

@@ -220,8 +220,8 @@ pub enum ServeError {
         /// What is wrong.
         source: BreakGlassConfigError,
     },
-    /// Break-glass needs a vault URL to pick the bundle's entries: only `azurekv` stores have one.
-    #[error("{store}: break-glass serves only azurekv stores (the bundle is keyed by vault URL)")]
+    /// Break-glass needs a store URL to pick the bundle's entries: `azurekv` and `vault` stores have one.
+    #[error("{store}: break-glass serves only azurekv and vault stores (the bundle is keyed by store URL)")]
     NotAzure {
         /// The store.
         store: String,
@@ -423,12 +423,13 @@ async fn open(
     cfg: &BreakGlassConfig,
 ) -> Result<Arc<BreakGlassClient>, ReconcileError> {
     let label = store.label();
-    let url = store
-        .spec()
-        .provider
-        .azurekv
-        .map(|az| az.vault_url)
-        .ok_or_else(|| ServeError::NotAzure { store: label.clone() })?;
+    // The URL `keyferry dr export` keys the store's entries by.
+    let provider = store.spec().provider;
+    let url = match (provider.azurekv, provider.vault) {
+        (Some(az), _) => az.vault_url,
+        (None, Some(v)) => keyferry_providers::vault::store_url(&v.server, v.path.as_deref()),
+        (None, None) => return Err(ServeError::NotAzure { store: label.clone() }.into()),
+    };
     let identity_ref = cfg
         .identity
         .as_ref()

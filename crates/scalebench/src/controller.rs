@@ -15,10 +15,8 @@ pub struct ControllerConfig {
     pub binary: PathBuf,
     /// Admin kubeconfig of the cluster.
     pub kubeconfig: PathBuf,
-    /// The emulator's CA (PEM).
-    pub ca_file: PathBuf,
-    /// The emulator's Entra authority host.
-    pub authority_host: String,
+    /// The emulator's CA (PEM) and Entra authority host (none for OpenBao over loopback http).
+    pub tls: Option<(PathBuf, String)>,
     /// `--label-selector` and `--controller-class`: only this run's objects.
     pub run: String,
     /// `--change-feed-interval-secs`.
@@ -58,9 +56,6 @@ impl ControllerProcess {
         cmd.arg("controller")
             .args(["--leader-election", "false"])
             .args(["--metrics-addr", &metrics_addr])
-            .arg("--ca-file")
-            .arg(&config.ca_file)
-            .args(["--azure-authority-host", &config.authority_host])
             .args([
                 "--change-feed-interval-secs",
                 &config.change_feed_interval_secs.to_string(),
@@ -71,6 +66,11 @@ impl ControllerProcess {
             ])
             .args(["--controller-class", &config.run])
             .args(["--log-level", &config.log_level]);
+        if let Some((ca_file, authority_host)) = &config.tls {
+            cmd.arg("--ca-file")
+                .arg(ca_file)
+                .args(["--azure-authority-host", authority_host]);
+        }
         if let Some(c) = config.concurrency {
             cmd.args(["--concurrency", &c.to_string()]);
         }

@@ -6,6 +6,7 @@ pub mod args;
 pub mod chaos;
 pub mod controller;
 pub mod objects;
+pub mod openbao;
 pub mod procfs;
 pub mod ready;
 pub mod report;

@@ -16,11 +16,21 @@ use crate::workload::{RUN_LABEL, Workload};
 
 /// What the vault looks like to the store.
 #[derive(Debug, Clone)]
-pub struct VaultTarget {
-    /// `https://<vault>.vault.localhost:<port>`.
-    pub vault_url: String,
-    /// Tenant id the emulator announces.
-    pub tenant_id: String,
+pub enum VaultTarget {
+    /// The Key Vault emulator.
+    KeyVault {
+        /// `https://<vault>.vault.localhost:<port>`.
+        vault_url: String,
+        /// Tenant id the emulator announces.
+        tenant_id: String,
+    },
+    /// An OpenBao dev server (KV v2 at `secret/`).
+    OpenBao {
+        /// `http://127.0.0.1:<port>`.
+        server: String,
+        /// The token the store's `tokenSecretRef` holds.
+        token: String,
+    },
 }
 
 /// Objects a run created, so that [`Cleanup::run`] removes exactly those — also after a failure.
@@ -79,7 +89,8 @@ fn is_not_found(e: &kube::Error) -> bool {
 
 /// Creates the namespaces, the credentials Secret and the ClusterSecretStore (as the platform's
 /// `akv-hybridops` example: ServicePrincipal, `authSecretRef` in another namespace, `conditions`
-/// listing the app namespaces), recording each in `cleanup` before creating it.
+/// listing the app namespaces; for OpenBao a `tokenSecretRef` there), recording each in `cleanup`
+/// before creating it.
 pub async fn create_store(
     client: &Client,
     w: &Workload,
@@ -99,38 +110,59 @@ pub async fn create_store(
             .with_context(|| format!("cannot create namespace {ns}"))?;
     }
 
-    // As examples/credentials/akv-sp-credentials.yaml: the emulator accepts any client in dev mode.
-    let creds: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "akv-sp-credentials", "namespace": creds_ns},
-        "stringData": {
-            "tenant-id": vault.tenant_id,
-            "client-id": "keyferry-scalebench",
-            "client-secret": "emulator-dev-mode-accepts-anything"
+    let name = w.store_name();
+    let (creds, provider) = match vault {
+        // As examples/credentials/akv-sp-credentials.yaml: the emulator accepts any client in dev mode.
+        VaultTarget::KeyVault { vault_url, tenant_id } => {
+            let secret_ref =
+                |key: &str| json!({"name": "akv-sp-credentials", "namespace": creds_ns, "key": key});
+            (
+                json!({
+                    "metadata": {"name": "akv-sp-credentials", "namespace": creds_ns},
+                    "stringData": {
+                        "tenant-id": tenant_id,
+                        "client-id": "keyferry-scalebench",
+                        "client-secret": "emulator-dev-mode-accepts-anything"
+                    }
+                }),
+                json!({"azurekv": {
+                    "vaultUrl": vault_url,
+                    "authType": "ServicePrincipal",
+                    "tenantId": tenant_id,
+                    "authSecretRef": {
+                        "clientId": secret_ref("client-id"),
+                        "clientSecret": secret_ref("client-secret")
+                    }
+                }}),
+            )
         }
-    }))?;
+        VaultTarget::OpenBao { server, token } => (
+            json!({
+                "metadata": {"name": "bao-token", "namespace": creds_ns},
+                "stringData": {"token": token}
+            }),
+            json!({"vault": {
+                "server": server,
+                "path": "secret",
+                "version": "v2",
+                "auth": {"tokenSecretRef": {"name": "bao-token", "namespace": creds_ns, "key": "token"}}
+            }}),
+        ),
+    };
+    let creds: Secret = serde_json::from_value(creds)?;
     Api::<Secret>::namespaced(client.clone(), &creds_ns)
         .create(&PostParams::default(), &creds)
         .await
         .context("cannot create the credentials Secret")?;
 
-    let name = w.store_name();
     cleanup.cluster_store = Some(name.clone());
-    let secret_ref = |key: &str| json!({"name": "akv-sp-credentials", "namespace": creds_ns, "key": key});
     let store: ClusterSecretStore = serde_json::from_value(json!({
         "apiVersion": "external-secrets.io/v1",
         "kind": "ClusterSecretStore",
         "metadata": {"name": name},
         "spec": {
             "controller": w.run,
-            "provider": {"azurekv": {
-                "vaultUrl": vault.vault_url,
-                "authType": "ServicePrincipal",
-                "tenantId": vault.tenant_id,
-                "authSecretRef": {
-                    "clientId": secret_ref("client-id"),
-                    "clientSecret": secret_ref("client-secret")
-                }
-            }},
+            "provider": provider,
             "conditions": [{"namespaces": w.namespaces()}]
         }
     }))
@@ -149,7 +181,13 @@ pub fn external_secret(w: &Workload, i: usize) -> Result<ExternalSecret> {
     let data: Vec<_> = w
         .refs(i)
         .into_iter()
-        .map(|r| json!({"secretKey": r.secret_key, "remoteRef": {"key": Workload::secret_name(r.remote)}}))
+        .map(|r| {
+            let mut remote = json!({"key": Workload::secret_name(r.remote)});
+            if let Some(p) = &w.property {
+                remote["property"] = json!(p);
+            }
+            json!({"secretKey": r.secret_key, "remoteRef": remote})
+        })
         .collect();
     serde_json::from_value(json!({
         "apiVersion": "external-secrets.io/v1",

@@ -6,17 +6,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_api::{ANNOTATION_DATA_HASH, LABEL_MANAGED};
-use keyferry_emulator::Emulator;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
 use crate::controller::ControllerProcess;
 use crate::objects::list_all;
+use crate::vault::Backend;
 use crate::workload::{Dependent, Workload};
 
 /// What the rotations showed.
@@ -84,7 +84,7 @@ impl State {
 pub async fn rotate(
     client: &Client,
     w: &Workload,
-    emulator: &Emulator,
+    backend: &Backend,
     rotated: &[usize],
     spread: Duration,
     timeout: Duration,
@@ -132,9 +132,9 @@ pub async fn rotate(
             }
         }
         t0.insert(*secret, Instant::now());
-        emulator
+        backend
             .set_secret(&Workload::secret_name(*secret), &value)
-            .with_context(|| format!("cannot rotate {}", Workload::secret_name(*secret)))?;
+            .await?;
     }
 
     let deadline = Instant::now() + timeout;

@@ -1,23 +1,23 @@
-//! One scale, end to end: emulator and store, controller, ExternalSecrets, time to Ready, vault
+//! One scale, end to end: backend (emulator or OpenBao) and store, controller, ExternalSecrets, time to Ready, vault
 //! requests, rotations, memory — then cleanup, whatever happened.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use keyferry_emulator::{CounterSnapshot, Emulator};
 use kube::Client;
 use tokio::time::Instant;
 
+use crate::args::BackendKind;
 use crate::args::{Args, Order};
 use crate::controller::{ControllerConfig, ControllerProcess};
-use crate::objects::{Cleanup, VaultTarget, create_external_secrets, create_store};
+use crate::objects::{Cleanup, create_external_secrets, create_store};
 use crate::procfs::{self, CpuMeter, CpuUse};
 use crate::ready::wait_all_ready;
 use crate::report::ScaleResult;
 use crate::rotation::{RotationOutcome, rotate};
-use crate::vault::{self, VaultCounts};
-use crate::workload::{Workload, list_pages};
+use crate::vault::{Backend, CountsMark, VaultCounts};
+use crate::workload::Workload;
 
 /// What every scale shares.
 pub struct Bench {
@@ -55,6 +55,7 @@ pub async fn run(bench: &Bench, es: usize) -> Result<ScaleResult> {
         secrets: bench.args.secrets,
         keys: bench.args.keys,
         namespaces: bench.args.namespaces,
+        property: (bench.args.backend == BackendKind::Vault).then(|| "value".to_owned()),
     };
     let mut cleanup = Cleanup::default();
     let outcome = tokio::select! {
@@ -72,24 +73,19 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     let n = w.es;
     let load_average = procfs::load_average();
     eprintln!(
-        "[{n}] {n} ExternalSecrets × {} keys over {} secrets, {} namespaces; change feed every {} s; order {:?}",
-        w.keys, w.secrets, w.namespaces, args.change_feed_interval_secs, args.order
+        "[{n}] {n} ExternalSecrets × {} keys over {} secrets ({:?}), {} namespaces; change feed every {} s; order {:?}",
+        w.keys, w.secrets, args.backend, w.namespaces, args.change_feed_interval_secs, args.order
     );
-    let emulator = vault::start(w.secrets).await?;
+    let backend = Backend::start(args.backend, w.secrets).await?;
     // Real vaults hold old versions. The controller's change feed treats versions written less than
     // one interval before its client was built as possibly missed and syncs their users again, so
     // the seed must be older than that when the controller starts.
     let seed_settled = Instant::now() + Duration::from_secs(args.change_feed_interval_secs + 2);
-    let target = VaultTarget {
-        vault_url: emulator.vault_url().to_owned(),
-        tenant_id: emulator.tenant_id().to_owned(),
-    };
-    create_store(&bench.client, w, &target, cleanup).await?;
+    create_store(&bench.client, w, &backend.target(), cleanup).await?;
     let config = ControllerConfig {
         binary: args.controller_binary(),
         kubeconfig: bench.kubeconfig.clone(),
-        ca_file: emulator.ca_file().to_path_buf(),
-        authority_host: emulator.authority_host().to_owned(),
+        tls: backend.tls(),
         run: w.run.clone(),
         change_feed_interval_secs: args.change_feed_interval_secs,
         concurrency: args.concurrency,
@@ -108,14 +104,14 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     };
     let (live, created, last_created) = match args.order {
         Order::ControllerFirst => {
-            let live = Live::start(bench, &config, &emulator, seed_settled).await?;
+            let live = Live::start(bench, &config, &backend, seed_settled).await?;
             let (created, last) = create("controller running").await?;
             (live, created, last)
         }
         Order::EsFirst => {
             let (created, last) = create("before the controller starts").await?;
             (
-                Live::start(bench, &config, &emulator, seed_settled).await?,
+                Live::start(bench, &config, &backend, seed_settled).await?,
                 created,
                 last,
             )
@@ -144,7 +140,7 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         Duration::from_secs(args.ready_timeout_secs),
     )
     .await?;
-    let initial = VaultCounts::between(&before, &emulator.counters());
+    let initial = backend.since(&before, &controller).await?;
     let controller_cpu_initial = controller_cpu.read()?;
     let apiserver_cpu_initial = apiserver_cpu.map(|m| m.read()).transpose()?;
     let bench_cpu_initial = bench_cpu.read()?;
@@ -170,13 +166,12 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         );
     }
 
-    let rotation = rotation_phase(bench, w, &emulator, &mut controller).await?;
+    let rotation = rotation_phase(bench, w, &backend, &mut controller).await?;
 
     let memory = procfs::memory(controller.pid())?;
     controller.stop();
-    if let Err(e) = emulator.shutdown().await {
-        eprintln!("[{n}] emulator shutdown: {e}");
-    }
+    let listing = backend.listing_requests(w.secrets);
+    backend.shutdown().await;
     Ok(ScaleResult {
         es: n,
         secrets: w.secrets,
@@ -185,7 +180,7 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         ready_from_start: ready_at.duration_since(started),
         ready_after_last: ready_at.saturating_duration_since(last_created),
         initial,
-        initial_floor: (w.referenced_secrets() + list_pages(w.secrets)) as u64,
+        initial_floor: (w.referenced_secrets() + listing) as u64,
         rotations: rotation.rotated,
         rotation_latencies: rotation.outcome.latencies,
         rotation_incomplete: rotation.outcome.incomplete,
@@ -193,8 +188,7 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         rotation_requests: rotation.requests,
         rotation_polls: rotation.polls,
         // Each feed round costs the cheaper of a listing and one check per referenced secret.
-        rotation_floor: rotation.polls * list_pages(w.secrets).min(w.referenced_secrets()) as u64
-            + rotation.rotated as u64,
+        rotation_floor: rotation.polls * listing.min(w.referenced_secrets()) as u64 + rotation.rotated as u64,
         peak_rss_kib: memory.hwm_kib,
         end_rss_kib: memory.rss_kib,
         controller_cpu_initial,
@@ -221,7 +215,7 @@ struct RotationPhase {
 async fn rotation_phase(
     bench: &Bench,
     w: &Workload,
-    emulator: &Emulator,
+    backend: &Backend,
     controller: &mut ControllerProcess,
 ) -> Result<RotationPhase> {
     let args = &bench.args;
@@ -234,20 +228,20 @@ async fn rotation_phase(
     );
     let polls = "keyferry_change_feed_polls_total";
     let polls_before = controller.metrics().await?.sum(polls, &[]);
-    let counts_before = emulator.counters();
+    let counts_before = backend.mark(Some(controller)).await?;
     let controller_cpu = CpuMeter::start(controller.pid())?;
     let apiserver_cpu = bench.apiserver_pid.map(CpuMeter::start).transpose()?;
     let outcome = rotate(
         &bench.client,
         w,
-        emulator,
+        backend,
         &rotated,
         args.rotation_spread(),
         args.rotation_timeout(),
         controller,
     )
     .await?;
-    let requests = VaultCounts::between(&counts_before, &emulator.counters());
+    let requests = backend.since(&counts_before, controller).await?;
     let controller_cpu = controller_cpu.read()?;
     let apiserver_cpu = apiserver_cpu.map(|m| m.read()).transpose()?;
     let polls_after = controller.metrics().await?.sum(polls, &[]);
@@ -285,8 +279,8 @@ struct Live {
     controller: ControllerProcess,
     /// Just before the process was spawned.
     started: Instant,
-    /// Emulator counters at that point.
-    before: CounterSnapshot,
+    /// Request counts at that point.
+    before: CountsMark,
     controller_cpu: CpuMeter,
     /// This process (ExternalSecret creation, the once-a-second list polls).
     bench_cpu: CpuMeter,
@@ -297,11 +291,11 @@ impl Live {
     async fn start(
         bench: &Bench,
         config: &ControllerConfig,
-        emulator: &Emulator,
+        backend: &Backend,
         not_before: Instant,
     ) -> Result<Self> {
         tokio::time::sleep_until(not_before).await;
-        let before = emulator.counters();
+        let before = backend.mark(None).await?;
         let started = Instant::now();
         let controller = ControllerProcess::start(config).await?;
         Ok(Live {

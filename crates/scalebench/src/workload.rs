@@ -20,6 +20,8 @@ pub struct Workload {
     pub keys: usize,
     /// Namespaces the ExternalSecrets are spread over.
     pub namespaces: usize,
+    /// `remoteRef.property` of every `data` entry (Vault: the field of the secret's data map).
+    pub property: Option<String>,
 }
 
 /// One `data` entry: the Secret key and the vault secret it reads.
@@ -131,6 +133,7 @@ mod tests {
             secrets,
             keys,
             namespaces: 10,
+            property: None,
         }
     }
 

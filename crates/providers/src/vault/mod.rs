@@ -292,12 +292,7 @@ impl VaultProvider {
     fn locate<'k>(&'k self, key: &'k str) -> Result<(&'k str, &'k str), ProviderError> {
         let key = key.trim_start_matches('/');
         let (mount, rel) = match &self.inner.mount {
-            Some(m) => (
-                m.as_str(),
-                key.strip_prefix(m.as_str())
-                    .and_then(|r| r.strip_prefix('/'))
-                    .unwrap_or(key),
-            ),
+            Some(m) => (m.as_str(), key_in_mount(Some(m), key)),
             None => key.split_once('/').ok_or_else(|| ProviderError::Invalid {
                 detail: format!(
                     "remoteRef.key {key:?}: the store has no path, so the key must be <mount>/<path>"
@@ -712,6 +707,31 @@ pub enum PathError {
         /// The first offending character.
         found: char,
     },
+}
+
+/// How break-glass bundles (`keyferry dr export`) and their readers name a Vault store: the
+/// server without a trailing `/`, then `/<mount>` when the store has one. The one rule for the
+/// export, `render --break-glass`, the controller and the agent.
+pub fn store_url(server: &str, mount: Option<&str>) -> String {
+    let server = server.trim().trim_end_matches('/');
+    match mount.map(|m| m.trim_matches('/')).filter(|m| !m.is_empty()) {
+        Some(m) => format!("{server}/{m}"),
+        None => server.to_owned(),
+    }
+}
+
+/// A remote key as a path in the store's mount, ESO's way: a leading `<mount>/` is dropped when the
+/// store names its mount; case is kept (Vault paths are case-sensitive). The one rule for reads,
+/// cache keys and break-glass bundle names.
+pub fn key_in_mount<'k>(mount: Option<&str>, key: &'k str) -> &'k str {
+    let key = key.trim_start_matches('/');
+    match mount.map(|m| m.trim_matches('/')).filter(|m| !m.is_empty()) {
+        Some(m) => key
+            .strip_prefix(m)
+            .and_then(|r| r.strip_prefix('/'))
+            .unwrap_or(key),
+        None => key,
+    }
 }
 
 /// Vault's KV path rule, as keyferry checks it (the one rule for the provider and `validate`):
