@@ -46,7 +46,11 @@ pub fn decode(strategy: DecodingStrategy, bytes: &[u8]) -> Result<Vec<u8>, Decod
     // Go's decoder skips line breaks; offsets in errors count the remaining bytes.
     let unwrapped: Vec<u8>;
     let input = if bytes.iter().any(|b| matches!(b, b'\r' | b'\n')) {
-        unwrapped = bytes.iter().copied().filter(|b| !matches!(b, b'\r' | b'\n')).collect();
+        unwrapped = bytes
+            .iter()
+            .copied()
+            .filter(|b| !matches!(b, b'\r' | b'\n'))
+            .collect();
         &unwrapped[..]
     } else {
         bytes
@@ -120,7 +124,10 @@ mod tests {
         assert_eq!(decode(DecodingStrategy::Auto, b"aGk").unwrap(), b"aGk");
         assert_eq!(decode(DecodingStrategy::Auto, b"-_8=").unwrap(), vec![0xfb, 0xff]);
         // Wrapped base64 decodes with every strategy.
-        assert_eq!(decode(DecodingStrategy::Base64, b"aGVs\nbG8=\r\n").unwrap(), b"hello");
+        assert_eq!(
+            decode(DecodingStrategy::Base64, b"aGVs\nbG8=\r\n").unwrap(),
+            b"hello"
+        );
         assert_eq!(decode(DecodingStrategy::Auto, b"aGVs\nbG8=\n").unwrap(), b"hello");
         // Non-zero trailing bits are accepted (Go is not strict by default).
         assert_eq!(decode(DecodingStrategy::Base64, b"aGl=").unwrap(), b"hi");

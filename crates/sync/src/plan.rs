@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::{
-    ConversionStrategy, CreationPolicy, DecodingStrategy, DeletionPolicy, ExternalSecretTemplate, FindRef, MetadataPolicy,
-    NullBytePolicy, RemoteRef, Rewrite, SecretStoreRef, SourceRef, TemplateTarget,
+    ConversionStrategy, CreationPolicy, DecodingStrategy, DeletionPolicy, ExternalSecretTemplate, FindRef,
+    MetadataPolicy, NullBytePolicy, RemoteRef, Rewrite, SecretStoreRef, SourceRef, TemplateTarget,
 };
 use regex::Regex;
 
