@@ -432,6 +432,10 @@ async fn stop(mut child: Killed, who: &str) {
 /// The sum of `keyferry_secret_writes_total` over the actions that write (`unchanged` does not).
 fn secret_writes(port: u16) -> u64 {
     let page = get(port, "/metrics").unwrap_or_default();
+    assert!(
+        page.contains("keyferry_secret_writes_total{"),
+        "keyferry's /metrics on port {port} did not answer with its write counter"
+    );
     page.lines()
         .filter(|l| l.starts_with("keyferry_secret_writes_total{") && !l.contains("action=\"unchanged\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
