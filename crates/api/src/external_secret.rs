@@ -331,7 +331,9 @@ pub struct RemoteRef {
     /// instead of its value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_policy: Option<MetadataPolicy>,
-    /// `Default` keeps keys as they are; `Unicode` is accepted for compatibility and changes nothing.
+    /// `dataFrom` only, when the entry has no `rewrite`: how keys with characters a Secret key
+    /// cannot hold are renamed. `Default` writes each character that is not a letter, a digit, `-`,
+    /// `.` or `_` as `_`; `Unicode` writes it as `_U<hex>_` (`a/b` → `a_U002f_b`), as ESO does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversion_strategy: Option<ConversionStrategy>,
     /// How to decode the value: `None` (default), `Base64`, `Base64URL` or `Auto` (decode when the
@@ -355,15 +357,15 @@ pub enum MetadataPolicy {
     Fetch,
 }
 
-/// Key conversion (kept for ESO compatibility).
+/// How `dataFrom` keys are renamed (ESO's `conversionStrategy`).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
 pub enum ConversionStrategy {
-    /// Keys as they are.
+    /// Each character that is not a letter, a digit, `-`, `.` or `_` becomes `_`.
     #[default]
     Default,
-    /// Accepted and treated as `Default`.
+    /// Each such character becomes `_U<hex>_` (at least four lowercase hex digits).
     Unicode,
 }
 

@@ -161,6 +161,49 @@ pub fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
+/// Server-side applies `body` (`apiVersion`, `kind`, `status`) to an object's status subresource.
+/// Under a CRD whose schema lacks some of keyferry's status fields — ESO's own CRDs, which keyferry
+/// runs under unchanged — the apiserver refuses the apply ("field not declared in schema"); the
+/// status is then merge-patched, which prunes the fields the schema does not know and keeps the rest.
+pub async fn apply_status<K>(
+    api: &kube::Api<K>,
+    name: &str,
+    pp: &kube::api::PatchParams,
+    body: &serde_json::Value,
+) -> Result<K, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    use kube::api::{Patch, PatchParams};
+    use std::sync::atomic::Ordering;
+    let merge = || async {
+        let merge = serde_json::json!({"status": body["status"]});
+        let pp = PatchParams {
+            field_manager: pp.field_manager.clone(),
+            ..PatchParams::default()
+        };
+        api.patch_status(name, &pp, &Patch::Merge(&merge)).await
+    };
+    // Once refused, always merge: the CRDs do not change under a running controller often enough to
+    // pay a refused request (and an error log line) per status write.
+    if NARROW_STATUS_SCHEMA.load(Ordering::Relaxed) {
+        return merge().await;
+    }
+    match api.patch_status(name, pp, &Patch::Apply(body)).await {
+        Err(kube::Error::Api(s)) if s.message.contains("field not declared in schema") => {
+            NARROW_STATUS_SCHEMA.store(true, Ordering::Relaxed);
+            tracing::info!(
+                "the installed CRDs lack some of keyferry's status fields (ESO's CRDs?): writing status with merge patches, which drop them"
+            );
+            merge().await
+        }
+        other => other,
+    }
+}
+
+/// Set once the apiserver refused a status field keyferry writes (see [`apply_status`]).
+static NARROW_STATUS_SCHEMA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Whether an API error is a 409 conflict.
 pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use serde::{Deserialize, Deserializer};
@@ -191,13 +191,8 @@ pub async fn report_invalid<K>(
                 "lastTransitionTime": crate::conditions::now_rfc3339(),
             }]},
         });
-        if let Err(e) = api
-            .patch_status(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await
+        if let Err(e) =
+            crate::error::apply_status(&api, name, &PatchParams::apply(FIELD_MANAGER).force(), &body).await
         {
             tracing::debug!(name = %bad.name, error = %crate::error::kube_one_line(&e), "could not write the decode condition");
         }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::{
-    CreationPolicy, DecodingStrategy, DeletionPolicy, ExternalSecretTemplate, FindRef, MetadataPolicy,
-    NullBytePolicy, RemoteRef, Rewrite, SecretStoreRef, SourceRef, TemplateTarget,
+    ConversionStrategy, CreationPolicy, DecodingStrategy, DeletionPolicy, ExternalSecretTemplate, FindRef,
+    MetadataPolicy, NullBytePolicy, RemoteRef, Rewrite, SecretStoreRef, SourceRef, TemplateTarget,
 };
 use regex::Regex;
 
@@ -105,6 +105,8 @@ pub enum DataFromSource {
         decoding: DecodingStrategy,
         /// `extract.nullBytePolicy`.
         null_bytes: NullBytePolicy,
+        /// `extract.conversionStrategy` (used when the entry has no `rewrite`).
+        conversion: ConversionStrategy,
         /// `metadataPolicy: Fetch`: the keys are the secret's tags and attributes.
         metadata: bool,
     },
@@ -114,7 +116,20 @@ pub enum DataFromSource {
         find: usize,
         /// `find.decodingStrategy`.
         decoding: DecodingStrategy,
+        /// `find.conversionStrategy` (used when the entry has no `rewrite`).
+        conversion: ConversionStrategy,
     },
+}
+
+impl DataFromSource {
+    /// The entry's `conversionStrategy`, defaulted.
+    pub fn conversion(&self) -> ConversionStrategy {
+        match self {
+            DataFromSource::Extract { conversion, .. } | DataFromSource::Find { conversion, .. } => {
+                *conversion
+            }
+        }
+    }
 }
 
 /// A compiled rewrite step.
@@ -250,6 +265,7 @@ pub fn plan(es: &ExternalSecret) -> Result<Plan, SyncError> {
                     property: extract.property.clone().filter(|p| !p.is_empty()),
                     decoding: extract.decoding_strategy.unwrap_or_default(),
                     null_bytes: extract.null_byte_policy.unwrap_or_default(),
+                    conversion: extract.conversion_strategy.unwrap_or_default(),
                     metadata: extract.metadata_policy == Some(MetadataPolicy::Fetch),
                 }
             }
@@ -270,6 +286,7 @@ pub fn plan(es: &ExternalSecret) -> Result<Plan, SyncError> {
                 DataFromSource::Find {
                     find: finds.len() - 1,
                     decoding: find.decoding_strategy.unwrap_or_default(),
+                    conversion: find.conversion_strategy.unwrap_or_default(),
                 }
             }
             (Some(_), Some(_)) => {

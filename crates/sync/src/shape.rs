@@ -2,9 +2,12 @@
 //!
 //! Order of work, and how keys combine:
 //!
-//! 1. `spec.dataFrom`, in order. `extract` turns a JSON object into keys (string values raw, others as
-//!    compact JSON; with `metadataPolicy: Fetch`, the secret's tags and `attribute.*`); `find` makes
-//!    one key per matching secret, named after it. Each entry's `rewrite[]` steps then rename its keys.
+//! 1. `spec.dataFrom`, in order. `extract` turns a JSON object into keys (string values unquoted,
+//!    `null` empty, every other value with the bytes it was stored with, as ESO; with
+//!    `metadataPolicy: Fetch`, the secret's tags and `attribute.*`); `find` makes one key per
+//!    matching secret, named after it. Each entry's `rewrite[]` steps then rename its keys; an entry
+//!    without `rewrite` converts them per its `conversionStrategy` ([`convert_key`]). A key that
+//!    ends up empty is left out (as ESO).
 //!    Between two `dataFrom` entries the later one wins on a shared key (as in ESO, so a second
 //!    `extract` can override a common one); two keys of *one* entry rewritten to the same name are an
 //!    error.
@@ -26,7 +29,7 @@ use std::collections::BTreeMap;
 
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::{
-    DecodingStrategy, DeletionPolicy, NullBytePolicy, TemplateMergePolicy, TemplateTarget,
+    ConversionStrategy, DecodingStrategy, DeletionPolicy, NullBytePolicy, TemplateMergePolicy, TemplateTarget,
 };
 use keyferry_providers::{RemoteValue, SecretValue};
 
@@ -180,39 +183,41 @@ impl<'a> State<'a> {
                     decoding,
                     null_bytes,
                     metadata,
+                    ..
                 } => {
                     let f = format!("{field}.extract");
                     let Some((read, value)) = self.read(*read, &f)? else {
                         continue;
                     };
                     let key = &read.remote.key;
-                    let json: serde_json::Value = serde_json::from_slice(value.expose()).map_err(|_| {
+                    // Values keep the bytes they were stored with (ESO decodes into json.RawMessage).
+                    let json = property::parse_raw(value.expose()).map_err(|_| {
                         bad_value(self.esr, &f, key, "is not JSON (extract needs a JSON object)")
                     })?;
                     let selected = match property {
-                        Some(p) => property::select_json(&json, p, *metadata)
+                        Some(p) => property::select_raw(json, p, *metadata)
                             .map_err(|e| missing_property(self.esr, &format!("{f}.property"), p, key, &e))?,
-                        None => &json,
+                        None => json,
                     };
-                    let serde_json::Value::Object(map) = selected else {
+                    let Some(map) = property::object_members(selected) else {
                         let what = format!(
                             "is {}, not a JSON object (extract needs one)",
-                            property::kind(selected)
+                            property::raw_kind(selected)
                         );
                         return Err(bad_value(self.esr, &f, key, &what));
                     };
                     let mut out = Vec::with_capacity(map.len());
                     for (k, v) in map {
-                        let bytes = property::json_bytes(v);
+                        let bytes = property::extract_bytes(v);
                         let name = format!("{key}/{k}");
                         let bytes =
                             self.decode(*decoding, &bytes, &format!("{f}.decodingStrategy"), &name)?;
                         self.null_check(*null_bytes, &bytes, &format!("{f}.nullBytePolicy"), &name)?;
-                        out.push((k.clone(), SecretValue::new(bytes)));
+                        out.push((k, SecretValue::new(bytes)));
                     }
                     out
                 }
-                DataFromSource::Find { find, decoding } => {
+                DataFromSource::Find { find, decoding, .. } => {
                     let f = format!("{field}.find");
                     let mut out = Vec::new();
                     let fetched: &'a Fetched = self.fetched;
@@ -230,7 +235,16 @@ impl<'a> State<'a> {
             };
             let mut renamed: BTreeMap<String, String> = BTreeMap::new();
             for (original, value) in entries {
-                let key = self.rewrite(&df.rewrites, &field, &original)?;
+                let key = if df.rewrites.is_empty() {
+                    // ESO converts keys only when there is no rewrite.
+                    convert_key(df.source.conversion(), &original)
+                } else {
+                    self.rewrite(&df.rewrites, &field, &original)?
+                };
+                if key.is_empty() {
+                    // As ESO: a key rewritten to nothing is left out.
+                    continue;
+                }
                 if !is_valid_secret_key(&key) {
                     let f = if df.rewrites.is_empty() {
                         source.clone()
@@ -359,6 +373,24 @@ impl<'a> State<'a> {
         }
         Ok(())
     }
+}
+
+/// `conversionStrategy` of `dataFrom.extract`/`find` (applied when the entry has no `rewrite`), as
+/// ESO does it: every character that is not a letter, a digit, `-`, `.` or `_` becomes `_`
+/// (`Default`) or `_U<hex>_` with at least four lowercase hex digits (`Unicode`: `a/b` → `a_U002f_b`).
+pub fn convert_key(strategy: ConversionStrategy, key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for c in key.chars() {
+        if c.is_alphanumeric() || matches!(c, '-' | '.' | '_') {
+            out.push(c);
+        } else {
+            match strategy {
+                ConversionStrategy::Default => out.push('_'),
+                ConversionStrategy::Unicode => out.push_str(&format!("_U{:04x}_", u32::from(c))),
+            }
+        }
+    }
+    out
 }
 
 fn bad_value(esr: &EsRef, field: &str, key: &str, reason: &str) -> SyncError {

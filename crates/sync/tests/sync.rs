@@ -166,7 +166,49 @@ async fn extract_find_and_rewrite() {
     );
     assert_eq!(got["DB_PORT"], "5432");
     assert_eq!(got["DB_TLS"], r#"{"ca":"CA"}"#);
+    assert_eq!(got["DB_HOSTS"], r#"["h1","h2"]"#);
     assert_eq!(got["api-key"], "k1");
+}
+
+/// Issue 14: `dataFrom.extract` keeps nested values' bytes exactly as stored (ESO decodes into
+/// `json.RawMessage`): key order, whitespace and escapes unchanged; `null` becomes an empty value.
+#[tokio::test]
+async fn extract_keeps_nested_values_as_stored() {
+    let stored = r#"{"obj": {"z": 1,  "a": {"y": [ 3, 1 ]}}, "list": [ "b", "a" ], "num": 1.50, "esc": "\u00e9", "nil": null, "inner": {"k": {"q":  2}}}"#;
+    let s = store(&[("doc", stored)]);
+    let e = es(&format!(
+        "{STORE}dataFrom:\n- extract: {{key: doc}}\n- extract: {{key: doc, property: inner}}\n"
+    ));
+    let got = strings(&run(&e, &s).await.unwrap());
+    assert_eq!(got["obj"], r#"{"z": 1,  "a": {"y": [ 3, 1 ]}}"#);
+    assert_eq!(got["list"], r#"[ "b", "a" ]"#);
+    assert_eq!(got["num"], "1.50");
+    assert_eq!(got["esc"], "é");
+    assert_eq!(got["nil"], "");
+    assert_eq!(got["k"], r#"{"q":  2}"#);
+}
+
+/// Issue 14: `conversionStrategy` of `dataFrom` (ESO's rules, applied when there is no `rewrite`):
+/// `Default` replaces each character that is not a letter, a digit, `-`, `.` or `_` with `_`;
+/// `Unicode` writes it as `_U<hex>_`.
+#[tokio::test]
+async fn conversion_strategies_rename_keys_as_eso_does() {
+    let s = store(&[("doc", r#"{"a/b": "1", "c d": "2", "ok-key.x_y": "3"}"#)]);
+    let keys = |d: &keyferry_sync::DesiredSecret| d.data.keys().cloned().collect::<Vec<_>>();
+    for (strategy, want) in [
+        ("Default", ["a_b", "c_d", "ok-key.x_y"]),
+        ("Unicode", ["a_U002f_b", "c_U0020_d", "ok-key.x_y"]),
+    ] {
+        let e = es(&format!(
+            "{STORE}dataFrom:\n- extract: {{key: doc, conversionStrategy: {strategy}}}\n"
+        ));
+        assert_eq!(keys(&run(&e, &s).await.unwrap()), want, "{strategy}");
+    }
+    // With a rewrite, the rewrite alone names the keys (ESO skips the conversion).
+    let e = es(&format!(
+        "{STORE}dataFrom:\n- extract: {{key: doc, conversionStrategy: Unicode}}\n  rewrite:\n  - regexp: {{source: '[/ ]', target: '-'}}\n"
+    ));
+    assert_eq!(keys(&run(&e, &s).await.unwrap()), ["a-b", "c-d", "ok-key.x_y"]);
 }
 
 #[tokio::test]

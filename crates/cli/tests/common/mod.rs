@@ -4,7 +4,8 @@
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::discovery::{Discovery, Scope};
 
-/// Applies every document of `yaml` (namespaced ones into `namespace`); returns the cluster-scoped
+/// Applies every document of `yaml` (namespaced ones into their own namespace, else `namespace`);
+/// returns the cluster-scoped
 /// objects so the test can delete them.
 pub async fn apply_yaml(client: &kube::Client, namespace: &str, yaml: &str) -> Vec<(ApiResource, String)> {
     let discovery = Discovery::new(client.clone()).run().await.unwrap();
@@ -19,7 +20,9 @@ pub async fn apply_yaml(client: &kube::Client, namespace: &str, yaml: &str) -> V
             cluster_scoped.push((ar.clone(), name.clone()));
             kube::Api::all_with(client.clone(), &ar)
         } else {
-            kube::Api::namespaced_with(client.clone(), namespace, &ar)
+            // A document that names its namespace goes there.
+            let ns = obj.metadata.namespace.as_deref().unwrap_or(namespace);
+            kube::Api::namespaced_with(client.clone(), ns, &ar)
         };
         api.patch(
             &name,
@@ -39,4 +42,25 @@ pub async fn delete_cluster_scoped(client: &kube::Client, objects: Vec<(ApiResou
             .delete(&name, &DeleteParams::default())
             .await;
     }
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A plain HTTP GET of `http://127.0.0.1:<port><path>`; the response when it is a 200.
+pub fn get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.contains(" 200 ").then_some(body)
 }

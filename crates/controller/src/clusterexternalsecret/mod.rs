@@ -264,7 +264,7 @@ async fn reconcile_inner(ces: &ClusterExternalSecret, ctx: &Context) -> Result<A
             "status": next,
         });
         let api: Api<ClusterExternalSecret> = Api::all(ctx.client.clone());
-        match api.patch_status(&ces.name_any(), &pp, &Patch::Apply(&body)).await {
+        match crate::error::apply_status(&api, &ces.name_any(), &pp, &body).await {
             Ok(_) => {}
             Err(e) if is_not_found(&e) => {}
             Err(e) => {

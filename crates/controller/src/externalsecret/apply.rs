@@ -101,14 +101,7 @@ pub async fn write_status(
         "kind": "ExternalSecret",
         "status": status,
     });
-    match api
-        .patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-    {
+    match crate::error::apply_status(&api, &name, &PatchParams::apply(FIELD_MANAGER).force(), &body).await {
         Ok(_) => Ok(true),
         // Deleted meanwhile: nothing to report on.
         Err(e) if is_not_found(&e) => Ok(false),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use keyferry_api::secret_store::SecretStoreStatus;
 use keyferry_api::{ClusterSecretStore, FIELD_MANAGER, SecretStore};
-use kube::api::{Patch, PatchParams};
+use kube::api::PatchParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -212,13 +212,13 @@ async fn write_status(
         StoreObject::Namespaced(_) => {
             let api: Api<SecretStore> =
                 Api::namespaced(ctx.client.clone(), key.namespace.as_deref().unwrap_or_default());
-            api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+            crate::error::apply_status(&api, &key.name, &pp, &body)
                 .await
                 .map(|_| ())
         }
         StoreObject::Cluster(_) => {
             let api: Api<ClusterSecretStore> = Api::all(ctx.client.clone());
-            api.patch_status(&key.name, &pp, &Patch::Apply(&body))
+            crate::error::apply_status(&api, &key.name, &pp, &body)
                 .await
                 .map(|_| ())
         }
