@@ -12,7 +12,7 @@ use std::sync::Arc;
 use keyferry_api::external_secret::{ExternalSecret, FindRef, SecretStoreRef, StoreKind};
 use keyferry_api::manifest::{Located, Manifest};
 use keyferry_api::names::{ObjectType, split_remote_key};
-use keyferry_providers::breakglass::{BreakGlassClient, export_entries, same_vault};
+use keyferry_providers::breakglass::{BreakGlassClient, export_entries_with_progress, same_vault};
 use keyferry_providers::{ProviderError, SecretsClient};
 use keyferry_sops::bundle::{BundleMeta, bundle_index, open_bundle, seal_bundle};
 use keyferry_sops::{AgeIdentity, AgeRecipient, Format};
@@ -383,6 +383,7 @@ async fn export(args: ExportArgs) -> ExitCode {
     let mut entries = Vec::new();
     let mut missing = Vec::new();
     let mut seen = BTreeSet::new();
+    let bar = export_progress();
     for (key, w) in &p.wanted {
         let client = match client_for(&p.stores, key) {
             Ok(c) => c,
@@ -396,7 +397,10 @@ async fn export(args: ExportArgs) -> ExitCode {
             .into_iter()
             .filter(|n| seen.insert((w.vault_url.to_ascii_lowercase(), n.clone())))
             .collect();
-        match export_entries(client.as_ref(), &w.vault_url, &names).await {
+        bar.inc_length(u64::try_from(names.len()).unwrap_or(u64::MAX));
+        bar.set_message(key.name.clone());
+        let tick = || bar.inc(1);
+        match export_entries_with_progress(client.as_ref(), &w.vault_url, &names, &tick).await {
             Ok((e, m)) => {
                 entries.extend(e);
                 missing.extend(m.into_iter().map(|n| format!("{}/{n}", w.vault_url)));
@@ -404,6 +408,7 @@ async fn export(args: ExportArgs) -> ExitCode {
             Err(e) => return fail(CMD, vault_code(&e), &format!("store {}: {e}", key.name)),
         }
     }
+    bar.finish_and_clear();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let format = if args.json { Format::Json } else { Format::Yaml };
     let text = match seal_bundle(&entries, &recipients, now).and_then(|d| d.to_text(format)) {
@@ -428,6 +433,22 @@ async fn export(args: ExportArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// A progress bar on stderr while secrets are exported, drawn only on a terminal (CI logs and
+/// redirected output stay clean). Names stores, never secrets.
+fn export_progress() -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} exporting {pos}/{len} secrets ({msg}) {wide_bar} {elapsed}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// Writes a file readable by its owner only (the bundle is encrypted, but its metadata is not public).

@@ -229,6 +229,16 @@ pub async fn export_entries<C: SecretsClient + ?Sized>(
     vault_url: &str,
     names: &[String],
 ) -> Result<(Vec<BundleEntry>, Vec<String>), ProviderError> {
+    export_entries_with_progress(client, vault_url, names, &|| {}).await
+}
+
+/// [`export_entries`], calling `done` after each secret (for a progress display).
+pub async fn export_entries_with_progress<C: SecretsClient + ?Sized>(
+    client: &C,
+    vault_url: &str,
+    names: &[String],
+    done: &(dyn Fn() + Sync),
+) -> Result<(Vec<BundleEntry>, Vec<String>), ProviderError> {
     let listed: BTreeMap<String, SecretProperties> = client
         .list_secret_properties()
         .await?
@@ -243,6 +253,7 @@ pub async fn export_entries<C: SecretsClient + ?Sized>(
                     Some(props) => export_one(client, vault_url, props.clone()).await,
                     None => Ok(None),
                 };
+                done();
                 (name, got)
             })
             .buffered(EXPORT_CONCURRENCY)
