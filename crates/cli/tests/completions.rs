@@ -74,10 +74,31 @@ fn the_bash_script_registers_and_completes() {
 }
 
 #[test]
-fn version_names_the_crate_version() {
+fn version_names_the_crate_version_and_the_commit() {
     let v = keyferry(&["--version"]);
     assert!(
         v.starts_with(&format!("keyferry {}", env!("CARGO_PKG_VERSION"))),
         "{v}"
     );
+    // Built from this checkout: the commit is HEAD's (or the one KEYFERRY_COMMIT gave the build).
+    let head = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short=12",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match (head, std::env::var("KEYFERRY_COMMIT")) {
+        (_, Ok(given)) if !given.trim().is_empty() => assert!(v.contains(given.trim()), "{v}"),
+        (Some(head), _) => assert!(
+            v.contains(&format!("(commit {head})")),
+            "{v} does not name HEAD {head}"
+        ),
+        (None, _) => println!("SKIPPED commit check: no git checkout to compare with"),
+    }
 }
