@@ -45,6 +45,12 @@ pub struct ControllerArgs {
     #[arg(skip)]
     pub skip_logging_init: bool,
 
+    /// Also export ESO's metric names (`externalsecret_sync_calls_total`,
+    /// `externalsecret_status_condition`, …; one series per object, as ESO does), so dashboards and
+    /// alerts written for ESO keep working.
+    #[arg(long, env = "KEYFERRY_ESO_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub eso_metrics: bool,
+
     /// Elect a leader through a coordination.k8s.io Lease, so that of several replicas only one
     /// reconciles. Turn off only when running a single replica.
     #[arg(long, env = "KEYFERRY_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -175,6 +181,7 @@ impl Default for ControllerArgs {
             log_level: "info".into(),
             skip_logging_init: false,
             leader_election: true,
+            eso_metrics: true,
             lease_namespace: None,
             lease_name: "keyferry-controller".into(),
             identity: None,

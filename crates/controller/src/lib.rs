@@ -22,6 +22,7 @@ pub mod conditions;
 pub mod context;
 pub mod drift;
 pub mod error;
+pub mod eso_metrics;
 pub mod externalsecret;
 pub mod guard;
 pub mod http;
@@ -116,7 +117,7 @@ pub async fn run_with_client(
     }
     connect.authority_host = args.azure_authority_host.clone().filter(|h| !h.trim().is_empty());
 
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::with_eso_metrics(args.eso_metrics));
     let health = Arc::new(http::Health::default());
     let stopped = stop_future(stop.clone());
     let (addr, http_task) = http::serve(

@@ -140,6 +140,9 @@ pub struct Metrics {
     rollout_failures: Family<KindLabels, Counter>,
     drift_restored: Counter,
     break_glass_active: Family<StoreLabels, Gauge>,
+    /// ESO's metric names (no `keyferry_` prefix, so in a registry of their own).
+    eso_registry: Registry,
+    eso: Option<crate::eso_metrics::EsoMetrics>,
 }
 
 /// `store` label.
@@ -176,8 +179,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, ESO's names included.
     pub fn new() -> Self {
+        Self::with_eso_metrics(true)
+    }
+
+    /// Creates and registers every metric; ESO's names only when `eso` (`--eso-metrics`).
+    pub fn with_eso_metrics(eso: bool) -> Self {
         let mut registry = Registry::with_prefix("keyferry");
         let reconciles = Family::<ResultLabels, Counter>::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
@@ -329,7 +337,11 @@ impl Metrics {
                 result: result.into(),
             });
         }
+        let mut eso_registry = Registry::default();
+        let eso = eso.then(|| crate::eso_metrics::EsoMetrics::register(&mut eso_registry));
         Metrics {
+            eso_registry,
+            eso,
             registry,
             reconciles,
             reconcile_errors,
@@ -505,6 +517,11 @@ impl Metrics {
         self.cache_invalidations.set(g(invalidations));
     }
 
+    /// ESO's metric names, unless turned off.
+    pub fn eso(&self) -> Option<&crate::eso_metrics::EsoMetrics> {
+        self.eso.as_ref()
+    }
+
     /// Sets the number of overdue periodic ExternalSecrets.
     pub fn set_stale_external_secrets(&self, n: usize) {
         self.external_secrets_stale
@@ -527,8 +544,12 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        let encoded = encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.eso_registry))
+            .and_then(|()| encode_eof(&mut out));
+        if encoded.is_err() {
             out.clear();
         }
         out

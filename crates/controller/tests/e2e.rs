@@ -1684,3 +1684,58 @@ fn hand_edits_are_restored_with_a_drift_event() {
         ns.cleanup().await;
     });
 }
+
+/// Issue 14 §4: ESO's metric names beside keyferry's, with ESO's labels and units, one series per
+/// object; a deleted ExternalSecret's series go at the next census.
+#[test]
+fn eso_metric_names_are_exported_per_object_and_dropped_with_it() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "esometrics", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply(
+            &Api::namespaced(client.clone(), &ns.name),
+            &fake_store(&ns.name, "vault", &[("k", "metrics-canary-value")]),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(&ess, &es_yaml(&ns.name, "app", "vault", "", &[("k", "k")])).await;
+        wait_ready(&client, &ns.name, "app", "True", "SecretSynced").await;
+        let series = |m: &str, prefix: &str| m.lines().any(|l| l.starts_with(prefix));
+        let labels = format!("name=\"app\",namespace=\"{}\"", ns.name);
+        let ready =
+            format!("externalsecret_status_condition{{{labels},condition=\"Ready\",status=\"True\"}} 1");
+        let calls = format!("externalsecret_sync_calls_total{{{labels}}}");
+        let duration = format!("externalsecret_reconcile_duration{{{labels}}}");
+        let store = format!(
+            "secretstore_status_condition{{name=\"vault\",namespace=\"{}\",condition=\"Ready\",status=\"True\"}} 1",
+            ns.name
+        );
+        let shown = eventually(Duration::from_secs(60), || {
+            let (ready, calls, duration, store) =
+                (ready.clone(), calls.clone(), duration.clone(), store.clone());
+            async move {
+                let m = env.metrics().await;
+                (series(&m, &ready) && series(&m, &calls) && series(&m, &duration) && series(&m, &store))
+                    .then_some(m)
+            }
+        })
+        .await;
+        let Some(m) = shown else {
+            panic!("ESO's series never showed:\n{}", env.metrics().await);
+        };
+        assert!(!m.contains("metrics-canary-value"), "a value in /metrics");
+        ess.delete("app", &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let gone = eventually(Duration::from_secs(60), || {
+            let labels = labels.clone();
+            async move { (!env.metrics().await.contains(&labels)).then_some(()) }
+        })
+        .await;
+        assert!(gone.is_some(), "a deleted ExternalSecret's ESO series stay");
+        ns.cleanup().await;
+    });
+}

@@ -69,6 +69,14 @@ pub async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Act
             );
         }
     }
+    if let Some(eso) = ctx.metrics.eso() {
+        eso.reconciled(
+            crate::eso_metrics::EsoKind::ExternalSecret,
+            crate::eso_metrics::external_secret_series(&es),
+            started.elapsed(),
+            result.is_err(),
+        );
+    }
     ctx.metrics.reconciled(
         KIND,
         started.elapsed(),
@@ -375,6 +383,48 @@ fn read_mode(es: &ExternalSecret, reason: refresh::SyncReason) -> crate::stores:
     } else {
         ReadMode::Shared
     }
+}
+
+/// ESO's per-object condition series from the watch caches; series of deleted objects go.
+fn eso_census(eso: &crate::eso_metrics::EsoMetrics, reader: &Store<ExternalSecret>, ctx: &Context) {
+    use crate::eso_metrics::{EsoKind, external_secret_series, store_series};
+    use crate::stores::StoreObject;
+    use keyferry_api::ConditionStatus;
+    let ready_of =
+        |conditions: &[keyferry_api::Condition]| match conditions::find_ready(conditions).map(|c| c.status) {
+            Some(ConditionStatus::True) => Some(true),
+            Some(ConditionStatus::False) => Some(false),
+            _ => None,
+        };
+    let mut live = std::collections::HashSet::new();
+    for es in reader.state() {
+        let series = external_secret_series(&es);
+        let conditions = es
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        eso.ready(EsoKind::ExternalSecret, series.clone(), ready_of(conditions));
+        live.insert(series);
+    }
+    eso.retain(EsoKind::ExternalSecret, &live);
+    let stores = ctx
+        .secret_stores
+        .state()
+        .into_iter()
+        .map(StoreObject::Namespaced)
+        .chain(ctx.cluster_stores.state().into_iter().map(StoreObject::Cluster));
+    let (mut namespaced, mut cluster) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for store in stores {
+        let (kind, series) = store_series(&store);
+        eso.ready(kind, series.clone(), ready_of(&store.conditions().0));
+        match kind {
+            EsoKind::ClusterSecretStore => cluster.insert(series),
+            _ => namespaced.insert(series),
+        };
+    }
+    eso.retain(EsoKind::SecretStore, &namespaced);
+    eso.retain(EsoKind::ClusterSecretStore, &cluster);
 }
 
 /// Whether a periodic ExternalSecret went more than two of its (floored) intervals without a
@@ -737,6 +787,9 @@ pub async fn run(
                 }
                 ctx.metrics.set_external_secrets(ready, not_ready, unknown);
                 ctx.metrics.set_stale_external_secrets(stale);
+                if let Some(eso) = ctx.metrics.eso() {
+                    eso_census(eso, &reader, &ctx);
+                }
                 tokio::time::sleep(CENSUS_EVERY).await;
             }
         })

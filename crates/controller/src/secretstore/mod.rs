@@ -103,6 +103,10 @@ async fn reconcile_store(store: StoreObject, ctx: Arc<Context>) -> Result<Action
             tracing::warn!(store = %store.label(), category = e.category(), error = %e, "store validation failed");
         }
     }
+    if let Some(eso) = ctx.metrics.eso() {
+        let (eso_kind, series) = crate::eso_metrics::store_series(&store);
+        eso.reconciled(eso_kind, series, started.elapsed(), result.is_err());
+    }
     ctx.metrics.reconciled(
         kind,
         started.elapsed(),
