@@ -44,6 +44,7 @@ pub(crate) async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Re
     // Authorization comes first, before anything looks at the body: the SDK's first request is an
     // unauthenticated probe whose body was stripped.
     if let Err(message) = authorize(&app, &parts.headers) {
+        drain(body).await;
         let host = parts
             .uri
             .authority()
@@ -52,13 +53,24 @@ pub(crate) async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Re
         return challenge(&app, host, message);
     }
     let query = Query::parse(parts.uri.query());
-    let result = async {
-        let api_version = check_api_version(&query)?;
-        let route = route::parse(&parts.method, parts.uri.path())?;
-        dispatch(&app, route, &query, api_version, body).await
-    }
-    .await;
+    let result = match (
+        check_api_version(&query),
+        route::parse(&parts.method, parts.uri.path()),
+    ) {
+        (Ok(api_version), Ok(route)) => dispatch(&app, route, &query, api_version, body).await,
+        (Err(e), _) | (_, Err(e)) => {
+            drain(body).await;
+            Err(e)
+        }
+    };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Reads (and drops) a request body the answer does not need, up to the body cap. Answering an
+/// HTTP/2 request before its body arrived makes the server reset the stream, which curl reports as
+/// a protocol error (exit 92) instead of showing the 400 or 401; Key Vault reads the body first too.
+async fn drain(body: Body) {
+    let _ = axum::body::to_bytes(body, MAX_BODY_BYTES).await;
 }
 
 fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), String> {
