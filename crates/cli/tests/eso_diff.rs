@@ -163,50 +163,6 @@ fn corpus(vault_url: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Replaces the CRDs testkit installed with ESO's own (a replace, not a merge: no keyferry field
-/// survives), and waits until each is established.
-async fn install_eso_crds(client: &Client, dir: &Path) -> usize {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut n = 0;
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("ESO_CRDS={}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .filter(|p| p.file_name().is_some_and(|f| f != "kustomization.yaml"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let mut crd: CustomResourceDefinition =
-            serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap())
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let name = crd.metadata.name.clone().unwrap();
-        match api.get_opt(&name).await.unwrap() {
-            Some(existing) => {
-                crd.metadata.resource_version = existing.metadata.resource_version;
-                api.replace(&name, &PostParams::default(), &crd).await
-            }
-            None => api.create(&PostParams::default(), &crd).await,
-        }
-        .unwrap_or_else(|e| panic!("installing ESO's CRD {name}: {e}"));
-        let established = keyferry_testkit::eventually(Duration::from_secs(30), || {
-            let api = api.clone();
-            let name = name.clone();
-            async move {
-                let c = api.get(&name).await.ok()?;
-                c.status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-                    .then_some(())
-            }
-        })
-        .await;
-        assert!(established.is_some(), "ESO's CRD {name} never became established");
-        n += 1;
-    }
-    n
-}
-
 /// The corpus cases, from the cluster (after apply).
 async fn cases(client: &Client, namespaces: &BTreeSet<String>) -> Vec<Case> {
     let list = external_secrets(client)
@@ -640,7 +596,10 @@ async fn keyferry_writes_what_eso_writes() {
 
     let cluster = keyferry_testkit::cluster().await.expect("a cluster (testenv)");
     let client = cluster.admin.clone();
-    let crds = install_eso_crds(&client, &eso_crds).await;
+    // Replaces the CRDs testkit installed with ESO's own (no keyferry field survives).
+    let crds = keyferry_testkit::replace_crds_from_dir(&client, &eso_crds)
+        .await
+        .unwrap_or_else(|e| panic!("installing ESO's CRDs from ESO_CRDS: {e}"));
 
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
     let seed_yaml = std::fs::read_to_string(repo().join("tests/eso-diff/vault.yaml")).unwrap();

@@ -107,6 +107,50 @@ pub struct Args {
     /// Directory for controller logs. Default: a directory under the system temp dir.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+
+    /// Which controller runs the workload. `eso` and `both` need ESO (`scripts/eso env`: `ESO_BIN`,
+    /// `ESO_CRDS`). With `both` (or several `--eso-concurrent` values) every controller runs in a
+    /// child scalebench on a testenv of its own, one after the other, and a side-by-side table with
+    /// keyferry/ESO ratios closes the output.
+    #[arg(long, value_enum, default_value_t = Against::Keyferry)]
+    pub against: Against,
+
+    /// The ESO binary (default: `$ESO_BIN`).
+    #[arg(long, env = "ESO_BIN")]
+    pub eso_bin: Option<PathBuf>,
+
+    /// ESO's CRD directory, installed in place of keyferry's (default: `$ESO_CRDS`).
+    #[arg(long, env = "ESO_CRDS")]
+    pub eso_crds: Option<PathBuf>,
+
+    /// ESO's `--concurrent` (its default is 1); several values (`1,8`) run ESO once per value.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u16])]
+    pub eso_concurrent: Vec<u16>,
+
+    /// The ExternalSecrets' `refreshInterval`. With `--steady-secs` equal to it, the steady-state
+    /// window shows what one refresh period costs (one hour of traffic at `refreshInterval: 1h`).
+    #[arg(long, default_value = "1h")]
+    pub refresh_interval: String,
+
+    /// After the rotations, count vault requests over this many quiet seconds (0: no steady-state
+    /// window).
+    #[arg(long, default_value_t = 0)]
+    pub steady_secs: u64,
+
+    /// Write the results as JSON to this file (used by `--against both` to collect its children).
+    #[arg(long)]
+    pub result_file: Option<PathBuf>,
+}
+
+/// Which controller a run measures.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Against {
+    /// keyferry (`--controller-bin`).
+    Keyferry,
+    /// External Secrets Operator (`--eso-bin`), under its own CRDs.
+    Eso,
+    /// keyferry, then ESO, each on a fresh testenv.
+    Both,
 }
 
 /// Which backend the store reads.
@@ -165,6 +209,39 @@ impl Args {
     }
 }
 
+/// The arguments of one child run of `--against both`: `original` without `--against`,
+/// `--eso-concurrent` and `--result-file` (either `--flag value` or `--flag=value`), then those three
+/// for this child.
+pub fn child_args(
+    original: &[String],
+    against: &str,
+    eso_concurrent: u16,
+    result_file: &std::path::Path,
+) -> Vec<String> {
+    const OWN: [&str; 3] = ["--against", "--eso-concurrent", "--result-file"];
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for arg in original {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if OWN.contains(&arg.as_str()) {
+            skip_value = true;
+        } else if !OWN.iter().any(|f| arg.starts_with(&format!("{f}="))) {
+            out.push(arg.clone());
+        }
+    }
+    out.extend([
+        "--against".to_owned(),
+        against.to_owned(),
+        "--eso-concurrent".to_owned(),
+        eso_concurrent.to_string(),
+        "--result-file".to_owned(),
+        result_file.display().to_string(),
+    ]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +255,49 @@ mod tests {
         let a = a.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((a.scale_list(), a.order), (vec![7], Order::EsFirst));
         assert_eq!(a.rotation_spread().as_secs(), 15);
+        assert_eq!(
+            (a.against, a.eso_concurrent.clone()),
+            (Against::Keyferry, vec![1])
+        );
+        let a = Args::try_parse_from(["x", "--against", "both", "--eso-concurrent", "1,8"]);
+        let a = a.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.against, a.eso_concurrent), (Against::Both, vec![1, 8]));
+    }
+
+    #[test]
+    fn a_child_gets_its_own_controller_and_keeps_the_rest() {
+        let original: Vec<String> = [
+            "--es",
+            "50",
+            "--against",
+            "both",
+            "--eso-concurrent=1,8",
+            "--keys",
+            "2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let child = child_args(&original, "eso", 8, std::path::Path::new("/tmp/r.json"));
+        assert_eq!(
+            child,
+            [
+                "--es",
+                "50",
+                "--keys",
+                "2",
+                "--against",
+                "eso",
+                "--eso-concurrent",
+                "8",
+                "--result-file",
+                "/tmp/r.json"
+            ]
+        );
+        let parsed = Args::try_parse_from(std::iter::once("x".to_owned()).chain(child));
+        let parsed = parsed.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (parsed.against, parsed.eso_concurrent, parsed.es),
+            (Against::Eso, vec![8], 50)
+        );
     }
 }

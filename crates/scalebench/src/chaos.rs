@@ -15,8 +15,8 @@ use keyferry_emulator::Emulator;
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
-use crate::controller::{ControllerConfig, ControllerProcess};
-use crate::objects::{Cleanup, VaultTarget, create_external_secrets, create_store, list_all};
+use crate::controller::ControllerProcess;
+use crate::objects::{Cleanup, create_external_secrets, create_store, list_all};
 use crate::ready::wait_all_ready;
 use crate::scale::Bench;
 use crate::vault;
@@ -105,12 +105,8 @@ impl LatencyResult {
 /// bounded memory and without a retry storm (the read timeout is far above the delay).
 pub async fn run_latency(bench: &Bench, es: usize, latency: Duration) -> Result<LatencyResult> {
     let w = Workload {
-        run: format!("{}-slow{es}", bench.run_id),
-        es,
-        secrets: bench.args.secrets,
-        keys: bench.args.keys,
-        namespaces: bench.args.namespaces,
         property: None,
+        ..bench.workload("slow", es)
     };
     let mut cleanup = Cleanup::default();
     let outcome = slow_vault(bench, &w, latency, &mut cleanup).await;
@@ -127,10 +123,7 @@ async fn slow_vault(
 ) -> Result<LatencyResult> {
     let args = &bench.args;
     let emulator = vault::start(w.secrets).await?;
-    let target = VaultTarget::KeyVault {
-        vault_url: emulator.vault_url().to_owned(),
-        tenant_id: emulator.tenant_id().to_owned(),
-    };
+    let target = vault::emulator_target(&emulator, false);
     create_store(&bench.client, w, &target, cleanup).await?;
     create_external_secrets(&bench.client, w, args.create_concurrency).await?;
     emulator
@@ -139,20 +132,14 @@ async fn slow_vault(
         )
         .context("cannot install the latency fault")?;
     let before = emulator.counters();
-    let config = ControllerConfig {
-        binary: args.controller_binary(),
-        kubeconfig: bench.kubeconfig.clone(),
-        tls: Some((
+    let config = bench.keyferry_config(
+        Some((
             emulator.ca_file().to_path_buf(),
             emulator.authority_host().to_owned(),
         )),
-        run: w.run.clone(),
-        change_feed_interval_secs: args.change_feed_interval_secs,
-        concurrency: args.concurrency,
-        log_level: args.log_level.clone(),
-        extra_args: args.controller_args.clone(),
-        log_file: bench.log_dir.join(format!("controller-{}.log", w.run)),
-    };
+        w,
+        bench.log_dir.join(format!("controller-{}.log", w.run)),
+    );
     let started = Instant::now();
     let mut controller = ControllerProcess::start(&config).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -191,12 +178,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Runs the chaos scenario at `es` ExternalSecrets with `kills` kills, removing what it created.
 pub async fn run(bench: &Bench, es: usize, kills: usize) -> Result<ChaosResult> {
     let w = Workload {
-        run: format!("{}-chaos{es}", bench.run_id),
-        es,
-        secrets: bench.args.secrets,
-        keys: bench.args.keys,
-        namespaces: bench.args.namespaces,
         property: None,
+        ..bench.workload("chaos", es)
     };
     let mut cleanup = Cleanup::default();
     let outcome = scenario(bench, &w, kills, &mut cleanup).await;
@@ -215,10 +198,7 @@ async fn scenario(bench: &Bench, w: &Workload, kills: usize, cleanup: &mut Clean
             .with_context(|| format!("seeded secret {i} is missing"))?;
         lock(&allowed).entry(i).or_default().insert(value);
     }
-    let target = VaultTarget::KeyVault {
-        vault_url: emulator.vault_url().to_owned(),
-        tenant_id: emulator.tenant_id().to_owned(),
-    };
+    let target = vault::emulator_target(&emulator, false);
     create_store(&bench.client, w, &target, cleanup).await?;
     eprintln!("[chaos {}] creating {} ExternalSecrets", w.es, w.es);
     create_external_secrets(&bench.client, w, args.create_concurrency).await?;
@@ -230,19 +210,15 @@ async fn scenario(bench: &Bench, w: &Workload, kills: usize, cleanup: &mut Clean
         allowed.clone(),
         stop.clone(),
     ));
-    let config = |k: usize| ControllerConfig {
-        binary: args.controller_binary(),
-        kubeconfig: bench.kubeconfig.clone(),
-        tls: Some((
-            emulator.ca_file().to_path_buf(),
-            emulator.authority_host().to_owned(),
-        )),
-        run: w.run.clone(),
-        change_feed_interval_secs: args.change_feed_interval_secs,
-        concurrency: args.concurrency,
-        log_level: args.log_level.clone(),
-        extra_args: args.controller_args.clone(),
-        log_file: bench.log_dir.join(format!("controller-{}-{k}.log", w.run)),
+    let config = |k: usize| {
+        bench.keyferry_config(
+            Some((
+                emulator.ca_file().to_path_buf(),
+                emulator.authority_host().to_owned(),
+            )),
+            w,
+            bench.log_dir.join(format!("controller-{}-{k}.log", w.run)),
+        )
     };
     let mut rotations = 0;
     for k in 0..kills {

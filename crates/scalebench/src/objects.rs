@@ -23,6 +23,10 @@ pub enum VaultTarget {
         vault_url: String,
         /// Tenant id the emulator announces.
         tenant_id: String,
+        /// Authenticate with the managed identity (`authType: ManagedIdentity`) instead of the
+        /// service principal in `authSecretRef`: ESO can be pointed at the emulator's Entra only
+        /// through its managed-identity endpoint.
+        managed_identity: bool,
     },
     /// An OpenBao dev server (KV v2 at `secret/`).
     OpenBao {
@@ -113,7 +117,20 @@ pub async fn create_store(
     let name = w.store_name();
     let (creds, provider) = match vault {
         // As examples/credentials/akv-sp-credentials.yaml: the emulator accepts any client in dev mode.
-        VaultTarget::KeyVault { vault_url, tenant_id } => {
+        VaultTarget::KeyVault {
+            vault_url,
+            managed_identity: true,
+            ..
+        } => (
+            json!({
+                "metadata": {"name": "akv-sp-credentials", "namespace": creds_ns},
+                "stringData": {"unused": "managed identity"}
+            }),
+            json!({"azurekv": {"vaultUrl": vault_url, "authType": "ManagedIdentity"}}),
+        ),
+        VaultTarget::KeyVault {
+            vault_url, tenant_id, ..
+        } => {
             let secret_ref =
                 |key: &str| json!({"name": "akv-sp-credentials", "namespace": creds_ns, "key": key});
             (
@@ -174,8 +191,8 @@ pub async fn create_store(
     Ok(())
 }
 
-/// ExternalSecret `i` of the workload: `keys` entries, refreshInterval 1h (the safety net stays out
-/// of the way), target Secret of the same name.
+/// ExternalSecret `i` of the workload: `keys` entries, the workload's refreshInterval (1h by
+/// default: the safety net stays out of the way), target Secret of the same name.
 pub fn external_secret(w: &Workload, i: usize) -> Result<ExternalSecret> {
     let (namespace, name) = w.es_location(i);
     let data: Vec<_> = w
@@ -194,7 +211,7 @@ pub fn external_secret(w: &Workload, i: usize) -> Result<ExternalSecret> {
         "kind": "ExternalSecret",
         "metadata": {"name": name, "namespace": namespace, "labels": {RUN_LABEL: w.run}},
         "spec": {
-            "refreshInterval": "1h",
+            "refreshInterval": w.refresh_interval,
             "secretStoreRef": {"kind": "ClusterSecretStore", "name": w.store_name()},
             "target": {"name": name},
             "data": data

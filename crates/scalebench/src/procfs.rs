@@ -80,7 +80,7 @@ pub fn load_average() -> Option<f64> {
 }
 
 /// CPU time of a process between two points, as seconds and as a share of one core.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct CpuUse {
     /// CPU seconds used.
     pub seconds: f64,

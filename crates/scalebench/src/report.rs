@@ -6,8 +6,14 @@ use crate::procfs::CpuUse;
 use crate::vault::VaultCounts;
 
 /// Everything measured at one scale.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ScaleResult {
+    /// What ran: `keyferry` or `ESO v0.16.2 (--concurrent N)`.
+    pub controller: String,
+    /// Length of the steady-state window (0: none).
+    pub steady_secs: u64,
+    /// Vault requests in that window.
+    pub steady_requests: Option<VaultCounts>,
     /// ExternalSecrets.
     pub es: usize,
     /// Vault secrets.
@@ -96,10 +102,10 @@ fn ratio(actual: u64, floor: u64) -> String {
 /// The table header matching [`ScaleResult::row`].
 pub fn header() -> String {
     [
-        "| ES × keys / secrets | create all ES | all Ready from controller start | all Ready after last ES | \
+        "| controller | ES × keys / secrets | create all ES | all Ready from controller start | all Ready after last ES | \
          first-sync vault requests (GET + list) / floor | rotation p50 / p95 / max | rotation vault requests / floor | \
          controller peak RSS / end RSS | controller CPU (first sync) | apiserver CPU (first sync) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     .join("\n")
 }
@@ -119,7 +125,8 @@ impl ScaleResult {
         }
         let apiserver = cpu(self.apiserver_cpu_initial);
         format!(
-            "| {} × {} / {} | {} | {} | {} | {} + {} = {} / {} ({}) | {} | {} + {} = {} / {} ({}, {} polls) | {} / {} | {:.1} s ({:.2} cores) | {} |",
+            "| {} | {} × {} / {} | {} | {} | {} | {} + {} = {} / {} ({}) | {} | {} + {} = {} / {} ({}, {} polls) | {} / {} | {:.1} s ({:.2} cores) | {} |",
+            self.controller,
             self.es,
             self.keys,
             self.secrets,
@@ -148,7 +155,14 @@ impl ScaleResult {
 
     /// Details that do not fit the row: tokens, other requests, errors, hash check, load.
     pub fn details(&self) -> String {
-        format!(
+        let steady = match &self.steady_requests {
+            None => String::new(),
+            Some(c) => format!(
+                "; steady state over {} s: {} GET + {} list + {} token + {} other requests",
+                self.steady_secs, c.gets, c.list_pages, c.tokens, c.other
+            ),
+        };
+        let details = format!(
             "{} ES, {} rotations: first sync also {} token + {} other requests, {} vault errors; rotation window {} token + {} other, \
              {} errors; {} updated dependents kept their old data-hash; CPU during the first sync: this benchmark {}; \
              CPU during the rotations: controller {}, apiserver {}; load average at start {}",
@@ -166,7 +180,68 @@ impl ScaleResult {
             cpu(self.apiserver_cpu_rotation),
             self.load_average
                 .map_or_else(|| "—".into(), |l| format!("{l:.2}")),
-        )
+        );
+        format!("{}: {details}{steady}", self.controller)
+    }
+}
+
+/// keyferry/ESO ratios for every ESO row that has a keyferry row of the same shape: time to all
+/// Ready, first-sync vault requests (all kinds, tokens included), peak RSS, controller CPU, and the
+/// steady-state window's requests. Below 1 means keyferry needs less.
+pub fn comparison(rows: &[ScaleResult]) -> Vec<String> {
+    let same_shape =
+        |a: &ScaleResult, b: &ScaleResult| (a.es, a.secrets, a.keys) == (b.es, b.secrets, b.keys);
+    let mut out = Vec::new();
+    for kf in rows.iter().filter(|r| r.controller == "keyferry") {
+        for eso in rows
+            .iter()
+            .filter(|r| r.controller != "keyferry" && same_shape(kf, r))
+        {
+            let all = |c: &VaultCounts| c.data_plane() + c.tokens + c.other;
+            let mut line = format!(
+                "{} ES, keyferry / {}: all Ready {} ({} vs {}), first-sync vault requests {} ({} vs {}), \
+                 peak RSS {} ({} vs {}), controller CPU (first sync) {} ({:.1} s vs {:.1} s)",
+                kf.es,
+                eso.controller,
+                quotient(
+                    kf.ready_from_start.as_secs_f64(),
+                    eso.ready_from_start.as_secs_f64()
+                ),
+                secs(kf.ready_from_start),
+                secs(eso.ready_from_start),
+                quotient(all(&kf.initial) as f64, all(&eso.initial) as f64),
+                all(&kf.initial),
+                all(&eso.initial),
+                quotient(kf.peak_rss_kib as f64, eso.peak_rss_kib as f64),
+                mib(kf.peak_rss_kib),
+                mib(eso.peak_rss_kib),
+                quotient(
+                    kf.controller_cpu_initial.seconds,
+                    eso.controller_cpu_initial.seconds
+                ),
+                kf.controller_cpu_initial.seconds,
+                eso.controller_cpu_initial.seconds,
+            );
+            if let (Some(a), Some(b)) = (&kf.steady_requests, &eso.steady_requests) {
+                line.push_str(&format!(
+                    ", steady-state requests {} ({} vs {} in {} s)",
+                    quotient(all(a) as f64, all(b) as f64),
+                    all(a),
+                    all(b),
+                    kf.steady_secs
+                ));
+            }
+            out.push(line);
+        }
+    }
+    out
+}
+
+fn quotient(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.3}x", a / b)
+    } else {
+        "—".into()
     }
 }
 

@@ -8,9 +8,8 @@ use anyhow::{Result, anyhow};
 use kube::Client;
 use tokio::time::Instant;
 
-use crate::args::BackendKind;
-use crate::args::{Args, Order};
-use crate::controller::{ControllerConfig, ControllerProcess};
+use crate::args::{Against, Args, BackendKind, Order};
+use crate::controller::{ControllerConfig, ControllerProcess, EsoLaunch};
 use crate::objects::{Cleanup, create_external_secrets, create_store};
 use crate::procfs::{self, CpuMeter, CpuUse};
 use crate::ready::wait_all_ready;
@@ -35,6 +34,67 @@ pub struct Bench {
     pub run_id: String,
 }
 
+impl Bench {
+    /// The workload of one scale; `tag` marks the scenario in the run id (`""` for the benchmark).
+    pub fn workload(&self, tag: &str, es: usize) -> Workload {
+        let args = &self.args;
+        Workload {
+            run: format!("{}-{tag}{es}", self.run_id),
+            es,
+            secrets: args.secrets,
+            keys: args.keys,
+            namespaces: args.namespaces,
+            property: (args.backend == BackendKind::Vault).then(|| "value".to_owned()),
+            refresh_interval: args.refresh_interval.clone(),
+        }
+    }
+
+    /// How keyferry is started for workload `w` (the flags' settings; `tls`: the emulator's CA and
+    /// authority host).
+    pub fn keyferry_config(
+        &self,
+        tls: Option<(PathBuf, String)>,
+        w: &Workload,
+        log_file: PathBuf,
+    ) -> ControllerConfig {
+        let args = &self.args;
+        ControllerConfig {
+            binary: args.controller_binary(),
+            kubeconfig: self.kubeconfig.clone(),
+            tls,
+            run: w.run.clone(),
+            change_feed_interval_secs: args.change_feed_interval_secs,
+            concurrency: args.concurrency,
+            log_level: args.log_level.clone(),
+            extra_args: args.controller_args.clone(),
+            log_file,
+            eso: None,
+        }
+    }
+
+    /// How ESO is started when this bench measures ESO (`--against eso`; `None` for keyferry).
+    pub fn eso_launch(&self, backend: &Backend) -> Result<Option<EsoLaunch>> {
+        let args = &self.args;
+        if args.against != Against::Eso {
+            return Ok(None);
+        }
+        let Backend::KeyVault(e) = backend else {
+            anyhow::bail!("--against eso measures the Azure provider: use --backend azure");
+        };
+        let binary = args.eso_bin.clone().ok_or_else(|| {
+            anyhow!("--against eso needs --eso-bin or ESO_BIN (eval \"$(scripts/eso env)\")")
+        })?;
+        Ok(Some(EsoLaunch {
+            binary,
+            concurrent: args.eso_concurrent.first().copied().unwrap_or(1),
+            vault_host: e.vault_host().to_owned(),
+            identity_endpoint: e.identity_endpoint().to_owned(),
+            identity_header: e.identity_header().to_owned(),
+            ca_file: e.ca_file().to_path_buf(),
+        }))
+    }
+}
+
 /// Ctrl-C arrived during a scale: the remaining scales do not run.
 #[derive(Debug)]
 pub struct Interrupted;
@@ -49,14 +109,7 @@ impl std::error::Error for Interrupted {}
 
 /// Runs one scale and removes everything it created, also on failure or Ctrl-C.
 pub async fn run(bench: &Bench, es: usize) -> Result<ScaleResult> {
-    let w = Workload {
-        run: format!("{}-{es}", bench.run_id),
-        es,
-        secrets: bench.args.secrets,
-        keys: bench.args.keys,
-        namespaces: bench.args.namespaces,
-        property: (bench.args.backend == BackendKind::Vault).then(|| "value".to_owned()),
-    };
+    let w = bench.workload("", es);
     let mut cleanup = Cleanup::default();
     let outcome = tokio::select! {
         r = measure(bench, &w, &mut cleanup) => r,
@@ -81,18 +134,15 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     // one interval before its client was built as possibly missed and syncs their users again, so
     // the seed must be older than that when the controller starts.
     let seed_settled = Instant::now() + Duration::from_secs(args.change_feed_interval_secs + 2);
-    create_store(&bench.client, w, &backend.target(), cleanup).await?;
-    let config = ControllerConfig {
-        binary: args.controller_binary(),
-        kubeconfig: bench.kubeconfig.clone(),
-        tls: backend.tls(),
-        run: w.run.clone(),
-        change_feed_interval_secs: args.change_feed_interval_secs,
-        concurrency: args.concurrency,
-        log_level: args.log_level.clone(),
-        extra_args: args.controller_args.clone(),
-        log_file: bench.log_dir.join(format!("controller-{}.log", w.run)),
-    };
+    let is_eso = args.against == Against::Eso;
+    create_store(&bench.client, w, &backend.target(is_eso), cleanup).await?;
+    let mut config = bench.keyferry_config(
+        backend.tls(),
+        w,
+        bench.log_dir.join(format!("controller-{}.log", w.run)),
+    );
+    config.eso = bench.eso_launch(&backend)?;
+    let label = config.label();
 
     let create = |label: &'static str| async move {
         eprintln!("[{n}] creating {n} ExternalSecrets ({label})");
@@ -152,7 +202,9 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
 
     // Rotations start after the feed's first successful listing (its baseline), so they measure the
     // steady state; --skip-feed-baseline rotates at once, to see changes that race the baseline.
-    if args.skip_feed_baseline {
+    if is_eso {
+        eprintln!("[{n}] ESO has no change feed: rotating now");
+    } else if args.skip_feed_baseline {
         eprintln!("[{n}] not waiting for the change feed's first listing (--skip-feed-baseline)");
     } else {
         let feed_ready = wait_feed_baseline(
@@ -167,12 +219,16 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
     }
 
     let rotation = rotation_phase(bench, w, &backend, &mut controller).await?;
+    let steady = steady_phase(bench, w, &backend, &mut controller).await?;
 
     let memory = procfs::memory(controller.pid())?;
     controller.stop();
     let listing = backend.listing_requests(w.secrets);
     backend.shutdown().await;
     Ok(ScaleResult {
+        controller: label,
+        steady_secs: args.steady_secs,
+        steady_requests: steady,
         es: n,
         secrets: w.secrets,
         keys: w.keys,
@@ -253,6 +309,31 @@ async fn rotation_phase(
         controller_cpu,
         apiserver_cpu,
     })
+}
+
+/// `--steady-secs`: vault requests over a quiet window after the rotations (nothing changes in the
+/// vault; what the controller asks is pure upkeep).
+async fn steady_phase(
+    bench: &Bench,
+    w: &Workload,
+    backend: &Backend,
+    controller: &mut ControllerProcess,
+) -> Result<Option<VaultCounts>> {
+    let secs = bench.args.steady_secs;
+    if secs == 0 {
+        return Ok(None);
+    }
+    eprintln!(
+        "[{}] steady state: counting vault requests for {secs} s (refreshInterval {})",
+        w.es, w.refresh_interval
+    );
+    let mark = backend.mark(Some(controller)).await?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        controller.check_alive()?;
+        tokio::time::sleep(Duration::from_secs(1).min(deadline - Instant::now())).await;
+    }
+    Ok(Some(backend.since(&mark, controller).await?))
 }
 
 /// Waits until the controller's change feed has completed one successful listing.

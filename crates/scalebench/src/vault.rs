@@ -35,13 +35,10 @@ impl Backend {
         })
     }
 
-    /// What the store points at.
-    pub fn target(&self) -> VaultTarget {
+    /// What the store points at (`managed_identity`: see [`VaultTarget::KeyVault`]).
+    pub fn target(&self, managed_identity: bool) -> VaultTarget {
         match self {
-            Backend::KeyVault(e) => VaultTarget::KeyVault {
-                vault_url: e.vault_url().to_owned(),
-                tenant_id: e.tenant_id().to_owned(),
-            },
+            Backend::KeyVault(e) => emulator_target(e, managed_identity),
             Backend::OpenBao(b) => VaultTarget::OpenBao {
                 server: b.addr.clone(),
                 token: b.token.clone(),
@@ -113,6 +110,15 @@ impl Backend {
     }
 }
 
+/// The store's view of emulator `e`.
+pub fn emulator_target(e: &Emulator, managed_identity: bool) -> VaultTarget {
+    VaultTarget::KeyVault {
+        vault_url: e.vault_url().to_owned(),
+        tenant_id: e.tenant_id().to_owned(),
+        managed_identity,
+    }
+}
+
 /// Starts a fresh emulator (vault `kv-scalebench`) holding `secrets` secrets.
 pub async fn start(secrets: usize) -> Result<Emulator> {
     let emulator = Emulator::start(EmulatorConfig {
@@ -131,7 +137,7 @@ pub async fn start(secrets: usize) -> Result<Emulator> {
 }
 
 /// Requests the emulator received between two snapshots.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VaultCounts {
     /// `GET /secrets/{name}` (values).
     pub gets: u64,

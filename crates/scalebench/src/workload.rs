@@ -22,6 +22,8 @@ pub struct Workload {
     pub namespaces: usize,
     /// `remoteRef.property` of every `data` entry (Vault: the field of the secret's data map).
     pub property: Option<String>,
+    /// Every ExternalSecret's `refreshInterval`.
+    pub refresh_interval: String,
 }
 
 /// One `data` entry: the Secret key and the vault secret it reads.
@@ -134,6 +136,7 @@ mod tests {
             keys,
             namespaces: 10,
             property: None,
+            refresh_interval: "1h".into(),
         }
     }
 

@@ -39,6 +39,20 @@ pub enum HarnessError {
         /// Why.
         source: kube::config::KubeconfigError,
     },
+    /// A CRD file could not be read or parsed.
+    #[error("CRD file {path}: {reason}")]
+    CrdFile {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A CRD was not established in time.
+    #[error("CRD {name} was not established within 10 s")]
+    NotEstablished {
+        /// The CRD's name.
+        name: String,
+    },
     /// The API server refused a setup call.
     #[error("cluster setup failed: {0}")]
     Kube(#[from] kube::Error),
@@ -222,21 +236,62 @@ pub async fn install_crds(client: &Client) -> Result<(), HarnessError> {
     for crd in keyferry_api::crds::all() {
         let name = crd.name_any();
         api.patch(&name, &pp, &Patch::Apply(&crd)).await?;
-        for _ in 0..100 {
-            let current = api.get(&name).await?;
-            let established = current
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_established(&api, &name).await?;
     }
     Ok(())
+}
+
+/// Replaces the cluster's CRDs of the same names with the `*.yaml` CRDs in `dir` (another
+/// operator's, e.g. ESO's `config/crds/bases`): a replace, not a merge, so no field of the previous
+/// definition survives. Waits until each is established; returns how many were installed.
+pub async fn replace_crds_from_dir(client: &Client, dir: &Path) -> Result<usize, HarnessError> {
+    let bad = |path: &Path, reason: String| HarnessError::CrdFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad(dir, e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| p.file_name().is_some_and(|f| f != "kustomization.yaml"))
+        .collect();
+    paths.sort();
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for path in &paths {
+        let text = std::fs::read_to_string(path).map_err(|e| bad(path, e.to_string()))?;
+        let mut crd: CustomResourceDefinition =
+            serde_yaml_ng::from_str(&text).map_err(|e| bad(path, e.to_string()))?;
+        let name = crd.name_any();
+        match api.get_opt(&name).await? {
+            Some(existing) => {
+                crd.metadata.resource_version = existing.metadata.resource_version;
+                api.replace(&name, &PostParams::default(), &crd).await?
+            }
+            None => api.create(&PostParams::default(), &crd).await?,
+        };
+        wait_established(&api, &name).await?;
+    }
+    Ok(paths.len())
+}
+
+/// Waits (at most 10 s) until CRD `name` is established.
+async fn wait_established(api: &Api<CustomResourceDefinition>, name: &str) -> Result<(), HarnessError> {
+    for _ in 0..100 {
+        let current = api.get(name).await?;
+        let established = current
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(HarnessError::NotEstablished {
+        name: name.to_owned(),
+    })
 }
 
 /// A namespace of its own for one test, deleted by [`TestNamespace::cleanup`] or on drop.
