@@ -68,10 +68,21 @@ func prepareDataDir(requested string) (string, bool, error) {
 	return abs, false, nil
 }
 
-// writeCredentials generates fresh certs, keys and tokens (every run) and the
-// kubeconfigs pointing at url.
+// writeCredentials generates fresh certs, keys and tokens and the kubeconfigs
+// pointing at url -- unless the data dir already holds a complete set for the
+// same url (a restart on the same --data-dir and --port): then they are kept,
+// so clients of the previous run (a controller under test holding the admin
+// kubeconfig) reach the restarted apiserver with the CA and token they have.
 func writeCredentials(dir, url string) (*credentialFiles, error) {
-	f := &credentialFiles{
+	f := credentialPaths(dir)
+	if reused, err := reuseCredentials(f, url); err != nil || reused {
+		return f, err
+	}
+	return f, generateCredentials(f, url)
+}
+
+func credentialPaths(dir string) *credentialFiles {
+	return &credentialFiles{
 		caCert:          filepath.Join(dir, "ca.crt"),
 		servingCert:     filepath.Join(dir, "apiserver.crt"),
 		servingKey:      filepath.Join(dir, "apiserver.key"),
@@ -81,28 +92,57 @@ func writeCredentials(dir, url string) (*credentialFiles, error) {
 		userKubeconfig:  filepath.Join(dir, "kubeconfig-user"),
 		kcmKubeconfig:   filepath.Join(dir, "kubeconfig-controller-manager"),
 	}
+}
 
+// reuseCredentials loads the credentials of a previous run on the same url;
+// false (and no error) when there is no complete set for it.
+func reuseCredentials(f *credentialFiles, url string) (bool, error) {
+	for _, p := range []string{f.caCert, f.servingCert, f.servingKey, f.saKey, f.tokenFile, f.userKubeconfig, f.kcmKubeconfig} {
+		if _, err := os.Stat(p); err != nil {
+			return false, nil
+		}
+	}
+	kc, err := clientcmd.LoadFromFile(f.adminKubeconfig)
+	if err != nil {
+		return false, nil
+	}
+	cluster, ok := kc.Clusters["kube-testenv"]
+	auth, okAuth := kc.AuthInfos[adminUser]
+	if !ok || !okAuth || cluster.Server != url || auth.Token == "" {
+		return false, nil
+	}
+	caPEM, err := os.ReadFile(f.caCert)
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %v", f.caCert, err)
+	}
+	f.caPEM, f.adminToken = caPEM, auth.Token
+	logf("reusing the credentials in %s (same data dir and url as the previous run)", filepath.Dir(f.caCert))
+	return true, nil
+}
+
+// generateCredentials writes a fresh set of certs, keys, tokens and kubeconfigs.
+func generateCredentials(f *credentialFiles, url string) error {
 	// GenerateSelfSignedCertKey returns a leaf (for 127.0.0.1 and localhost)
 	// followed by the CA that signed it. The server presents both; clients
 	// only need the CA.
 	chainPEM, keyPEM, err := certutil.GenerateSelfSignedCertKey("localhost",
 		[]net.IP{net.ParseIP("127.0.0.1")}, []string{"localhost"})
 	if err != nil {
-		return nil, fmt.Errorf("generating serving cert: %v", err)
+		return fmt.Errorf("generating serving cert: %v", err)
 	}
 	certs, err := certutil.ParseCertsPEM(chainPEM)
 	if err != nil || len(certs) < 2 {
-		return nil, fmt.Errorf("unexpected serving cert chain (%d certs): %v", len(certs), err)
+		return fmt.Errorf("unexpected serving cert chain (%d certs): %v", len(certs), err)
 	}
 	f.caPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certs[len(certs)-1].Raw})
 
 	saKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	saDER, err := x509.MarshalECPrivateKey(saKey)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	saPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: saDER})
 
@@ -125,7 +165,7 @@ func writeCredentials(dir, url string) (*credentialFiles, error) {
 		{f.tokenFile, []byte(tokens)},
 	} {
 		if err := os.WriteFile(w.path, w.data, 0o600); err != nil {
-			return nil, fmt.Errorf("writing %s: %v", w.path, err)
+			return fmt.Errorf("writing %s: %v", w.path, err)
 		}
 	}
 
@@ -135,10 +175,10 @@ func writeCredentials(dir, url string) (*credentialFiles, error) {
 		{f.kcmKubeconfig, kcmUser, kcmToken},
 	} {
 		if err := writeKubeconfig(kc.path, url, f.caPEM, kc.user, kc.token); err != nil {
-			return nil, fmt.Errorf("writing %s: %v", kc.path, err)
+			return fmt.Errorf("writing %s: %v", kc.path, err)
 		}
 	}
-	return f, nil
+	return nil
 }
 
 func writeKubeconfig(path, url string, caPEM []byte, user, token string) error {

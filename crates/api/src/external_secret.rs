@@ -509,6 +509,10 @@ pub struct ExternalSecretStatus {
     /// An HMAC of the last applied data, used to detect hand edits; reveals nothing about the values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_hmac: Option<String>,
+    /// The `dataHmac` the opted-in workloads were last rolled to (rollout restarts). While it differs
+    /// from `dataHmac` a restart is pending: keyferry retries it, also after its own restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_hmac: Option<String>,
 }
 
 /// A reference to an object in the same namespace.

@@ -216,6 +216,28 @@ pub fn plan(
         .collect()
 }
 
+/// Whether the opted-in workloads of a Secret whose synced content is now `now` (its `dataHmac`)
+/// must be rolled. `rolled_to` is `status.rolloutHmac` (what they were last rolled to), or, before
+/// keyferry recorded one, `status.dataHmac` (the content they started on). A restart that failed, or
+/// that a controller crash interrupted, leaves `rolled_to` behind, so it stays due — level-triggered,
+/// across restarts and leader changes. `changed_existing`: this sync changed the data of a Secret
+/// that already existed (due also without a record, e.g. under ESO's CRDs, which drop the field).
+pub fn restart_due(rolled_to: Option<&str>, now: &str, changed_existing: bool) -> bool {
+    changed_existing || rolled_to.is_some_and(|r| r != now)
+}
+
+/// The restart a status says is still pending: the content to roll to (`dataHmac`), when the
+/// workloads were last rolled to something else (`rolloutHmac`).
+pub fn pending_in_status(
+    status: Option<&keyferry_api::external_secret::ExternalSecretStatus>,
+) -> Option<String> {
+    let s = status?;
+    match (&s.rollout_hmac, &s.data_hmac) {
+        (Some(rolled), Some(data)) if rolled != data => Some(data.clone()),
+        _ => None,
+    }
+}
+
 /// Lists the namespace's Deployments, StatefulSets and DaemonSets (each kind that can be listed).
 async fn workloads(ctx: &Context, namespace: &str) -> Vec<WorkloadView> {
     let lp = ListParams::default();
@@ -383,6 +405,31 @@ containers:
         valueFrom: {secretKeyRef: {name: db, key: password}}
 "#;
     const USES_NOTHING: &str = "containers: [{name: app}]\n";
+
+    #[test]
+    fn a_restart_stays_due_until_the_record_catches_up() {
+        // First sync of a new Secret: nothing to roll.
+        assert!(!restart_due(None, "h1", false));
+        // The data of an existing Secret changed in this sync.
+        assert!(restart_due(Some("h1"), "h2", true));
+        // A crash after the Secret write: the next sync changes nothing, the record is behind.
+        assert!(restart_due(Some("h1"), "h2", false));
+        // Delivered: the record holds the content.
+        assert!(!restart_due(Some("h2"), "h2", false));
+        use keyferry_api::external_secret::ExternalSecretStatus;
+        let status = |rolled: Option<&str>, data: Option<&str>| ExternalSecretStatus {
+            rollout_hmac: rolled.map(str::to_owned),
+            data_hmac: data.map(str::to_owned),
+            ..ExternalSecretStatus::default()
+        };
+        assert_eq!(
+            pending_in_status(Some(&status(Some("h1"), Some("h2")))),
+            Some("h2".into())
+        );
+        assert_eq!(pending_in_status(Some(&status(Some("h2"), Some("h2")))), None);
+        assert_eq!(pending_in_status(Some(&status(None, Some("h2")))), None);
+        assert_eq!(pending_in_status(None), None);
+    }
 
     #[test]
     fn only_transient_patch_failures_are_retried() {

@@ -275,11 +275,21 @@ fn a_rotation_written_while_no_controller_runs_is_applied_at_start() {
         let second = ScopedController::start(env, &env.emulator, &ns.name, &class);
         // Far below the hourly refresh: only the start-up comparison can deliver it.
         wait_secret_value(&client, &ns.name, "a", "v", "a2").await;
-        let metrics = common::http_get(&second.metrics_url).await;
-        assert!(
-            metrics.contains("keyferry_externalsecrets{ready=\"true\"} 2"),
-            "the census counts both from the start: {metrics}"
+        // The census has no series until the watch cache holds every ExternalSecret: the first
+        // reading there is must count both (never a 0/0/0 while the controller starts).
+        let first_census = keyferry_testkit::eventually(Duration::from_secs(30), || async {
+            let m = common::http_get(&second.metrics_url).await;
+            m.lines()
+                .find(|l| l.starts_with("keyferry_externalsecrets{ready=\"true\"}"))
+                .map(str::to_owned)
+        })
+        .await;
+        assert_eq!(
+            first_census.as_deref(),
+            Some("keyferry_externalsecrets{ready=\"true\"} 2"),
+            "the first census counts both"
         );
+        let metrics = common::http_get(&second.metrics_url).await;
         // A few more feed rounds: the unchanged one is still not synced again.
         let polls = |m: &str| {
             m.lines()
@@ -487,6 +497,150 @@ fn a_vault_restarted_with_a_new_ca_is_reached_again_without_restarting_the_contr
         assert!(builds >= 2.0, "the client was rebuilt: {builds} builds");
         controller.stop().await;
         let _ = second.shutdown().await;
+        ns.cleanup().await;
+    });
+}
+
+/// The pod-template annotations of a Deployment.
+fn template_annotation_of(d: &k8s_openapi::api::apps::v1::Deployment, key: &str) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
+/// Issue 10 item 1: a rollout restart that failed is retried until the workload carries the new
+/// content, and the pending restart lives in the status (`rolloutHmac` behind `dataHmac`), so a
+/// controller that starts later delivers it. The failure is real: a ValidatingAdmissionPolicy of
+/// the API server refuses every update of the Deployment while it carries a label.
+#[test]
+fn a_failed_rollout_restart_is_delivered_later_even_by_another_controller() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{DeleteParams, DynamicObject, PostParams};
+    use kube::core::{ApiResource, GroupVersionKind};
+    run(async {
+        let env = env().await;
+        let _emulator = common::EMULATOR.lock().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "rollretry", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let class = format!("rollretry-{}", ns.name);
+        let remote = format!("{}-api", ns.name);
+        env.emulator
+            .set_secret(&remote, "r1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let first = ScopedController::start(env, &env.emulator, &ns.name, &class);
+        emulator_store_of_class(env, &env.emulator, &ns.name, "akv", &class).await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
+        apply(&ess, &hourly_es(&ns.name, "api", "akv", "token", &remote)).await;
+        wait_secret_value(&client, &ns.name, "api", "token", "r1").await;
+
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+        let web: Deployment = yaml(&format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {ns}\n  labels: {{keyferry-e2e/frozen: \"true\"}}\n  annotations: {{keyferry.io/restart-on-secret-change: api}}\nspec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers: [{{name: c, image: example.invalid/app}}]\n",
+            ns = ns.name
+        ));
+        apply(&deployments, &web).await;
+
+        // The API server refuses updates of frozen Deployments in this namespace.
+        let gvk = |kind: &str| GroupVersionKind::gvk("admissionregistration.k8s.io", "v1", kind);
+        let policies: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &ApiResource::from_gvk(&gvk("ValidatingAdmissionPolicy")),
+        );
+        let bindings: Api<DynamicObject> = Api::all_with(
+            client.clone(),
+            &ApiResource::from_gvk(&gvk("ValidatingAdmissionPolicyBinding")),
+        );
+        let policy_name = format!("keyferry-e2e-frozen-{}", ns.name);
+        let policy: DynamicObject = yaml(&format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicy\nmetadata: {{name: {policy_name}}}\nspec:\n  failurePolicy: Fail\n  matchConstraints:\n    namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}\n    resourceRules:\n      - {{apiGroups: [apps], apiVersions: [v1], operations: [UPDATE], resources: [deployments]}}\n  validations:\n    - expression: \"!has(oldObject.metadata.labels) || !('keyferry-e2e/frozen' in oldObject.metadata.labels) || !has(object.metadata.labels) || !('keyferry-e2e/frozen' in object.metadata.labels)\"\n      message: frozen by the test\n",
+            ns = ns.name
+        ));
+        let binding: DynamicObject = yaml(&format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {{name: {policy_name}}}\nspec:\n  policyName: {policy_name}\n  validationActions: [Deny]\n"
+        ));
+        policies
+            .create(&PostParams::default(), &policy)
+            .await
+            .unwrap_or_else(|e| panic!("ValidatingAdmissionPolicy: {e}"));
+        bindings
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap_or_else(|e| panic!("ValidatingAdmissionPolicyBinding: {e}"));
+        // The policy takes effect asynchronously: probe with a server-side dry run.
+        let probe = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {"probe": "1"}}}}});
+        let frozen = keyferry_testkit::eventually(Duration::from_secs(30), || {
+            let (deployments, probe) = (deployments.clone(), probe.clone());
+            async move {
+                let pp = PatchParams {
+                    dry_run: true,
+                    ..PatchParams::default()
+                };
+                deployments
+                    .patch("web", &pp, &Patch::Merge(&probe))
+                    .await
+                    .is_err()
+                    .then_some(())
+            }
+        })
+        .await;
+        assert!(frozen.is_some(), "the admission policy never refused an update");
+
+        env.emulator
+            .set_secret(&remote, "r2")
+            .unwrap_or_else(|e| panic!("{e}"));
+        wait_secret_value(&client, &ns.name, "api", "token", "r2").await;
+        let pending = keyferry_testkit::eventually(Duration::from_secs(30), || {
+            let ess = ess.clone();
+            async move {
+                let status = ess.get("api").await.ok()?.status?;
+                (status.rollout_hmac.is_some() && status.rollout_hmac != status.data_hmac).then_some(status)
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("the refused restart is not recorded as pending in the status"));
+        let key = keyferry_controller::rollout::template_annotation("api");
+        let web_now = deployments.get("web").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            template_annotation_of(&web_now, &key),
+            None,
+            "the policy refused the restart"
+        );
+        first.stop().await;
+
+        // Unfreeze while no controller runs; the next controller finds the pending restart itself.
+        let unfreeze = serde_json::json!({"metadata": {"labels": {"keyferry-e2e/frozen": null}}});
+        deployments
+            .patch("web", &PatchParams::default(), &Patch::Merge(&unfreeze))
+            .await
+            .unwrap_or_else(|e| panic!("removing the label: {e}"));
+        let second = ScopedController::start(env, &env.emulator, &ns.name, &class);
+        let want = pending.data_hmac.clone().unwrap_or_default();
+        let delivered = keyferry_testkit::eventually(Duration::from_secs(60), || {
+            let (deployments, ess, key, want) = (deployments.clone(), ess.clone(), key.clone(), want.clone());
+            async move {
+                let d = deployments.get("web").await.ok()?;
+                let status = ess.get("api").await.ok()?.status?;
+                (template_annotation_of(&d, &key).as_deref() == Some(want.as_str())
+                    && status.rollout_hmac.as_deref() == Some(want.as_str()))
+                .then_some(())
+            }
+        })
+        .await;
+        assert!(
+            delivered.is_some(),
+            "the second controller rolled the workload to the new content and recorded it"
+        );
+        second.stop().await;
+        let _ = bindings.delete(&policy_name, &DeleteParams::default()).await;
+        let _ = policies.delete(&policy_name, &DeleteParams::default()).await;
         ns.cleanup().await;
     });
 }

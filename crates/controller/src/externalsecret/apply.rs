@@ -43,7 +43,6 @@ pub async fn apply_secret(
     Ok(Applied {
         changed: applied.resource_version().as_deref() != previous_resource_version,
         data_hash: super::dereference::TargetState::from_secret(&applied).data_hash,
-        secret_hmac: ctx.hmac.secret_hmac(&applied),
     })
 }
 
@@ -54,8 +53,6 @@ pub struct Applied {
     pub changed: bool,
     /// The content hash of the Secret as it now is (whole data, every writer's keys).
     pub data_hash: String,
-    /// The HMAC of the Secret's type and whole data as it now is (rollout-restart annotation).
-    pub secret_hmac: String,
 }
 
 /// Deletes the target Secret, only if it is still the object we looked at (uid precondition).

@@ -132,9 +132,10 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         Err(e) => return fail(ctx, es, &meta, e).await,
     };
 
-    if let Some(wait) = retry_restart(ctx, es, &uid, target).await {
-        return Ok(Action::requeue(wait));
-    }
+    // A rollout restart an earlier sync (or an earlier controller) could not deliver is retried now,
+    // without waiting for the next refresh; a workload that cannot be patched never blocks syncing.
+    let restart_retry = retry_restart(ctx, es, &uid, target).await?;
+    let with_restart = |d: Duration| restart_retry.map_or(d, |r| d.min(r));
 
     // schedule (no client required). A pending wake-up is settled only after a successful sync that
     // started after it, so a failed attempt is retried with backoff (level-triggered rotation).
@@ -149,11 +150,11 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         settled.as_deref(),
     ) {
         Decision::SyncNow(reason) => reason,
-        Decision::WaitFor(d) => return Ok(Action::requeue(d)),
+        Decision::WaitFor(d) => return Ok(Action::requeue(with_restart(d))),
         Decision::AwaitChange => {
             // This object does not refresh on remote changes: a wake-up has nothing to deliver.
             ctx.clear_dirty(&uid);
-            return Ok(Action::await_change());
+            return Ok(restart_retry.map_or_else(Action::await_change, Action::requeue));
         }
     };
     tracing::debug!(namespace = %target.namespace, name = %es.name_any(), reason = reason.as_str(), "syncing");
@@ -219,7 +220,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     );
 
     // apply (client required)
-    let mut restart_value = None;
+    let mut changed_existing = false;
     let written = match plan {
         WritePlan::Apply {
             secret,
@@ -230,10 +231,8 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
             {
                 Ok(applied) => {
                     ctx.note_settled(&uid, &applied.data_hash);
-                    // Workloads roll only when the data of an existing Secret changed.
-                    if applied.changed && current.exists && applied.data_hash != current.data_hash {
-                        restart_value = Some(applied.secret_hmac.clone());
-                    }
+                    changed_existing =
+                        applied.changed && current.exists && applied.data_hash != current.data_hash;
                     applied.changed.then_some(action)
                 }
                 // e.g. the API refused a type change: the status says so, the Secret is as it was.
@@ -252,6 +251,9 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         missing: desired.missing.clone(),
         data_hmac: (target.creation != CreationPolicy::None).then(|| data_hmac.clone()),
     };
+    // report: workloads roll before the status is written, so the status records what they run
+    // (`rolloutHmac`); a roll that failed or never ran stays due for the next reconcile.
+    let (roll_retry, rollout_hmac) = roll_if_due(ctx, es, &uid, target, &data_hmac, changed_existing).await;
     let mut next = status::next_status(
         es.status.as_ref(),
         es.meta().generation,
@@ -264,6 +266,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
     {
         ready.message.get_or_insert_with(String::new).push_str(note);
     }
+    next.rollout_hmac = rollout_hmac;
     apply::write_status(ctx, es, &next).await?;
     ctx.settle_wake_up(&uid, wake_up);
     match written {
@@ -298,11 +301,7 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
         }
         None => ctx.metrics.secret_write("unchanged"),
     }
-    // A new Secret supersedes a restart still pending for an older one.
-    let restart_retry = match restart_value.filter(|_| ctx.settings.rollout_restarts) {
-        Some(value) => roll(ctx, es, &uid, &target.namespace, &target.name, &value).await,
-        None => None,
-    };
+    let restart_retry = roll_retry.or(restart_retry);
     let jitter_seed = refresh::jitter_seed(&uid, next.refresh_time.as_deref().unwrap_or_default());
     let next_sync =
         refresh::next_after_sync(validated.refresh_policy, validated.refresh_interval, jitter_seed);
@@ -347,20 +346,65 @@ async fn roll(
     }
 }
 
-/// Retries a rollout restart an earlier sync could not deliver; returns when to look again if it
-/// still fails. Runs before the scheduler, which would otherwise wait for the next refresh.
+/// Rolls the opted-in workloads when [`crate::rollout::restart_due`] says so. Returns when to retry
+/// a failed roll and the `status.rolloutHmac` to record (`None` with rollout restarts off or no
+/// Secret written).
+async fn roll_if_due(
+    ctx: &Context,
+    es: &ExternalSecret,
+    uid: &str,
+    target: &validate::TargetSettings,
+    data_hmac: &str,
+    changed_existing: bool,
+) -> (Option<Duration>, Option<String>) {
+    if !ctx.settings.rollout_restarts || target.creation == CreationPolicy::None {
+        return (None, None);
+    }
+    let rolled_to = es
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_hmac.as_deref().or(s.data_hmac.as_deref()));
+    if !crate::rollout::restart_due(rolled_to, data_hmac, changed_existing) {
+        return (None, Some(data_hmac.to_owned()));
+    }
+    match roll(ctx, es, uid, &target.namespace, &target.name, data_hmac).await {
+        None => (None, Some(data_hmac.to_owned())),
+        Some(retry) => (Some(retry), Some(rolled_to.unwrap_or(NOT_ROLLED).to_owned())),
+    }
+}
+
+/// `status.rolloutHmac` when a restart failed before any was recorded: differs from every content.
+const NOT_ROLLED: &str = "not-rolled";
+
+/// Retries a rollout restart an earlier sync could not deliver — recorded in the status
+/// (`rolloutHmac` behind `dataHmac`, which survives controller restarts) or, under CRDs that drop
+/// that field, in memory. Returns when to look again if it still fails; records the delivery.
 async fn retry_restart(
     ctx: &Context,
     es: &ExternalSecret,
     uid: &str,
     target: &validate::TargetSettings,
-) -> Option<Duration> {
-    let pending = ctx.pending_restart(uid)?;
+) -> Result<Option<Duration>, ReconcileError> {
+    let in_status = crate::rollout::pending_in_status(es.status.as_ref());
+    let Some(value) = in_status
+        .clone()
+        .or_else(|| ctx.pending_restart(uid).map(|p| p.value))
+    else {
+        return Ok(None);
+    };
     if !ctx.settings.rollout_restarts {
         ctx.restart_delivered(uid);
-        return None;
+        return Ok(None);
     }
-    roll(ctx, es, uid, &target.namespace, &target.name, &pending.value).await
+    if let Some(retry) = roll(ctx, es, uid, &target.namespace, &target.name, &value).await {
+        return Ok(Some(retry));
+    }
+    if let (Some(value), Some(status)) = (in_status, &es.status) {
+        let mut next = status.clone();
+        next.rollout_hmac = Some(value);
+        apply::write_status(ctx, es, &next).await?;
+    }
+    Ok(None)
 }
 
 /// How this sync reads the vault. A change of labels or annotations only (the `force-sync`
@@ -674,13 +718,7 @@ pub async fn run(
     // Each object is decoded on its own: one that keyferry cannot decode is reported (and skipped)
     // instead of failing the list that carries every other object.
     let (invalid_tx, invalid_rx) = futures::channel::mpsc::unbounded();
-    // Turns true once the first full listing is in the cache (for the Ready census).
-    let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(false);
     let decoded = watcher(es_api, es_cfg).filter_map(move |r| {
-        if matches!(r, Ok(watcher::Event::InitDone)) {
-            tracing::debug!("ExternalSecret watch: first listing in the cache");
-            listed_tx.send_replace(true);
-        }
         futures::future::ready(match r {
             Ok(event) => crate::guard::decoded(event, &invalid_tx).map(Ok),
             Err(e) => Some(Err(e)),
@@ -690,13 +728,22 @@ pub async fn run(
         let ctx = ctx.clone();
         tokio::spawn(async move { crate::guard::report_invalid::<ExternalSecret>(&ctx, invalid_rx).await })
     };
+    // Turns true once the reflector has applied the first full listing (for the Ready census).
+    let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(false);
     let es_stream = kube::runtime::WatchStreamExt::reflect(
         kube::runtime::WatchStreamExt::modify(
             kube::runtime::WatchStreamExt::default_backoff(decoded),
             |es: &mut ExternalSecret| es.managed_fields_mut().clear(),
         ),
         writer,
-    );
+    )
+    .inspect(move |event| {
+        // `reflect` yields an event after applying it: the store holds the listing now.
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            tracing::debug!("ExternalSecret watch: first listing in the cache");
+            listed_tx.send_replace(true);
+        }
+    });
     let controller =
         Controller::for_stream(kube::runtime::WatchStreamExt::applied_objects(es_stream), reader)
             .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
@@ -762,7 +809,8 @@ pub async fn run(
     let census = {
         let (reader, ctx) = (reader.clone(), ctx.clone());
         tokio::spawn(async move {
-            // Not before the first full listing: an empty cache would read 0/0/0 until the next round.
+            // Not before the reflector has applied the first full listing (not merely received it):
+            // an empty cache would read 0/0/0 until the next round.
             if listed_rx.wait_for(|listed| *listed).await.is_err() {
                 return;
             }
