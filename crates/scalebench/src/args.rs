@@ -107,6 +107,21 @@ pub struct Args {
     /// Directory for controller logs. Default: a directory under the system temp dir.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+
+    /// Also deliver Key Vault's Event Grid events (Azure backend): `pull` gives the emulator a
+    /// namespace-topic subscription and the controller `--events-pull-*` (with a client-secret
+    /// identity in its environment). The change feed keeps its interval (the safety net).
+    #[arg(long, value_enum, default_value_t = Events::None)]
+    pub events: Events,
+}
+
+/// Event delivery for the controller under test.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Events {
+    /// Only the change feed.
+    None,
+    /// Event Grid pull delivery from the emulator.
+    Pull,
 }
 
 /// Which backend the store reads.

@@ -151,6 +151,7 @@ async fn slow_vault(
         concurrency: args.concurrency,
         log_level: args.log_level.clone(),
         extra_args: args.controller_args.clone(),
+        env: Vec::new(),
         log_file: bench.log_dir.join(format!("controller-{}.log", w.run)),
     };
     let started = Instant::now();
@@ -242,6 +243,7 @@ async fn scenario(bench: &Bench, w: &Workload, kills: usize, cleanup: &mut Clean
         concurrency: args.concurrency,
         log_level: args.log_level.clone(),
         extra_args: args.controller_args.clone(),
+        env: Vec::new(),
         log_file: bench.log_dir.join(format!("controller-{}-{k}.log", w.run)),
     };
     let mut rotations = 0;

@@ -27,6 +27,8 @@ pub struct ControllerConfig {
     pub log_level: String,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
+    /// Extra environment variables (the controller's own identity for Event Grid pull).
+    pub env: Vec<(String, String)>,
     /// Where the controller's stdout and stderr go.
     pub log_file: PathBuf,
 }
@@ -75,6 +77,7 @@ impl ControllerProcess {
             cmd.args(["--concurrency", &c.to_string()]);
         }
         cmd.args(&config.extra_args)
+            .envs(config.env.iter().map(|(k, v)| (k, v)))
             .env("KUBECONFIG", &config.kubeconfig)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -91,8 +91,10 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         concurrency: args.concurrency,
         log_level: args.log_level.clone(),
         extra_args: args.controller_args.clone(),
+        env: Vec::new(),
         log_file: bench.log_dir.join(format!("controller-{}.log", w.run)),
     };
+    let config = with_events(config, args.events, &backend)?;
 
     let create = |label: &'static str| async move {
         eprintln!("[{n}] creating {n} ExternalSecrets ({label})");
@@ -307,4 +309,41 @@ impl Live {
             before,
         })
     }
+}
+
+/// Adds Event Grid pull delivery: a subscription in the emulator (created after the seed, so the
+/// seed raises no events) and the controller's flags and identity.
+fn with_events(
+    mut config: ControllerConfig,
+    events: crate::args::Events,
+    backend: &crate::vault::Backend,
+) -> Result<ControllerConfig> {
+    if events == crate::args::Events::None {
+        return Ok(config);
+    }
+    let crate::vault::Backend::KeyVault(emulator) = backend else {
+        anyhow::bail!("--events needs the Azure backend");
+    };
+    emulator
+        .add_event_pull_subscription("keyvault", "scalebench")
+        .map_err(|e| anyhow!("{e}"))?;
+    config.extra_args.extend(
+        [
+            "--events-pull-endpoint",
+            emulator.event_grid_endpoint(),
+            "--events-pull-topic",
+            "keyvault",
+            "--events-pull-subscription",
+            "scalebench",
+            "--events-pull-max-wait-secs",
+            "10",
+        ]
+        .map(String::from),
+    );
+    config.env.extend([
+        ("AZURE_TENANT_ID".to_owned(), emulator.tenant_id().to_owned()),
+        ("AZURE_CLIENT_ID".to_owned(), "keyferry-scalebench".to_owned()),
+        ("AZURE_CLIENT_SECRET".to_owned(), "scalebench".to_owned()),
+    ]);
+    Ok(config)
 }
