@@ -96,6 +96,9 @@ pub struct VaultEvent {
     pub version: Option<String>,
     /// `data.EXP`, Unix seconds.
     pub expires: Option<i64>,
+    /// When it happened (`eventTime` / `time`), Unix seconds: for a new version, when it was
+    /// written.
+    pub time: Option<i64>,
 }
 
 /// Why a delivery could not be read.
@@ -148,7 +151,7 @@ fn field_i64(data: &Value, key: &str) -> Option<i64> {
 
 /// A Key Vault secret event from its type, subject and data; `None` for anything else (key or
 /// certificate events, other sources).
-fn vault_event(event_type: &str, subject: Option<&str>, data: &Value) -> Option<VaultEvent> {
+fn vault_event(event_type: &str, subject: Option<&str>, time: Option<&str>, data: &Value) -> Option<VaultEvent> {
     let kind = VaultEventKind::from_type(event_type)?;
     if field_str(data, "ObjectType").is_some_and(|t| !t.eq_ignore_ascii_case("secret")) {
         return None;
@@ -175,6 +178,9 @@ fn vault_event(event_type: &str, subject: Option<&str>, data: &Value) -> Option<
         secret,
         version: field_str(data, "Version").map(str::to_owned),
         expires: field_i64(data, "EXP"),
+        time: time
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| t.as_second()),
     })
 }
 
@@ -200,7 +206,7 @@ pub fn parse_event_grid(body: &[u8]) -> Result<Delivery, EventError> {
                 .ok_or_else(|| malformed("validation event without data.validationCode".into()))?;
             return Ok(Delivery::Validation { code: code.to_owned() });
         }
-        match vault_event(event_type, field_str(e, "subject"), data) {
+        match vault_event(event_type, field_str(e, "subject"), field_str(e, "eventTime"), data) {
             Some(v) => out.push(v),
             None => ignored += 1,
         }
@@ -237,7 +243,7 @@ pub fn cloud_event(e: &Value) -> Option<VaultEvent> {
         return None;
     }
     let data = field(e, "data").unwrap_or(&Value::Null);
-    vault_event(field_str(e, "type")?, field_str(e, "subject"), data)
+    vault_event(field_str(e, "type")?, field_str(e, "subject"), field_str(e, "time"), data)
 }
 
 /// Whether an event is about the vault at `vault_url` (a store's `vaultUrl`): same host (ports
@@ -421,15 +427,18 @@ async fn route(
         if mine.is_empty() {
             continue;
         }
-        let changed: BTreeSet<String> = mine
+        let new_versions: Vec<&&VaultEvent> = mine
             .iter()
             .filter(|e| e.kind == VaultEventKind::NewVersion)
-            .map(|e| e.secret.clone())
             .collect();
+        let changed: BTreeSet<String> = new_versions.iter().map(|e| e.secret.clone()).collect();
         if !changed.is_empty() {
-            // One invalidation, then every woken ExternalSecret joins the same single read.
-            for name in &changed {
-                client.cached.invalidate(name);
+            // One invalidation, then every woken ExternalSecret joins the same single read; the
+            // change feed is told the version, so its next round does not read it again.
+            for e in &new_versions {
+                client
+                    .cached
+                    .note_new_version(&e.secret, e.version.as_deref(), e.time);
             }
             woken += crate::changefeed::wake_changed(ctx, all.iter().map(AsRef::as_ref), &stores, &changed, wake);
         }
@@ -688,6 +697,7 @@ mod tests {
                 secret: "newsecret".into(),
                 version: Some("ee059b2bb5bc48398a53b168c6cdcb10".into()),
                 expires: Some(1_559_082_000),
+                time: Some(1_564_016_913),
             }]
         );
     }
@@ -742,6 +752,7 @@ mod tests {
             secret: "s".into(),
             version: None,
             expires: None,
+            time: None,
         };
         let url = "https://KV.vault.localhost:8443/";
         assert!(same_vault(url, &ev(Some("kv.vault.localhost"), None)));

@@ -180,6 +180,8 @@ pub(crate) struct SecretEvent {
     pub(crate) version: String,
     pub(crate) not_before: Option<i64>,
     pub(crate) expires: Option<i64>,
+    /// When it happened, Unix seconds (a new version: its `updated`, as Key Vault's `eventTime`).
+    pub(crate) at: i64,
 }
 
 /// The ARM id Key Vault uses as `topic` / `source`.
@@ -190,7 +192,12 @@ fn vault_resource_id(vault_name: &str) -> String {
 }
 
 fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc()
+    rfc3339(now())
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -215,7 +222,7 @@ pub(crate) fn event_grid_event(vault_url: &str, vault_name: &str, e: &SecretEven
         "topic": vault_resource_id(vault_name),
         "subject": e.name,
         "eventType": e.kind.event_type(),
-        "eventTime": rfc3339_now(),
+        "eventTime": rfc3339(e.at),
         "data": event_data(vault_url, vault_name, e),
         "dataVersion": "1",
         "metadataVersion": "1",
@@ -230,7 +237,7 @@ pub(crate) fn cloud_event(vault_url: &str, vault_name: &str, e: &SecretEvent) ->
         "source": vault_resource_id(vault_name),
         "subject": e.name,
         "type": e.kind.event_type(),
-        "time": rfc3339_now(),
+        "time": rfc3339(e.at),
         "datacontenttype": "application/json",
         "data": event_data(vault_url, vault_name, e),
     })
@@ -348,12 +355,12 @@ impl EventHub {
                     .body(body.to_string())
                     .send()
                     .await
-                    .map_err(|e| format!("no answer: {e}"))?;
+                    .map_err(|e| format!("no answer: {}", e.without_url()))?;
                 let status = resp.status();
                 if !status.is_success() {
                     return Err(format!("HTTP {status}"));
                 }
-                let answer: Value = resp.json().await.map_err(|e| format!("answer is not JSON: {e}"))?;
+                let answer: Value = resp.json().await.map_err(|e| format!("answer is not JSON: {}", e.without_url()))?;
                 if answer.get("validationResponse").and_then(Value::as_str) == Some(code.as_str()) {
                     Ok(())
                 } else {
@@ -366,7 +373,7 @@ impl EventHub {
                     .header("WebHook-Request-Origin", "eventgrid.azure.net")
                     .send()
                     .await
-                    .map_err(|e| format!("no answer: {e}"))?;
+                    .map_err(|e| format!("no answer: {}", e.without_url()))?;
                 let status = resp.status();
                 if !status.is_success() {
                     return Err(format!("HTTP {status}"));
@@ -441,7 +448,8 @@ impl EventHub {
                     true
                 }
                 Err(e) => {
-                    tracing::debug!(subscription = %sub.name, error = %e, attempt, "event delivery failed");
+                    // Without the URL: a webhook URL may carry a secret in its query.
+                    tracing::debug!(subscription = %sub.name, error = %e.without_url(), attempt, "event delivery failed");
                     true
                 }
             };
@@ -487,6 +495,7 @@ impl EventHub {
                         version: v.version.clone(),
                         not_before: v.not_before,
                         expires: v.expires,
+                        at: t,
                     });
                 }
             }
@@ -726,6 +735,7 @@ mod tests {
             version: "0123456789abcdef0123456789abcdef".into(),
             not_before: None,
             expires: Some(1_900_000_000),
+            at: 1_800_000_000,
         }
     }
 

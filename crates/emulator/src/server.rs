@@ -79,6 +79,7 @@ impl AppState {
             version: v.version.clone(),
             not_before: v.not_before,
             expires: v.expires,
+            at: v.updated,
         };
         self.events.publish(&self.vault_url, &self.vault_name(), &event);
     }
