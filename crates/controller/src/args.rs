@@ -291,12 +291,18 @@ mod tests {
 
     #[test]
     fn event_pull_needs_topic_and_subscription() {
-        let base = ["keyferry", "--events-pull-endpoint", "https://ns.eventgrid.azure.net"];
+        let base = [
+            "keyferry",
+            "--events-pull-endpoint",
+            "https://ns.eventgrid.azure.net",
+        ];
         assert!(Cli::try_parse_from(base).is_err());
-        let full = Cli::try_parse_from(
-            base.into_iter()
-                .chain(["--events-pull-topic", "kv", "--events-pull-subscription", "keyferry"]),
-        );
+        let full = Cli::try_parse_from(base.into_iter().chain([
+            "--events-pull-topic",
+            "kv",
+            "--events-pull-subscription",
+            "keyferry",
+        ]));
         let args = full.map(|c| c.args).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(args.events_pull_topic.as_deref(), Some("kv"));
     }

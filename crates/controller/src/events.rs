@@ -151,7 +151,12 @@ fn field_i64(data: &Value, key: &str) -> Option<i64> {
 
 /// A Key Vault secret event from its type, subject and data; `None` for anything else (key or
 /// certificate events, other sources).
-fn vault_event(event_type: &str, subject: Option<&str>, time: Option<&str>, data: &Value) -> Option<VaultEvent> {
+fn vault_event(
+    event_type: &str,
+    subject: Option<&str>,
+    time: Option<&str>,
+    data: &Value,
+) -> Option<VaultEvent> {
     let kind = VaultEventKind::from_type(event_type)?;
     if field_str(data, "ObjectType").is_some_and(|t| !t.eq_ignore_ascii_case("secret")) {
         return None;
@@ -173,7 +178,10 @@ fn vault_event(event_type: &str, subject: Option<&str>, time: Option<&str>, data
     }
     Some(VaultEvent {
         kind,
-        vault_host: id.as_ref().and_then(|u| u.host_str()).map(str::to_ascii_lowercase),
+        vault_host: id
+            .as_ref()
+            .and_then(|u| u.host_str())
+            .map(str::to_ascii_lowercase),
         vault_name: field_str(data, "VaultName").map(str::to_ascii_lowercase),
         secret,
         version: field_str(data, "Version").map(str::to_owned),
@@ -204,9 +212,16 @@ pub fn parse_event_grid(body: &[u8]) -> Result<Delivery, EventError> {
         if event_type == "Microsoft.EventGrid.SubscriptionValidationEvent" {
             let code = field_str(data, "validationCode")
                 .ok_or_else(|| malformed("validation event without data.validationCode".into()))?;
-            return Ok(Delivery::Validation { code: code.to_owned() });
+            return Ok(Delivery::Validation {
+                code: code.to_owned(),
+            });
         }
-        match vault_event(event_type, field_str(e, "subject"), field_str(e, "eventTime"), data) {
+        match vault_event(
+            event_type,
+            field_str(e, "subject"),
+            field_str(e, "eventTime"),
+            data,
+        ) {
             Some(v) => out.push(v),
             None => ignored += 1,
         }
@@ -243,7 +258,12 @@ pub fn cloud_event(e: &Value) -> Option<VaultEvent> {
         return None;
     }
     let data = field(e, "data").unwrap_or(&Value::Null);
-    vault_event(field_str(e, "type")?, field_str(e, "subject"), field_str(e, "time"), data)
+    vault_event(
+        field_str(e, "type")?,
+        field_str(e, "subject"),
+        field_str(e, "time"),
+        data,
+    )
 }
 
 /// Whether an event is about the vault at `vault_url` (a store's `vaultUrl`): same host (ports
@@ -289,10 +309,7 @@ impl WebhookAuth {
         let text = match std::fs::read(&self.secret_file) {
             Ok(t) => t,
             Err(e) => {
-                return AuthOutcome::Unconfigured(format!(
-                    "{}: {e}",
-                    self.secret_file.display()
-                ));
+                return AuthOutcome::Unconfigured(format!("{}: {e}", self.secret_file.display()));
             }
         };
         let accepted: Vec<&[u8]> = text
@@ -301,7 +318,10 @@ impl WebhookAuth {
             .filter(|l| !l.is_empty())
             .collect();
         if accepted.is_empty() {
-            return AuthOutcome::Unconfigured(format!("{}: no secret in the file", self.secret_file.display()));
+            return AuthOutcome::Unconfigured(format!(
+                "{}: no secret in the file",
+                self.secret_file.display()
+            ));
         }
         let presented = headers
             .get(SECRET_HEADER)
@@ -320,7 +340,11 @@ impl WebhookAuth {
         for a in accepted {
             ok |= secrets_equal(a, presented);
         }
-        if ok { AuthOutcome::Allowed } else { AuthOutcome::Refused }
+        if ok {
+            AuthOutcome::Allowed
+        } else {
+            AuthOutcome::Refused
+        }
     }
 }
 
@@ -440,7 +464,8 @@ async fn route(
                     .cached
                     .note_new_version(&e.secret, e.version.as_deref(), e.time);
             }
-            woken += crate::changefeed::wake_changed(ctx, all.iter().map(AsRef::as_ref), &stores, &changed, wake);
+            woken +=
+                crate::changefeed::wake_changed(ctx, all.iter().map(AsRef::as_ref), &stores, &changed, wake);
         }
         for e in mine.iter().filter(|e| e.kind != VaultEventKind::NewVersion) {
             let one: BTreeSet<String> = [e.secret.clone()].into();
@@ -503,7 +528,11 @@ async fn hook_options(headers: HeaderMap) -> Response {
         .map(str::trim)
         .unwrap_or_default();
     if !origin.eq_ignore_ascii_case(EVENT_GRID_ORIGIN) {
-        return (StatusCode::FORBIDDEN, "only eventgrid.azure.net may deliver here\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "only eventgrid.azure.net may deliver here\n",
+        )
+            .into_response();
     }
     (
         StatusCode::OK,
@@ -535,7 +564,11 @@ async fn hook(State(s): State<HookState>, headers: HeaderMap, body: Bytes) -> Re
                 tracing::info!("Event Grid subscription validation answered");
                 axum::Json(serde_json::json!({ "validationResponse": code })).into_response()
             }
-            Ok(_) => (StatusCode::BAD_REQUEST, "expected a SubscriptionValidationEvent\n").into_response(),
+            Ok(_) => (
+                StatusCode::BAD_REQUEST,
+                "expected a SubscriptionValidationEvent\n",
+            )
+                .into_response(),
             Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
         };
     }
@@ -561,7 +594,10 @@ async fn hook(State(s): State<HookState>, headers: HeaderMap, body: Bytes) -> Re
         match parse_event_grid(&body) {
             Ok(Delivery::Events(events, ignored)) => Ok((events, ignored)),
             Ok(Delivery::Validation { .. }) => {
-                return (StatusCode::BAD_REQUEST, "validation event without aeg-event-type: SubscriptionValidation\n")
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "validation event without aeg-event-type: SubscriptionValidation\n",
+                )
                     .into_response();
             }
             Err(e) => Err(e),
@@ -635,7 +671,10 @@ pub async fn run_pull(
             };
             match settled {
                 Ok(0) => {}
-                Ok(lost) => tracing::debug!(lost, "Event Grid locks lost before settling; events will be redelivered"),
+                Ok(lost) => tracing::debug!(
+                    lost,
+                    "Event Grid locks lost before settling; events will be redelivered"
+                ),
                 Err(e) => tracing::debug!(error = %e, "Event Grid settle failed; events will be redelivered"),
             }
         }
@@ -726,7 +765,11 @@ mod tests {
         assert_eq!(ignored, 0);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, VaultEventKind::NearExpiry);
-        assert_eq!(events[0].vault_host.as_deref(), Some("kv.vault.localhost"), "port dropped");
+        assert_eq!(
+            events[0].vault_host.as_deref(),
+            Some("kv.vault.localhost"),
+            "port dropped"
+        );
         assert_eq!(events[0].expires, Some(1_900_000_000));
         let batch = format!(r#"[{one}, {{"specversion":"1.0","type":"Other.Thing","id":"2","source":"x"}}]"#);
         let (events, ignored) = parse_cloud_events(batch.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
@@ -756,7 +799,10 @@ mod tests {
         };
         let url = "https://KV.vault.localhost:8443/";
         assert!(same_vault(url, &ev(Some("kv.vault.localhost"), None)));
-        assert!(!same_vault(url, &ev(Some("other.vault.localhost"), Some("kv"))), "the host decides");
+        assert!(
+            !same_vault(url, &ev(Some("other.vault.localhost"), Some("kv"))),
+            "the host decides"
+        );
         assert!(same_vault(url, &ev(None, Some("kv"))));
         assert!(!same_vault(url, &ev(None, Some("kv2"))));
         assert!(!same_vault(url, &ev(None, None)));
@@ -775,14 +821,30 @@ mod tests {
         };
         let with = |name: &'static str, value: &str| {
             let mut h = HeaderMap::new();
-            h.insert(name, HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}")));
+            h.insert(
+                name,
+                HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}")),
+            );
             h
         };
-        assert!(matches!(auth.check(&HeaderMap::new()), AuthOutcome::Unconfigured(_)));
+        assert!(matches!(
+            auth.check(&HeaderMap::new()),
+            AuthOutcome::Unconfigured(_)
+        ));
         std::fs::write(&file, "old-secret\nnew-secret\n").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(auth.check(&with(SECRET_HEADER, "new-secret")), AuthOutcome::Allowed);
-        assert_eq!(auth.check(&with(SECRET_HEADER, "old-secret")), AuthOutcome::Allowed, "rotation overlap");
-        assert_eq!(auth.check(&with("authorization", "Bearer new-secret")), AuthOutcome::Allowed);
+        assert_eq!(
+            auth.check(&with(SECRET_HEADER, "new-secret")),
+            AuthOutcome::Allowed
+        );
+        assert_eq!(
+            auth.check(&with(SECRET_HEADER, "old-secret")),
+            AuthOutcome::Allowed,
+            "rotation overlap"
+        );
+        assert_eq!(
+            auth.check(&with("authorization", "Bearer new-secret")),
+            AuthOutcome::Allowed
+        );
         assert_eq!(auth.check(&with(SECRET_HEADER, "guess")), AuthOutcome::Refused);
         assert_eq!(auth.check(&HeaderMap::new()), AuthOutcome::Refused);
     }
@@ -822,7 +884,9 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
-            headers.get("webhook-allowed-origin").and_then(|v| v.to_str().ok()),
+            headers
+                .get("webhook-allowed-origin")
+                .and_then(|v| v.to_str().ok()),
             Some("eventgrid.azure.net")
         );
         let (status, _, _) = call(
@@ -854,10 +918,14 @@ mod tests {
             if let Some(s) = secret {
                 b = b.header(SECRET_HEADER, s);
             }
-            b.body(axum::body::Body::from(KV_EVENT_GRID)).unwrap_or_else(|e| panic!("{e}"))
+            b.body(axum::body::Body::from(KV_EVENT_GRID))
+                .unwrap_or_else(|e| panic!("{e}"))
         };
         assert_eq!(call(notification(None)).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(notification(Some("wrong"))).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(notification(Some("wrong"))).await.0,
+            StatusCode::UNAUTHORIZED
+        );
         assert_eq!(
             call(notification(Some("hook-secret"))).await.0,
             StatusCode::SERVICE_UNAVAILABLE,

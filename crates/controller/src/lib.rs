@@ -145,12 +145,19 @@ pub async fn run_with_client(
             };
             let credentials = match args.events_pull_credentials.clone() {
                 Some(c) => c,
-                None => keyferry_providers::azure::AzureCredentials::from_env().map_err(RunError::EventPull)?,
+                None => {
+                    keyferry_providers::azure::AzureCredentials::from_env().map_err(RunError::EventPull)?
+                }
             };
             let authority = connect.authority_or_public();
             Some(
-                keyferry_providers::azure::eventgrid::EventGridPull::new(&target, credentials, &authority, &connect)
-                    .map_err(RunError::EventPull)?,
+                keyferry_providers::azure::eventgrid::EventGridPull::new(
+                    &target,
+                    credentials,
+                    &authority,
+                    &connect,
+                )
+                .map_err(RunError::EventPull)?,
             )
         }
         None => None,

@@ -90,11 +90,12 @@ impl EventController {
                 args.events_pull_topic = Some(TOPIC.into());
                 args.events_pull_subscription = Some(SUBSCRIPTION.into());
                 args.events_pull_max_wait_secs = 10;
-                args.events_pull_credentials = Some(keyferry_providers::azure::AzureCredentials::ClientSecret {
-                    tenant_id: vault.tenant_id().to_owned(),
-                    client_id: "keyferry-e2e-events-pull".into(),
-                    secret: keyferry_providers::SecretValue::from("pull-client-secret".to_owned()),
-                });
+                args.events_pull_credentials =
+                    Some(keyferry_providers::azure::AzureCredentials::ClientSecret {
+                        tenant_id: vault.tenant_id().to_owned(),
+                        client_id: "keyferry-e2e-events-pull".into(),
+                        secret: keyferry_providers::SecretValue::from("pull-client-secret".to_owned()),
+                    });
             }
             Delivery::Push { secret_file } => {
                 args.events_webhook_secret_file = Some(secret_file.to_path_buf());
@@ -172,15 +173,28 @@ async fn assert_no_canary(env: &common::Env, metrics: &str, canaries: &[&str], n
     let mut seen = env.logs();
     seen.push_str(metrics);
     let ess: Api<ExternalSecret> = Api::namespaced(env.client(), ns);
-    for es in ess.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+    for es in ess
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
         seen.push_str(&serde_json::to_string(&es.status).unwrap_or_default());
     }
     let evs: Api<Event> = Api::namespaced(env.client(), ns);
-    for e in evs.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+    for e in evs
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
         seen.push_str(&e.note.unwrap_or_default());
     }
     for c in canaries {
-        assert!(!seen.contains(c), "a canary value leaked into logs, metrics, status or events");
+        assert!(
+            !seen.contains(c),
+            "a canary value leaked into logs, metrics, status or events"
+        );
     }
 }
 
@@ -207,7 +221,13 @@ fn pull_delivers_rotations_with_one_get_per_secret_and_reports_near_expiry() {
         store(&client, &vault, &ns.name, &class).await;
         let controller = EventController::start(env, &vault, &ns.name, &class, Delivery::Pull);
         // Three ExternalSecrets: two read `shared`, one reads `solo`; `expiring` gets an exp later.
-        initial(&client, &ns.name, &remotes, &[("a", 0), ("b", 0), ("c", 1), ("d", 2)]).await;
+        initial(
+            &client,
+            &ns.name,
+            &remotes,
+            &[("a", 0), ("b", 0), ("c", 1), ("d", 2)],
+        )
+        .await;
 
         let before = gets(&vault);
         let (s2, o2) = (canary("shared"), canary("solo"));
@@ -248,12 +268,22 @@ fn pull_delivers_rotations_with_one_get_per_secret_and_reports_near_expiry() {
         let warned = keyferry_testkit::eventually(Duration::from_secs(60), || {
             let client = client.clone();
             let ns = ns.name.clone();
-            async move { (!events_with(&client, &ns, "d", "SecretNearExpiry").await.is_empty()).then_some(()) }
+            async move {
+                (!events_with(&client, &ns, "d", "SecretNearExpiry")
+                    .await
+                    .is_empty())
+                .then_some(())
+            }
         })
         .await;
-        assert!(warned.is_some(), "no SecretNearExpiry Warning on the ExternalSecret using the secret");
         assert!(
-            events_with(&client, &ns.name, "a", "SecretNearExpiry").await.is_empty(),
+            warned.is_some(),
+            "no SecretNearExpiry Warning on the ExternalSecret using the secret"
+        );
+        assert!(
+            events_with(&client, &ns.name, "a", "SecretNearExpiry")
+                .await
+                .is_empty(),
             "only users of the expiring secret are warned"
         );
         let m = controller.metrics().await;
@@ -346,11 +376,17 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
                 .unwrap_or_else(|e| panic!("handshake in {schema:?}: {e}"));
             let before = gets(&vault);
             let value = canary(&format!("push{round}"));
-            vault.set_secret("shared", &value).unwrap_or_else(|e| panic!("{e}"));
+            vault
+                .set_secret("shared", &value)
+                .unwrap_or_else(|e| panic!("{e}"));
             for name in ["a", "b"] {
                 wait_secret_value(&client, &ns.name, name, "value", &value).await;
             }
-            assert_eq!(gets(&vault) - before, 1, "one GET for the rotated secret ({schema:?})");
+            assert_eq!(
+                gets(&vault) - before,
+                1,
+                "one GET for the rotated secret ({schema:?})"
+            );
             assert_no_canary(env, &controller.metrics().await, &[&value], &ns.name).await;
         }
         let m = controller.metrics().await;
@@ -363,7 +399,10 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
             .find(|l| l.starts_with("keyferry_vault_events_refused_total{reason=\"unauthenticated\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0);
-        assert!(refused >= 2.0, "the forged deliveries were counted as refused: {m}");
+        assert!(
+            refused >= 2.0,
+            "the forged deliveries were counted as refused: {m}"
+        );
         controller.stop().await;
         ns.cleanup().await;
         vault.shutdown().await.unwrap_or_else(|e| panic!("{e}"));

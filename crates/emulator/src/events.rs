@@ -360,7 +360,10 @@ impl EventHub {
                 if !status.is_success() {
                     return Err(format!("HTTP {status}"));
                 }
-                let answer: Value = resp.json().await.map_err(|e| format!("answer is not JSON: {}", e.without_url()))?;
+                let answer: Value = resp
+                    .json()
+                    .await
+                    .map_err(|e| format!("answer is not JSON: {}", e.without_url()))?;
                 if answer.get("validationResponse").and_then(Value::as_str) == Some(code.as_str()) {
                     Ok(())
                 } else {
@@ -388,7 +391,9 @@ impl EventHub {
                 if allowed == "*" || allowed.eq_ignore_ascii_case("eventgrid.azure.net") {
                     Ok(())
                 } else {
-                    Err(format!("WebHook-Allowed-Origin is {allowed:?}, not eventgrid.azure.net"))
+                    Err(format!(
+                        "WebHook-Allowed-Origin is {allowed:?}, not eventgrid.azure.net"
+                    ))
                 }
             }
         }
@@ -583,7 +588,11 @@ pub(crate) async fn pull_endpoint(
         }
     }
     let Some((sub, action)) = rest.split_once(':') else {
-        return eg_error(StatusCode::NOT_FOUND, "NotFound", "expected {subscription}:{action}");
+        return eg_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "expected {subscription}:{action}",
+        );
     };
     let key = (topic, sub.to_owned());
     if !lock(&app.events.pull).contains_key(&key) {
@@ -631,7 +640,8 @@ fn authorize(app: &AppState, headers: &HeaderMap) -> Result<(), String> {
 
 /// Whether a token audience is Event Grid's (with or without a trailing slash).
 pub(crate) fn is_event_grid_audience(aud: &str) -> bool {
-    aud.trim_end_matches('/').eq_ignore_ascii_case(EVENT_GRID_AUDIENCE)
+    aud.trim_end_matches('/')
+        .eq_ignore_ascii_case(EVENT_GRID_AUDIENCE)
 }
 
 fn parse_bounded(v: Option<&str>, what: &str, default: u64, max: u64) -> Result<u64, Response> {
@@ -670,7 +680,9 @@ async fn receive(app: &AppState, key: &(String, String), query: &PullQuery) -> R
             q.expire_locks();
             let mut out = Vec::new();
             while out.len() < max_events {
-                let Some(mut item) = q.ready.pop_front() else { break };
+                let Some(mut item) = q.ready.pop_front() else {
+                    break;
+                };
                 item.delivery_count += 1;
                 let token = hex::encode(rand::random::<[u8; 24]>());
                 out.push(json!({

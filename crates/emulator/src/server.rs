@@ -22,12 +22,12 @@ use tower::{Service, ServiceExt as _};
 use crate::config::{Clients, EmulatorConfig, TlsMode};
 use crate::counters::{CounterSnapshot, Counters};
 use crate::error::{ApiError, EmulatorError};
+use crate::events::{EventHub, EventKind, PushSubscription, SecretEvent, SubscriptionError};
 use crate::faults::{ActiveFault, FaultAction, FaultSpec, Faults};
 use crate::route;
 use crate::seed::Seed;
 use crate::store::{NewVersion, Store, VaultState};
 use crate::tokens::TokenIssuer;
-use crate::events::{EventHub, EventKind, PushSubscription, SecretEvent, SubscriptionError};
 use crate::{admin, events, identity, tls, vault};
 
 /// State shared by all handlers.
@@ -443,13 +443,20 @@ impl Emulator {
 
     /// Creates a pull (queue) event subscription: events from now on can be received at
     /// `POST {authority_host}/topics/{topic}/eventsubscriptions/{subscription}:receive`.
-    pub fn add_event_pull_subscription(&self, topic: &str, subscription: &str) -> Result<(), SubscriptionError> {
+    pub fn add_event_pull_subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<(), SubscriptionError> {
         self.app.events.add_pull(topic, subscription)
     }
 
     /// Creates a push (webhook) event subscription after the validation handshake, as Event Grid
     /// does; fails when the webhook does not complete it.
-    pub async fn add_event_push_subscription(&self, subscription: PushSubscription) -> Result<(), SubscriptionError> {
+    pub async fn add_event_push_subscription(
+        &self,
+        subscription: PushSubscription,
+    ) -> Result<(), SubscriptionError> {
         self.app.events.add_push(subscription).await
     }
 

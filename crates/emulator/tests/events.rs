@@ -27,7 +27,10 @@ async fn pull_receives_acknowledges_and_redelivers_released_events() {
     emu.add_event_pull_subscription("keyvault", "keyferry").unwrap();
     let http = common::http_client(&emu);
     let token = emu.issue_token(EVENT_GRID_AUDIENCE, 300);
-    let sub = format!("{}/topics/keyvault/eventsubscriptions/keyferry", emu.event_grid_endpoint());
+    let sub = format!(
+        "{}/topics/keyvault/eventsubscriptions/keyferry",
+        emu.event_grid_endpoint()
+    );
     let receive = format!("{sub}:receive?api-version=2024-06-01&maxEvents=10&maxWaitTime=0");
 
     // Auth: no token, a vault token, a wrong api-version.
@@ -58,9 +61,15 @@ async fn pull_receives_acknowledges_and_redelivers_released_events() {
     assert_eq!(event["subject"], "db-password");
     assert_eq!(event["data"]["Version"], version.as_str());
     assert_eq!(event["data"]["VaultName"], "keyferry");
-    assert!(!body.to_string().contains("never-in-an-event"), "no value in events");
+    assert!(
+        !body.to_string().contains("never-in-an-event"),
+        "no value in events"
+    );
     assert_eq!(items[0]["brokerProperties"]["deliveryCount"], 1);
-    let token1 = items[0]["brokerProperties"]["lockToken"].as_str().unwrap().to_owned();
+    let token1 = items[0]["brokerProperties"]["lockToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Released: offered again, delivery count 2.
     let (status, body) = post(
@@ -75,7 +84,10 @@ async fn pull_receives_acknowledges_and_redelivers_released_events() {
     assert_eq!(body["failedLockTokens"][0]["lockToken"], "bogus");
     let (_, body) = post(&http, &receive, &token, json!({})).await;
     assert_eq!(body["value"][0]["brokerProperties"]["deliveryCount"], 2);
-    let token2 = body["value"][0]["brokerProperties"]["lockToken"].as_str().unwrap().to_owned();
+    let token2 = body["value"][0]["brokerProperties"]["lockToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Acknowledged: gone.
     let (_, body) = post(

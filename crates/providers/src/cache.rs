@@ -944,7 +944,10 @@ mod tests {
         // `s` is announced by its event; `t` changes without one.
         let (version, written) = write(&emulated, "s", "v2").await;
         cache.note_new_version("S", Some(&version), written);
-        assert_eq!(cache.get_secret(&remote("s")).await.unwrap().value.expose(), b"v2");
+        assert_eq!(
+            cache.get_secret(&remote("s")).await.unwrap().value.expose(),
+            b"v2"
+        );
         write(&emulated, "t", "v2").await;
         let gets = emulated.counters().gets.load(Ordering::Relaxed);
         assert_eq!(
@@ -953,7 +956,11 @@ mod tests {
             "the feed still catches what no event announced, and only that"
         );
         cache.get_secret(&remote("s")).await.unwrap();
-        assert_eq!(emulated.counters().gets.load(Ordering::Relaxed), gets, "no second read of s");
+        assert_eq!(
+            emulated.counters().gets.load(Ordering::Relaxed),
+            gets,
+            "no second read of s"
+        );
         // The feed saw a version first and read it: its event drops nothing.
         let (version, written) = write(&emulated, "t", "v3").await;
         assert!(cache.poll_changes().await.unwrap().contains(&"t".to_owned()));
@@ -961,7 +968,11 @@ mod tests {
         let gets = emulated.counters().gets.load(Ordering::Relaxed);
         cache.note_new_version("t", Some(&version), written);
         cache.get_secret(&remote("t")).await.unwrap();
-        assert_eq!(emulated.counters().gets.load(Ordering::Relaxed), gets, "t was read once");
+        assert_eq!(
+            emulated.counters().gets.load(Ordering::Relaxed),
+            gets,
+            "t was read once"
+        );
         // An event whose time does not match what the vault shows is not trusted.
         let (version, written) = write(&emulated, "s", "v3").await;
         cache.note_new_version("s", Some(&version), written.map(|w| w - 5));

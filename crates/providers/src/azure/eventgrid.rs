@@ -105,7 +105,10 @@ impl EventGridPull {
         })?;
         if endpoint.scheme() != "https" || endpoint.host_str().is_none() {
             return Err(ProviderError::Invalid {
-                detail: format!("Event Grid endpoint {:?} must be an https:// URL", target.endpoint),
+                detail: format!(
+                    "Event Grid endpoint {:?} must be an https:// URL",
+                    target.endpoint
+                ),
             });
         }
         for (what, v) in [("topic", &target.topic), ("subscription", &target.subscription)] {
@@ -161,7 +164,10 @@ impl EventGridPull {
                     e.to_string().lines().next().unwrap_or_default()
                 ),
             })?;
-        let url = format!("{}:{action}?api-version={EVENT_GRID_API_VERSION}{query}", self.base);
+        let url = format!(
+            "{}:{action}?api-version={EVENT_GRID_API_VERSION}{query}",
+            self.base
+        );
         let resp = self
             .http
             .post(&url)
@@ -175,10 +181,14 @@ impl EventGridPull {
                 detail: format!("{action}: {e}"),
             })?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map(|b| b.to_vec()).map_err(|e| ProviderError::Unreachable {
-            store: self.base.clone(),
-            detail: format!("{action}: {e}"),
-        })?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| ProviderError::Unreachable {
+                store: self.base.clone(),
+                detail: format!("{action}: {e}"),
+            })?;
         if bytes.len() > MAX_ANSWER_BYTES {
             return Err(ProviderError::Invalid {
                 detail: format!("Event Grid {action}: answer over {MAX_ANSWER_BYTES} bytes"),
@@ -190,7 +200,11 @@ impl EventGridPull {
         // Event Grid's error body names the cause (no secrets in it: requests carry none).
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
-            .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_owned))
+            .and_then(|v| {
+                v.pointer("/error/message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_owned)
+            })
             .unwrap_or_default();
         let detail = format!("{action}: HTTP {status} {message}");
         let store = self.base.clone();
@@ -208,8 +222,16 @@ impl EventGridPull {
     }
 
     /// Long-polls for up to `max_events` events, waiting up to `max_wait` for the first.
-    pub async fn receive(&self, max_events: u32, max_wait: Duration) -> Result<Vec<ReceivedEvent>, ProviderError> {
-        let query = format!("&maxEvents={}&maxWaitTime={}", max_events.clamp(1, 100), max_wait.as_secs());
+    pub async fn receive(
+        &self,
+        max_events: u32,
+        max_wait: Duration,
+    ) -> Result<Vec<ReceivedEvent>, ProviderError> {
+        let query = format!(
+            "&maxEvents={}&maxWaitTime={}",
+            max_events.clamp(1, 100),
+            max_wait.as_secs()
+        );
         let bytes = self.post("receive", &query, String::new()).await?;
         let answer: ReceiveAnswer = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Invalid {
             detail: format!("Event Grid receive: unexpected answer: {e}"),
