@@ -328,7 +328,7 @@ pub async fn run_with_client(
                 ctx.metrics.clone(),
                 events::PullOptions {
                     max_events: 100,
-                    max_wait: std::time::Duration::from_secs(args.events_pull_max_wait_secs.min(120)),
+                    max_wait: std::time::Duration::from_secs(args.events_pull_max_wait_secs.clamp(1, 120)),
                 },
                 halted.clone(),
             )
