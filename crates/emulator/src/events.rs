@@ -644,16 +644,13 @@ pub(crate) fn is_event_grid_audience(aud: &str) -> bool {
         .eq_ignore_ascii_case(EVENT_GRID_AUDIENCE)
 }
 
-fn parse_bounded(v: Option<&str>, what: &str, default: u64, max: u64) -> Result<u64, Response> {
+/// A query number from 0 to `max` (default when absent); the error is the message to answer with.
+fn parse_bounded(v: Option<&str>, what: &str, default: u64, max: u64) -> Result<u64, String> {
     match v {
         None => Ok(default),
         Some(s) => match s.parse::<u64>() {
             Ok(n) if n <= max => Ok(n),
-            _ => Err(eg_error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("{what} must be an integer from 0 to {max}"),
-            )),
+            _ => Err(format!("{what} must be an integer from 0 to {max}")),
         },
     }
 }
@@ -661,13 +658,13 @@ fn parse_bounded(v: Option<&str>, what: &str, default: u64, max: u64) -> Result<
 async fn receive(app: &AppState, key: &(String, String), query: &PullQuery) -> Response {
     let max_events = match parse_bounded(query.max_events.as_deref(), "maxEvents", 1, 100) {
         Ok(n) => usize::try_from(n.max(1)).unwrap_or(1),
-        Err(r) => return r,
+        Err(m) => return eg_error(StatusCode::BAD_REQUEST, "BadRequest", m),
     };
     // Event Grid accepts 10..=120 s (default 60); the emulator also accepts shorter waits, 0 meaning
     // "answer now", for scripts.
     let wait = match parse_bounded(query.max_wait_time.as_deref(), "maxWaitTime", 60, 120) {
         Ok(n) => Duration::from_secs(n),
-        Err(r) => return r,
+        Err(m) => return eg_error(StatusCode::BAD_REQUEST, "BadRequest", m),
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
