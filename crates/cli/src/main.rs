@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The in-cluster operator: reconciles external-secrets.io resources into Secrets.
-    Controller(keyferry_controller::ControllerArgs),
+    Controller(Box<keyferry_controller::ControllerArgs>),
     /// Print the external-secrets.io CustomResourceDefinitions as YAML (or write the API reference).
     Crds(crds::CrdsArgs),
     /// Access review: for every referenced vault secret, the store and identity that read it, the
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 clap_complete::generate(args.shell, &mut cmd, "keyferry", &mut std::io::stdout());
                 ExitCode::SUCCESS
             }
-            Command::Controller(args) => match keyferry_controller::run(args).await {
+            Command::Controller(args) => match keyferry_controller::run(*args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("keyferry controller: {e}");

@@ -167,6 +167,39 @@ pub struct ControllerArgs {
     /// Reconcile ClusterExternalSecrets.
     #[arg(long, env = "KEYFERRY_ENABLE_CLUSTER_EXTERNAL_SECRETS", default_value_t = true, action = clap::ArgAction::Set)]
     pub enable_cluster_external_secrets: bool,
+
+    /// Serve an Event Grid webhook at `/events/keyvault` on the HTTP server (`--metrics-addr`), for
+    /// Key Vault's `SecretNewVersionCreated`, `SecretNearExpiry` and `SecretExpired` events (Event Grid
+    /// schema or CloudEvents 1.0). Every delivery must carry one of the secrets in this file (one a
+    /// line; a mounted Kubernetes Secret key, re-read at each delivery) in the
+    /// `X-Keyferry-Webhook-Secret` header (or `Authorization: Bearer`); set it as a secret delivery
+    /// attribute of the Event Grid subscription. Unset: no webhook (see docs/events.md).
+    #[arg(long, env = "KEYFERRY_EVENTS_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub events_webhook_secret_file: Option<PathBuf>,
+
+    /// Pull Key Vault events from this Event Grid namespace endpoint (e.g.
+    /// `https://ns.westeurope-1.eventgrid.azure.net`) with the controller's own Azure identity
+    /// (`AZURE_*` variables, workload or managed identity; token scope
+    /// `https://eventgrid.azure.net/.default`). Needs `--events-pull-topic` and
+    /// `--events-pull-subscription`. Unset: no pull.
+    #[arg(long, env = "KEYFERRY_EVENTS_PULL_ENDPOINT", value_name = "URL", requires_all = ["events_pull_topic", "events_pull_subscription"])]
+    pub events_pull_endpoint: Option<String>,
+
+    /// The namespace topic Key Vault's events are routed to.
+    #[arg(long, env = "KEYFERRY_EVENTS_PULL_TOPIC", value_name = "TOPIC")]
+    pub events_pull_topic: Option<String>,
+
+    /// The topic's event subscription (delivery mode Queue) this controller receives from.
+    #[arg(long, env = "KEYFERRY_EVENTS_PULL_SUBSCRIPTION", value_name = "NAME")]
+    pub events_pull_subscription: Option<String>,
+
+    /// Longest wait of one receive call (long poll), in seconds (Event Grid allows 10-120).
+    #[arg(long, env = "KEYFERRY_EVENTS_PULL_MAX_WAIT", default_value_t = 60)]
+    pub events_pull_max_wait_secs: u64,
+
+    /// Credentials for the pull subscription instead of the environment's (tests, embedding).
+    #[arg(skip)]
+    pub events_pull_credentials: Option<keyferry_providers::azure::AzureCredentials>,
 }
 
 impl Default for ControllerArgs {
@@ -204,6 +237,12 @@ impl Default for ControllerArgs {
             hmac_key_secret: crate::drift::DEFAULT_KEY_SECRET.into(),
             enable_cluster_stores: true,
             enable_cluster_external_secrets: true,
+            events_webhook_secret_file: None,
+            events_pull_endpoint: None,
+            events_pull_topic: None,
+            events_pull_subscription: None,
+            events_pull_max_wait_secs: 60,
+            events_pull_credentials: None,
         }
     }
 }
@@ -246,6 +285,26 @@ mod tests {
         assert_eq!(parsed.rollout_restarts, d.rollout_restarts);
         assert_eq!(parsed.honor_reloader_annotations, d.honor_reloader_annotations);
         assert_eq!(parsed.hmac_key_secret, d.hmac_key_secret);
+        assert!(parsed.events_webhook_secret_file.is_none() && parsed.events_pull_endpoint.is_none());
+        assert_eq!(parsed.events_pull_max_wait_secs, d.events_pull_max_wait_secs);
+    }
+
+    #[test]
+    fn event_pull_needs_topic_and_subscription() {
+        let base = [
+            "keyferry",
+            "--events-pull-endpoint",
+            "https://ns.eventgrid.azure.net",
+        ];
+        assert!(Cli::try_parse_from(base).is_err());
+        let full = Cli::try_parse_from(base.into_iter().chain([
+            "--events-pull-topic",
+            "kv",
+            "--events-pull-subscription",
+            "keyferry",
+        ]));
+        let args = full.map(|c| c.args).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(args.events_pull_topic.as_deref(), Some("kv"));
     }
 
     #[test]

@@ -140,6 +140,29 @@ pub fn stale_since_refresh(
     })
 }
 
+/// Wakes the ExternalSecrets of `all` that read a secret of `changed` (lower-case names) through a
+/// client used by `stores`: each is marked dirty (its wake-up stays pending until a sync after it
+/// succeeds) and queued. Returns how many were queued. The one rule for "who must sync when a
+/// vault secret changed", shared by the change feed and Event Grid events ([`crate::events`]);
+/// callers drop the secret's cached reads first, so the woken ExternalSecrets share one read.
+pub fn wake_changed<'a>(
+    ctx: &Context,
+    all: impl IntoIterator<Item = &'a ExternalSecret>,
+    stores: &[StoreKey],
+    changed: &BTreeSet<String>,
+    wake: &UnboundedSender<ObjectRef<ExternalSecret>>,
+) -> usize {
+    let mut woken = 0;
+    for es in all.into_iter().filter(|es| affected(es, stores, changed)) {
+        ctx.mark_dirty(&es.uid().unwrap_or_default());
+        if wake.unbounded_send(ObjectRef::from_obj(es)).is_ok() {
+            woken += 1;
+        }
+    }
+    ctx.metrics.change_feed_woke(woken);
+    woken
+}
+
 /// One round: poll every client once, wake the ExternalSecrets whose remote secrets changed.
 pub async fn poll_once(
     ctx: &Context,
@@ -185,14 +208,7 @@ pub async fn poll_once(
                 }
                 if !changed.is_empty() {
                     let changed: BTreeSet<String> = changed.into_iter().collect();
-                    let mut woken = 0;
-                    for es in all.iter().filter(|es| affected(es, &stores, &changed)) {
-                        ctx.mark_dirty(&es.uid().unwrap_or_default());
-                        if wake.unbounded_send(ObjectRef::from_obj(es.as_ref())).is_ok() {
-                            woken += 1;
-                        }
-                    }
-                    ctx.metrics.change_feed_woke(woken);
+                    let woken = wake_changed(ctx, all.iter().map(AsRef::as_ref), &stores, &changed, wake);
                     tracing::debug!(
                         stores = stores.len(),
                         changed = changed.len(),

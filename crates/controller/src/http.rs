@@ -1,5 +1,6 @@
 //! The HTTP endpoint: `/metrics` (OpenMetrics text), `/healthz` (the process works), `/readyz`
-//! (connected to the API server and either leading or standing by).
+//! (connected to the API server and either leading or standing by), and — when configured — the
+//! Event Grid webhook ([`crate::events`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,11 +69,15 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    extra: Option<Router>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(metrics, health);
+    let mut app = router(metrics, health);
+    if let Some(extra) = extra {
+        app = app.merge(extra);
+    }
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "metrics server failed");
@@ -94,6 +99,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
             metrics,
             health.clone(),
+            None,
             futures::future::pending(),
         )
         .await

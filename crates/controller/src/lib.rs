@@ -23,6 +23,7 @@ pub mod context;
 pub mod drift;
 pub mod error;
 pub mod eso_metrics;
+pub mod events;
 pub mod externalsecret;
 pub mod guard;
 pub mod http;
@@ -70,6 +71,9 @@ pub enum RunError {
     /// The HMAC key Secret could not be read or created.
     #[error(transparent)]
     HmacKey(#[from] drift::KeyError),
+    /// The Event Grid pull client could not be built.
+    #[error("--events-pull-endpoint: {0}")]
+    EventPull(keyferry_providers::ProviderError),
     /// Leadership was lost; the process should exit and restart.
     #[error(transparent)]
     LeadershipLost(#[from] leader::LeadershipLost),
@@ -120,10 +124,49 @@ pub async fn run_with_client(
     let metrics = Arc::new(metrics::Metrics::with_eso_metrics(args.eso_metrics));
     let health = Arc::new(http::Health::default());
     let stopped = stop_future(stop.clone());
+    // Events reach the ExternalSecret controller through the router once this replica leads.
+    let event_router = Arc::new(events::EventRouter::default());
+    let webhook = args.events_webhook_secret_file.as_ref().map(|file| {
+        tracing::info!(path = events::WEBHOOK_PATH, "serving the Event Grid webhook");
+        events::webhook_router(
+            event_router.clone(),
+            events::WebhookAuth {
+                secret_file: file.clone(),
+            },
+            metrics.clone(),
+        )
+    });
+    let event_pull = match &args.events_pull_endpoint {
+        Some(endpoint) => {
+            let target = keyferry_providers::azure::eventgrid::PullTarget {
+                endpoint: endpoint.clone(),
+                topic: args.events_pull_topic.clone().unwrap_or_default(),
+                subscription: args.events_pull_subscription.clone().unwrap_or_default(),
+            };
+            let credentials = match args.events_pull_credentials.clone() {
+                Some(c) => c,
+                None => {
+                    keyferry_providers::azure::AzureCredentials::from_env().map_err(RunError::EventPull)?
+                }
+            };
+            let authority = connect.authority_or_public();
+            Some(
+                keyferry_providers::azure::eventgrid::EventGridPull::new(
+                    &target,
+                    credentials,
+                    &authority,
+                    &connect,
+                )
+                .map_err(RunError::EventPull)?,
+            )
+        }
+        None => None,
+    };
     let (addr, http_task) = http::serve(
         args.metrics_addr,
         metrics.clone(),
         health.clone(),
+        webhook,
         stopped.clone(),
     )
     .await
@@ -268,9 +311,31 @@ pub async fn run_with_client(
             concurrency: args.concurrency,
             cluster_stores: args.enable_cluster_stores,
             change_feed_interval: std::time::Duration::from_secs(args.change_feed_interval_secs),
+            events: Some(event_router.clone()),
         },
         halted.clone(),
     );
+    // Only the leader receives: a standby would take events it cannot deliver.
+    let pull = match event_pull {
+        Some(client) => {
+            tracing::info!(
+                endpoint = args.events_pull_endpoint.as_deref().unwrap_or_default(),
+                "pulling Key Vault events from Event Grid"
+            );
+            events::run_pull(
+                client,
+                event_router.clone(),
+                ctx.metrics.clone(),
+                events::PullOptions {
+                    max_events: 100,
+                    max_wait: std::time::Duration::from_secs(args.events_pull_max_wait_secs.clamp(1, 120)),
+                },
+                halted.clone(),
+            )
+            .boxed()
+        }
+        None => futures::future::ready(()).boxed(),
+    };
     let stores = secretstore::run(
         ctx.clone(),
         args.namespace.clone(),
@@ -294,7 +359,7 @@ pub async fn run_with_client(
         }
     };
     let break_glass = breakglass::run_gauge(ctx.clone(), halted.clone());
-    futures::join!(es, stores, ces, watches, break_glass);
+    futures::join!(es, stores, ces, watches, break_glass, pull);
     ctx.metrics.set_leader(false);
     finish(elector_task, http_task).await
 }

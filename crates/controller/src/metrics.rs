@@ -15,7 +15,11 @@
 //! | `keyferry_leader` | gauge | — (1 while this replica holds the Lease) |
 //! | `keyferry_change_feed_polls_total` | counter | `result` (`ok`, `error`) |
 //! | `keyferry_change_feed_changes_total` | counter | — (remote secrets seen changed) |
-//! | `keyferry_change_feed_wakeups_total` | counter | — (ExternalSecrets synced because of a change) |
+//! | `keyferry_change_feed_wakeups_total` | counter | — (ExternalSecrets synced because of a change, seen by the change feed or an Event Grid event) |
+//! | `keyferry_vault_events_total` | counter | `source` (`pull`, `push`), `kind` (`new_version`, `near_expiry`, `expired`, `ignored`): Event Grid events received |
+//! | `keyferry_vault_events_refused_total` | counter | `reason` (`unauthenticated`, `unconfigured`, `malformed`): webhook deliveries refused |
+//! | `keyferry_vault_event_pulls_total` | counter | `result` (`ok`, `error`): Event Grid receive calls |
+//! | `keyferry_secret_expiry_events_total` | counter | `kind` (`near_expiry`, `expired`): Warning events written on ExternalSecrets whose vault secret nears or passed expiry |
 //! | `keyferry_vault_cache_hits`, `_misses`, `_invalidations` | gauge | — (totals over live clients) |
 //! | `keyferry_externalsecrets` | gauge | `ready` (`true`, `false`, `unknown`): ExternalSecrets by Ready status, for alerts |
 //! | `keyferry_externalsecrets_stale` | gauge | — (periodic ExternalSecrets not refreshed for more than 2× their interval) |
@@ -130,6 +134,10 @@ pub struct Metrics {
     feed_polls: Family<ResultOnly, Counter>,
     feed_changes: Counter,
     feed_wakeups: Counter,
+    vault_events: Family<VaultEventLabels, Counter>,
+    vault_events_refused: Family<ReasonLabels, Counter>,
+    event_pulls: Family<ResultOnly, Counter>,
+    expiry_events: Family<KindLabels, Counter>,
     cache_hits: Gauge,
     cache_misses: Gauge,
     cache_invalidations: Gauge,
@@ -157,6 +165,15 @@ pub struct StoreLabels {
 pub struct ReadyLabels {
     /// `true`, `false` or `unknown`.
     pub ready: String,
+}
+
+/// Event Grid event labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VaultEventLabels {
+    /// `pull` or `push`.
+    pub source: String,
+    /// `new_version`, `near_expiry`, `expired` or `ignored`.
+    pub kind: String,
 }
 
 /// `result` label.
@@ -202,6 +219,10 @@ impl Metrics {
         let feed_polls = Family::<ResultOnly, Counter>::default();
         let feed_changes = Counter::default();
         let feed_wakeups = Counter::default();
+        let vault_events = Family::<VaultEventLabels, Counter>::default();
+        let vault_events_refused = Family::<ReasonLabels, Counter>::default();
+        let event_pulls = Family::<ResultOnly, Counter>::default();
+        let expiry_events = Family::<KindLabels, Counter>::default();
         let cache_hits = Gauge::default();
         let cache_misses = Gauge::default();
         let cache_invalidations = Gauge::default();
@@ -262,6 +283,26 @@ impl Metrics {
             "change_feed_wakeups",
             "ExternalSecrets synced early because a remote secret changed",
             feed_wakeups.clone(),
+        );
+        registry.register(
+            "vault_events",
+            "Key Vault events received from Event Grid",
+            vault_events.clone(),
+        );
+        registry.register(
+            "vault_events_refused",
+            "Event Grid webhook deliveries refused",
+            vault_events_refused.clone(),
+        );
+        registry.register(
+            "vault_event_pulls",
+            "Event Grid receive calls (pull delivery)",
+            event_pulls.clone(),
+        );
+        registry.register(
+            "secret_expiry_events",
+            "Warning events written on ExternalSecrets whose vault secret nears or passed its expiry",
+            expiry_events.clone(),
         );
         registry.register(
             "vault_cache_hits",
@@ -358,6 +399,10 @@ impl Metrics {
             feed_polls,
             feed_changes,
             feed_wakeups,
+            vault_events,
+            vault_events_refused,
+            event_pulls,
+            expiry_events,
             cache_hits,
             cache_misses,
             cache_invalidations,
@@ -507,6 +552,41 @@ impl Metrics {
     /// Records ExternalSecrets woken by the change feed.
     pub fn change_feed_woke(&self, n: usize) {
         self.feed_wakeups.inc_by(u64::try_from(n).unwrap_or(0));
+    }
+
+    /// Counts an Event Grid event by source and kind.
+    pub fn vault_event(&self, source: &str, kind: &str) {
+        self.vault_events
+            .get_or_create(&VaultEventLabels {
+                source: source.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused webhook delivery.
+    pub fn vault_event_refused(&self, reason: &str) {
+        self.vault_events_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts an Event Grid receive call.
+    pub fn event_pull(&self, ok: bool) {
+        self.event_pulls
+            .get_or_create(&ResultOnly {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a near-expiry / expired Warning event written on an ExternalSecret.
+    pub fn secret_expiry_event(&self, kind: &str) {
+        self.expiry_events
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     /// Sets the read-cache totals.

@@ -104,6 +104,15 @@ fn cases() -> Vec<Case> {
         case("hard-anti-affinity", &["podAntiAffinity=hard"]),
         case("ca-bundle", &["caBundle.configMapName=corp-ca"]),
         case("no-pdb", &["podDisruptionBudget.enabled=false"]),
+        case(
+            "events",
+            &[
+                "controller.events.pull.endpoint=https://ns.westeurope-1.eventgrid.azure.net",
+                "controller.events.pull.topic=keyvault",
+                "controller.events.pull.subscription=keyferry",
+                "controller.events.webhook.secretName=keyferry-webhook",
+            ],
+        ),
     ]
 }
 

@@ -31,6 +31,10 @@ pub(crate) fn router() -> Router<Arc<AppState>> {
         .route("/_admin/faults/{id}", delete(remove_fault))
         .route("/_admin/tokens", post(issue_token))
         .route("/_admin/seed", post(seed))
+        .route("/_admin/events", get(list_events))
+        .route("/_admin/events/push", post(add_push))
+        .route("/_admin/events/push/{name}", delete(remove_push))
+        .route("/_admin/events/pull", post(add_pull))
         .fallback(not_found)
 }
 
@@ -54,6 +58,7 @@ async fn info(State(app): State<Arc<AppState>>) -> Response {
             "tenant_id": app.tenant_id,
             "resource": VAULT_RESOURCE,
             "identity_endpoint": format!("{}/msi/token", app.authority_host),
+            "event_grid_endpoint": app.authority_host,
         }),
     )
 }
@@ -151,6 +156,57 @@ async fn seed(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
             app.store.insert_all(live, deleted);
             json(StatusCode::OK, &value!({ "seeded": count }))
         }
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn list_events(State(app): State<Arc<AppState>>) -> Response {
+    json(StatusCode::OK, &app.events.describe())
+}
+
+/// `POST /_admin/events/push` `{"name", "endpoint", "schema": "EventGridSchema" |
+/// "CloudEventSchemaV1_0", "headers": {…}}`: runs the validation handshake, then delivers.
+async fn add_push(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
+    let sub: crate::events::PushSubscription = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid subscription: {e}")),
+    };
+    let name = sub.name.clone();
+    match app.events.add_push(sub).await {
+        Ok(()) => json(StatusCode::CREATED, &value!({ "name": name })),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+async fn remove_push(State(app): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    if app.events.remove_push(&name) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            format!("no push subscription {}", crate::route::truncate(&name)),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PullRequest {
+    topic: String,
+    subscription: String,
+}
+
+/// `POST /_admin/events/pull` `{"topic", "subscription"}`.
+async fn add_pull(State(app): State<Arc<AppState>>, body: Bytes) -> Response {
+    let req: PullRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid subscription: {e}")),
+    };
+    match app.events.add_pull(&req.topic, &req.subscription) {
+        Ok(()) => json(
+            StatusCode::CREATED,
+            &value!({ "topic": req.topic, "subscription": req.subscription }),
+        ),
         Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }

@@ -48,6 +48,21 @@ pub struct EmulatorArgs {
     /// `latency,ms=200,for=30`, `drop,p=0.1`, `unavailable,op=list_secrets`.
     #[arg(long = "fault", value_name = "SPEC")]
     pub faults: Vec<FaultSpec>,
+    /// Event Grid pull subscription, repeatable: TOPIC/SUBSCRIPTION. Secret events (new version,
+    /// near expiry, expired) queue there for `POST /topics/TOPIC/eventsubscriptions/SUBSCRIPTION:receive`
+    /// (bearer token for https://eventgrid.azure.net). Push webhooks are added through the admin API.
+    #[arg(long = "event-pull", value_name = "TOPIC/SUBSCRIPTION", value_parser = parse_pull)]
+    pub event_pull: Vec<(String, String)>,
+    /// Seconds before a secret's expiry that `SecretNearExpiry` fires (Key Vault: 30 days).
+    #[arg(long, value_name = "SECS", default_value_t = crate::events::NEAR_EXPIRY_WINDOW_SECS)]
+    pub near_expiry_window: i64,
+}
+
+fn parse_pull(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((t, sub)) if !t.is_empty() && !sub.is_empty() => Ok((t.to_owned(), sub.to_owned())),
+        _ => Err(format!("{s:?}: expected TOPIC/SUBSCRIPTION")),
+    }
 }
 
 impl EmulatorArgs {
@@ -82,6 +97,8 @@ impl EmulatorArgs {
             token_lifetime_secs: self.token_lifetime,
             identity_header: None,
             faults: self.faults.clone(),
+            event_pull: self.event_pull.clone(),
+            near_expiry_window_secs: self.near_expiry_window,
         })
     }
 }
@@ -101,6 +118,7 @@ pub fn env_lines(emulator: &Emulator) -> Vec<String> {
         format!("IMDS_URL={}", emulator.imds_endpoint()),
         format!("ARC_URL={}", emulator.arc_endpoint()),
         format!("ARC_KEY_DIR={}", emulator.arc_key_dir().display()),
+        format!("EVENT_GRID_ENDPOINT={}", emulator.event_grid_endpoint()),
     ]
 }
 

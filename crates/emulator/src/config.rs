@@ -34,6 +34,10 @@ pub struct EmulatorConfig {
     pub identity_header: Option<String>,
     /// Fault rules installed at start.
     pub faults: Vec<FaultSpec>,
+    /// Event Grid pull subscriptions created at start: (topic, subscription).
+    pub event_pull: Vec<(String, String)>,
+    /// How long before `exp` `SecretNearExpiry` fires (Key Vault: 30 days).
+    pub near_expiry_window_secs: i64,
 }
 
 impl Default for EmulatorConfig {
@@ -49,6 +53,8 @@ impl Default for EmulatorConfig {
             token_lifetime_secs: 3600,
             identity_header: None,
             faults: Vec::new(),
+            event_pull: Vec::new(),
+            near_expiry_window_secs: crate::events::NEAR_EXPIRY_WINDOW_SECS,
         }
     }
 }

@@ -10,7 +10,10 @@
 //!   and instance discovery documents MSAL fetches first,
 //! - the App Service managed-identity endpoint at `https://localhost:<port>/msi/token`
 //!   (2019-08-01 and 2017-09-01), plus VM IMDS and Azure Arc,
-//! - an unauthenticated admin API under `/_admin/` (counters, fault injection, tokens, seeding).
+//! - Event Grid delivery of Key Vault's secret events: pull at `https://localhost:<port>/topics/…`
+//!   (namespace topics) and push to webhooks (see `events`),
+//! - an unauthenticated admin API under `/_admin/` (counters, fault injection, tokens, seeding,
+//!   event subscriptions).
 //!
 //! It shares no code with keyferry's own crates, so it cannot "agree with itself".
 //!
@@ -31,6 +34,7 @@ mod cli;
 mod config;
 mod counters;
 mod error;
+mod events;
 mod faults;
 mod identity;
 mod model;
@@ -46,6 +50,10 @@ pub use cli::{EmulatorArgs, env_lines, run_cli};
 pub use config::{ClientEntry, Clients, DEFAULT_TENANT_ID, EmulatorConfig, TlsMode};
 pub use counters::{CounterSnapshot, OperationCounts};
 pub use error::{ApiError, EmulatorError};
+pub use events::{
+    EVENT_GRID_API_VERSIONS, EVENT_GRID_AUDIENCE, EventSchema, NEAR_EXPIRY_WINDOW_SECS, PushSubscription,
+    SubscriptionError,
+};
 pub use faults::{ActiveFault, FaultKind, FaultSpec};
 pub use identity::MANAGED_IDENTITY_CLIENT_ID;
 pub use route::Operation;

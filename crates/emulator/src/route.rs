@@ -45,13 +45,16 @@ pub enum Operation {
     /// `GET /msi/token` (App Service managed identity protocol), `GET /metadata/identity/oauth2/token`
     /// (Azure VM IMDS) and `GET /arc/metadata/identity/oauth2/token` (Azure Arc)
     ManagedIdentity,
+    /// `POST /topics/{topic}/eventsubscriptions/{sub}:receive|:acknowledge|:release` (Event Grid
+    /// namespace-topic pull delivery)
+    EventGrid,
     /// Anything else that reached the vault (unknown paths or methods).
     Other,
 }
 
 impl Operation {
     /// Every operation, in a stable order.
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 16] = [
         Operation::GetSecret,
         Operation::SetSecret,
         Operation::UpdateSecret,
@@ -66,6 +69,7 @@ impl Operation {
         Operation::RestoreSecret,
         Operation::Token,
         Operation::ManagedIdentity,
+        Operation::EventGrid,
         Operation::Other,
     ];
 
@@ -86,6 +90,7 @@ impl Operation {
             Operation::RestoreSecret => "restore_secret",
             Operation::Token => "token",
             Operation::ManagedIdentity => "managed_identity",
+            Operation::EventGrid => "event_grid",
             Operation::Other => "other",
         }
     }
@@ -97,7 +102,10 @@ impl Operation {
 
     /// Whether this is a vault data-plane operation (as opposed to an identity endpoint).
     pub fn is_vault(self) -> bool {
-        !matches!(self, Operation::Token | Operation::ManagedIdentity)
+        !matches!(
+            self,
+            Operation::Token | Operation::ManagedIdentity | Operation::EventGrid
+        )
     }
 }
 
@@ -238,6 +246,7 @@ pub(crate) fn classify(method: &Method, path: &str) -> Operation {
         ["msi", "token"]
         | ["metadata", "identity", "oauth2", "token"]
         | ["arc", "metadata", "identity", "oauth2", "token"] => Operation::ManagedIdentity,
+        ["topics", _, "eventsubscriptions", _] => Operation::EventGrid,
         _ => parse(method, path)
             .map(|r| r.operation())
             .unwrap_or(Operation::Other),
@@ -399,6 +408,10 @@ mod tests {
             Operation::Token
         );
         assert_eq!(classify(&Method::GET, "/x/y/z/w/v"), Operation::Other);
+        assert_eq!(
+            classify(&Method::POST, "/topics/kv/eventsubscriptions/keyferry:receive"),
+            Operation::EventGrid
+        );
     }
 }
 

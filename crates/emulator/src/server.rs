@@ -22,12 +22,13 @@ use tower::{Service, ServiceExt as _};
 use crate::config::{Clients, EmulatorConfig, TlsMode};
 use crate::counters::{CounterSnapshot, Counters};
 use crate::error::{ApiError, EmulatorError};
+use crate::events::{EventHub, EventKind, PushSubscription, SecretEvent, SubscriptionError};
 use crate::faults::{ActiveFault, FaultAction, FaultSpec, Faults};
 use crate::route;
 use crate::seed::Seed;
 use crate::store::{NewVersion, Store, VaultState};
 use crate::tokens::TokenIssuer;
-use crate::{admin, identity, tls, vault};
+use crate::{admin, events, identity, tls, vault};
 
 /// State shared by all handlers.
 #[derive(Debug)]
@@ -50,6 +51,38 @@ pub(crate) struct AppState {
     pub(crate) arc_key_dir: PathBuf,
     /// Key file contents the Arc endpoint handed out and still accepts.
     pub(crate) arc_keys: std::sync::Mutex<Vec<String>>,
+    /// Event Grid subscriptions (push webhooks, pull queues).
+    pub(crate) events: Arc<EventHub>,
+    /// `SecretNearExpiry` fires this long before `exp` (Key Vault: 30 days).
+    pub(crate) near_expiry_window_secs: i64,
+}
+
+impl AppState {
+    /// The vault name (first label of the vault host).
+    pub(crate) fn vault_name(&self) -> String {
+        self.vault_url
+            .trim_start_matches("https://")
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// A new version of `name` was written: tells the event subscribers.
+    pub(crate) fn new_version(&self, name: &str, v: &crate::store::SecretVersion) {
+        if !self.events.has_subscribers() {
+            return;
+        }
+        let event = SecretEvent {
+            kind: EventKind::NewVersion,
+            name: name.to_owned(),
+            version: v.version.clone(),
+            not_before: v.not_before,
+            expires: v.expires,
+            at: v.updated,
+        };
+        self.events.publish(&self.vault_url, &self.vault_name(), &event);
+    }
 }
 
 /// The error that makes hyper close the connection without an answer (a `drop` fault).
@@ -157,6 +190,7 @@ pub struct Emulator {
     remove_ca_file: bool,
     handle: Handle<SocketAddr>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+    expiry_task: JoinHandle<()>,
 }
 
 impl Emulator {
@@ -213,7 +247,26 @@ impl Emulator {
                 .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>())),
             arc_key_dir: identity::arc_key_dir()?,
             arc_keys: std::sync::Mutex::new(Vec::new()),
+            events: Arc::new(EventHub::default()),
+            near_expiry_window_secs: config.near_expiry_window_secs,
         });
+        for (topic, subscription) in &config.event_pull {
+            app.events
+                .add_pull(topic, subscription)
+                .map_err(|e| EmulatorError::Config(e.to_string()))?;
+        }
+        // Near-expiry and expiry are moments, not writes: a once-a-second scan finds them (only
+        // while someone subscribes).
+        let expiry_task = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    app.events.scan_expiry(&app);
+                }
+            })
+        };
 
         let router = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(identity::token))
@@ -232,6 +285,10 @@ impl Emulator {
             .route("/msi/token", get(identity::managed_identity))
             .route("/metadata/identity/oauth2/token", get(identity::imds))
             .route("/arc/metadata/identity/oauth2/token", get(identity::arc))
+            .route(
+                "/topics/{topic}/eventsubscriptions/{action}",
+                post(events::pull_endpoint),
+            )
             .merge(admin::router())
             .fallback(vault::handle)
             .with_state(app.clone());
@@ -259,6 +316,7 @@ impl Emulator {
             remove_ca_file,
             handle,
             task: Some(task),
+            expiry_task,
         })
     }
 
@@ -378,7 +436,33 @@ impl Emulator {
 
     /// Sets a secret with properties; returns the version id.
     pub fn set_secret_with(&self, name: &str, version: NewVersion) -> Result<String, EmulatorError> {
-        Ok(self.app.store.set(name, version)?.1.version)
+        let (name, v) = self.app.store.set(name, version)?;
+        self.app.new_version(&name, &v);
+        Ok(v.version)
+    }
+
+    /// Creates a pull (queue) event subscription: events from now on can be received at
+    /// `POST {authority_host}/topics/{topic}/eventsubscriptions/{subscription}:receive`.
+    pub fn add_event_pull_subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<(), SubscriptionError> {
+        self.app.events.add_pull(topic, subscription)
+    }
+
+    /// Creates a push (webhook) event subscription after the validation handshake, as Event Grid
+    /// does; fails when the webhook does not complete it.
+    pub async fn add_event_push_subscription(
+        &self,
+        subscription: PushSubscription,
+    ) -> Result<(), SubscriptionError> {
+        self.app.events.add_push(subscription).await
+    }
+
+    /// The Event Grid namespace endpoint (pull delivery): `https://localhost:<port>`.
+    pub fn event_grid_endpoint(&self) -> &str {
+        &self.app.authority_host
     }
 
     /// The current value of a live secret, even if disabled (for test assertions).
@@ -437,6 +521,7 @@ impl Emulator {
     }
 
     fn cleanup(&mut self) {
+        self.expiry_task.abort();
         let _ = std::fs::remove_dir_all(&self.app.arc_key_dir);
         if self.remove_ca_file {
             self.remove_ca_file = false;

@@ -75,7 +75,7 @@ pub(crate) enum TokenError {
     NotYetValid,
     /// Issued for another resource.
     #[error(
-        "AKV10022: Invalid audience. Expected {VAULT_RESOURCE}[:port], https://vault.azure.net or the Key Vault application id, found: {0}."
+        "AKV10022: Invalid audience. Expected {VAULT_RESOURCE}[:port], https://vault.azure.net or the Key Vault application id (https://eventgrid.azure.net for Event Grid), found: {0}."
     )]
     WrongAudience(String),
 }
@@ -141,6 +141,11 @@ impl TokenIssuer {
 
     /// Validates a token for the vault audience.
     pub(crate) fn validate(&self, token: &str) -> Result<Claims, TokenError> {
+        self.validate_for(token, is_vault_audience)
+    }
+
+    /// Validates a token for an audience `accept` admits (the vault's, Event Grid's).
+    pub(crate) fn validate_for(&self, token: &str, accept: fn(&str) -> bool) -> Result<Claims, TokenError> {
         let (signing_input, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let (_, payload) = signing_input.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
@@ -158,7 +163,7 @@ impl TokenIssuer {
         if claims.nbf > t + 300 {
             return Err(TokenError::NotYetValid);
         }
-        if !is_vault_audience(&claims.aud) {
+        if !accept(&claims.aud) {
             return Err(TokenError::WrongAudience(claims.aud));
         }
         Ok(claims)

@@ -295,6 +295,7 @@ async fn dispatch(
                 expires: attrs.exp,
             };
             let (name, v) = store.set(&name, new)?;
+            app.new_version(&name, &v);
             ok(&SecretBundle::new(base, &name, &v, true))
         }
         Route::UpdateSecret { name, version } => {

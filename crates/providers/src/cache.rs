@@ -67,6 +67,9 @@ struct Inner {
     next_ticket: std::sync::atomic::AtomicU64,
     /// The change feed's last view, `None` before its first full listing.
     seen: Mutex<Option<FeedView>>,
+    /// Secrets (lower-case) whose new version an event announced, with the version id the event
+    /// named and how many more feed rounds may skip it ([`CachedClient::note_new_version`]).
+    evented: Mutex<HashMap<String, Evented>>,
     stats: Mutex<CacheStats>,
 }
 
@@ -79,6 +82,15 @@ struct FeedView {
     /// Requests the last full listing took (its pages): a round that checks fewer secrets than this
     /// one by one is cheaper than listing.
     listing_cost: usize,
+}
+
+/// A version an event announced ([`CachedClient::note_new_version`]).
+#[derive(Clone, Debug)]
+struct Evented {
+    version: Option<String>,
+    /// Feed rounds that may still skip it: two, because a write in the second before a round's
+    /// start counts as changed once more in the round after (the same-second rule).
+    rounds: u8,
 }
 
 /// Which secrets a change-feed round must cover.
@@ -157,6 +169,7 @@ impl CachedClient {
                 slots: Mutex::new(HashMap::new()),
                 next_ticket: std::sync::atomic::AtomicU64::new(0),
                 seen: Mutex::new(None),
+                evented: Mutex::new(HashMap::new()),
                 stats: Mutex::new(CacheStats::default()),
             }),
             refresh: false,
@@ -238,6 +251,77 @@ impl CachedClient {
         lock(&self.inner.stats).invalidations += dropped;
     }
 
+    /// An event (Key Vault's `SecretNewVersionCreated` through Event Grid) announced version
+    /// `version` of `name`, written at `written` (Unix seconds, the event's time): drops the cached
+    /// reads of `name`, so the next read fetches it once for every caller, and records that version
+    /// in the change feed's view, so the feed's next round does not count the same version as a
+    /// change and read it a second time.
+    ///
+    /// What the feed still counts: a version the listing shows written in another second or with
+    /// other properties (tags, enabled, content type), a name the view did not hold, and — in a
+    /// targeted round, which sees version ids — any other version. The one thing trusted to the
+    /// events: a later write in the same second as the announced one whose own event never arrives
+    /// (Event Grid retries deliveries for 24 hours and keeps pulled events until acknowledged)
+    /// would be seen only at the secret's next change.
+    ///
+    /// When the cache already holds exactly that version (the feed saw it first and its read is
+    /// done), nothing is dropped: the callers it wakes read the cached value.
+    pub fn note_new_version(&self, name: &str, version: Option<&str>, written: Option<i64>) {
+        let name = name.to_ascii_lowercase();
+        if !self.holds_latest(&name, version) {
+            self.invalidate(&name);
+        }
+        if let Some(written) = written
+            && let Some(view) = lock(&self.inner.seen).as_mut()
+            && let Some(fp) = view.secrets.get_mut(&name)
+        {
+            fp.updated = Some(written);
+            fp.version = version.map(str::to_owned);
+        }
+        lock(&self.inner.evented).insert(
+            name,
+            Evented {
+                version: version.map(str::to_owned),
+                rounds: 2,
+            },
+        );
+    }
+
+    /// Keeps the announced versions a round skipped for the next round while they have rounds left
+    /// (a newer announcement made meanwhile wins).
+    fn carry(&self, mut evented: HashMap<String, Evented>, delivered: &[String]) {
+        let mut next = lock(&self.inner.evented);
+        for name in delivered {
+            if let Some(mut e) = evented.remove(name)
+                && e.rounds > 1
+            {
+                e.rounds -= 1;
+                next.entry(name.clone()).or_insert(e);
+            }
+        }
+    }
+
+    /// Whether every cached "latest" read of `name` is done and returned `version` (and there is
+    /// at least one).
+    fn holds_latest(&self, name: &str, version: Option<&str>) -> bool {
+        let Some(version) = version else {
+            return false;
+        };
+        let slots = lock(&self.inner.slots);
+        let mut latest = slots
+            .iter()
+            .filter(|(k, _)| k.version.is_none() && split_remote_key(&k.key).1.eq_ignore_ascii_case(name))
+            .peekable();
+        latest.peek().is_some()
+            && latest.all(|(_, slot)| match slot {
+                Slot::Ready { value, .. } => value
+                    .version
+                    .as_deref()
+                    .is_some_and(|v| v.eq_ignore_ascii_case(version)),
+                Slot::Pending(..) => false,
+            })
+    }
+
     /// One round of the change feed over every secret of the store: see
     /// [`CachedClient::poll_changes_of`].
     pub async fn poll_changes(&self) -> Result<Vec<String>, ProviderError> {
@@ -288,22 +372,28 @@ impl CachedClient {
             started,
             listing_cost,
         });
+        let evented = std::mem::take(&mut *lock(&self.inner.evented));
         let Some(previous) = previous else {
             self.keep_what_the_baseline_vouches_for(&now);
             return Ok(Vec::new());
         };
         let recent = |fp: &Fingerprint| fp.updated.is_some_and(|u| u >= previous.started - 1);
+        let mut delivered = Vec::new();
         let mut changed: Vec<String> = now
             .iter()
             .filter(|(name, fp)| {
-                previous
-                    .secrets
-                    .get(*name)
-                    .is_none_or(|before| !before.same_as(fp))
-                    || recent(fp)
+                let before = previous.secrets.get(*name);
+                // An event delivered exactly this version (same second, same properties): its read
+                // happened already, for every user of the secret.
+                if evented.contains_key(*name) && before.is_some_and(|b| b.same_as(fp)) {
+                    delivered.push((*name).clone());
+                    return false;
+                }
+                before.is_none_or(|before| !before.same_as(fp)) || recent(fp)
             })
             .map(|(name, _)| name.clone())
             .collect();
+        self.carry(evented, &delivered);
         changed.extend(
             previous
                 .secrets
@@ -339,6 +429,8 @@ impl CachedClient {
         for (name, answer) in answers {
             now.insert(name, answer?.as_ref().map(Fingerprint::from));
         }
+        let evented = std::mem::take(&mut *lock(&self.inner.evented));
+        let mut delivered_names = Vec::new();
         let changed = {
             let mut seen = lock(&self.inner.seen);
             let Some(view) = seen.as_mut() else {
@@ -349,7 +441,18 @@ impl CachedClient {
             let recent = |fp: &Fingerprint| fp.updated.is_some_and(|u| u >= previous_started - 1);
             let mut changed = Vec::new();
             for (name, fp) in &now {
+                // An event named exactly this version id: delivered already.
+                let delivered = fp.as_ref().is_some_and(|fp| {
+                    evented
+                        .get(name)
+                        .and_then(|e| e.version.as_deref().zip(fp.version.as_deref()))
+                        .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+                });
+                if delivered {
+                    delivered_names.push(name.clone());
+                }
                 let differs = match (view.secrets.get(name), fp) {
+                    _ if delivered => false,
                     (Some(before), Some(fp)) => !before.same_as(fp) || recent(fp),
                     (None, None) => false,
                     _ => true,
@@ -364,6 +467,7 @@ impl CachedClient {
             }
             changed
         };
+        self.carry(evented, &delivered_names);
         Ok(self.settle(changed, |name| now.get(name).is_some_and(Option::is_some)))
     }
 
@@ -802,6 +906,77 @@ mod tests {
         // A write stamped with the same second as the previous listing still counts as changed.
         let changed = cache.poll_changes().await.unwrap();
         assert_eq!(changed, vec!["s".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_version_an_event_delivered_is_not_read_again_by_the_feed() {
+        let emulated = FakeStore::with_clock("t", crate::unix_now());
+        for name in ["s", "t"] {
+            emulated.set(
+                name,
+                SecretValue::from("v1"),
+                NewVersion {
+                    enabled: true,
+                    ..NewVersion::default()
+                },
+            );
+        }
+        let cache = CachedClient::new(Arc::new(emulated.clone()), Duration::from_secs(3600));
+        cache.poll_changes().await.unwrap();
+        async fn write(store: &FakeStore, name: &str, value: &'static str) -> (String, Option<i64>) {
+            let version = store.set(
+                name,
+                SecretValue::from(value),
+                NewVersion {
+                    enabled: true,
+                    ..NewVersion::default()
+                },
+            );
+            let written = store
+                .list_secret_properties()
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.updated);
+            (version, written)
+        }
+        // `s` is announced by its event; `t` changes without one.
+        let (version, written) = write(&emulated, "s", "v2").await;
+        cache.note_new_version("S", Some(&version), written);
+        assert_eq!(
+            cache.get_secret(&remote("s")).await.unwrap().value.expose(),
+            b"v2"
+        );
+        write(&emulated, "t", "v2").await;
+        let gets = emulated.counters().gets.load(Ordering::Relaxed);
+        assert_eq!(
+            cache.poll_changes().await.unwrap(),
+            vec!["t".to_owned()],
+            "the feed still catches what no event announced, and only that"
+        );
+        cache.get_secret(&remote("s")).await.unwrap();
+        assert_eq!(
+            emulated.counters().gets.load(Ordering::Relaxed),
+            gets,
+            "no second read of s"
+        );
+        // The feed saw a version first and read it: its event drops nothing.
+        let (version, written) = write(&emulated, "t", "v3").await;
+        assert!(cache.poll_changes().await.unwrap().contains(&"t".to_owned()));
+        cache.get_secret(&remote("t")).await.unwrap();
+        let gets = emulated.counters().gets.load(Ordering::Relaxed);
+        cache.note_new_version("t", Some(&version), written);
+        cache.get_secret(&remote("t")).await.unwrap();
+        assert_eq!(
+            emulated.counters().gets.load(Ordering::Relaxed),
+            gets,
+            "t was read once"
+        );
+        // An event whose time does not match what the vault shows is not trusted.
+        let (version, written) = write(&emulated, "s", "v3").await;
+        cache.note_new_version("s", Some(&version), written.map(|w| w - 5));
+        assert!(cache.poll_changes().await.unwrap().contains(&"s".to_owned()));
     }
 
     #[tokio::test]

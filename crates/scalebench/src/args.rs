@@ -140,6 +140,12 @@ pub struct Args {
     /// Write the results as JSON to this file (used by `--against both` to collect its children).
     #[arg(long)]
     pub result_file: Option<PathBuf>,
+
+    /// Also deliver Key Vault's Event Grid events (Azure backend): `pull` gives the emulator a
+    /// namespace-topic subscription and the controller `--events-pull-*` (with a client-secret
+    /// identity in its environment). The change feed keeps its interval (the safety net).
+    #[arg(long, value_enum, default_value_t = Events::None)]
+    pub events: Events,
 }
 
 /// Which controller a run measures.
@@ -151,6 +157,15 @@ pub enum Against {
     Eso,
     /// keyferry, then ESO, each on a fresh testenv.
     Both,
+}
+
+/// Event delivery for the controller under test.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Events {
+    /// Only the change feed.
+    None,
+    /// Event Grid pull delivery from the emulator.
+    Pull,
 }
 
 /// Which backend the store reads.

@@ -27,6 +27,8 @@ pub struct ControllerConfig {
     pub log_level: String,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
+    /// Extra environment variables (the controller's own identity for Event Grid pull).
+    pub env: Vec<(String, String)>,
     /// Where the controller's stdout and stderr go.
     pub log_file: PathBuf,
     /// Run External Secrets Operator instead of keyferry (the keyferry-only fields are ignored).
@@ -126,7 +128,8 @@ impl ControllerConfig {
         if let Some(c) = self.concurrency {
             cmd.args(["--concurrency", &c.to_string()]);
         }
-        cmd.args(&self.extra_args);
+        cmd.args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 }

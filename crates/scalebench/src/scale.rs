@@ -67,6 +67,7 @@ impl Bench {
             concurrency: args.concurrency,
             log_level: args.log_level.clone(),
             extra_args: args.controller_args.clone(),
+            env: Vec::new(),
             log_file,
             eso: None,
         }
@@ -142,6 +143,7 @@ async fn measure(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<S
         bench.log_dir.join(format!("controller-{}.log", w.run)),
     );
     config.eso = bench.eso_launch(&backend)?;
+    let config = with_events(config, args.events, &backend)?;
     let label = config.label();
 
     let create = |label: &'static str| async move {
@@ -388,4 +390,41 @@ impl Live {
             before,
         })
     }
+}
+
+/// Adds Event Grid pull delivery: a subscription in the emulator (created after the seed, so the
+/// seed raises no events) and the controller's flags and identity.
+fn with_events(
+    mut config: ControllerConfig,
+    events: crate::args::Events,
+    backend: &crate::vault::Backend,
+) -> Result<ControllerConfig> {
+    if events == crate::args::Events::None {
+        return Ok(config);
+    }
+    let crate::vault::Backend::KeyVault(emulator) = backend else {
+        anyhow::bail!("--events needs the Azure backend");
+    };
+    emulator
+        .add_event_pull_subscription("keyvault", "scalebench")
+        .map_err(|e| anyhow!("{e}"))?;
+    config.extra_args.extend(
+        [
+            "--events-pull-endpoint",
+            emulator.event_grid_endpoint(),
+            "--events-pull-topic",
+            "keyvault",
+            "--events-pull-subscription",
+            "scalebench",
+            "--events-pull-max-wait-secs",
+            "10",
+        ]
+        .map(String::from),
+    );
+    config.env.extend([
+        ("AZURE_TENANT_ID".to_owned(), emulator.tenant_id().to_owned()),
+        ("AZURE_CLIENT_ID".to_owned(), "keyferry-scalebench".to_owned()),
+        ("AZURE_CLIENT_SECRET".to_owned(), "scalebench".to_owned()),
+    ]);
+    Ok(config)
 }

@@ -680,6 +680,8 @@ pub struct ControllerOptions {
     pub cluster_stores: bool,
     /// Change-feed poll interval (zero: off).
     pub change_feed_interval: Duration,
+    /// Where Event Grid events are handed in (attached while this controller runs).
+    pub events: Option<Arc<crate::events::EventRouter>>,
 }
 
 /// Runs the ExternalSecret controller until `shutdown` resolves.
@@ -842,6 +844,9 @@ pub async fn run(
             }
         })
     };
+    if let Some(router) = &opts.events {
+        router.attach(ctx.clone(), reader.clone(), wake_tx.clone());
+    }
     let (feed_stop_tx, feed_stop_rx) = futures::channel::oneshot::channel::<()>();
     let feed = if opts.change_feed_interval.is_zero() {
         drop(wake_tx);
@@ -867,6 +872,9 @@ pub async fn run(
             }
         })
         .await;
+    if let Some(router) = &opts.events {
+        router.detach();
+    }
     pruner.abort();
     census.abort();
     invalid_reporter.abort();

@@ -23,6 +23,7 @@ mod budget;
 mod client;
 mod credentials;
 mod errors;
+pub mod eventgrid;
 #[doc(hidden)]
 pub mod fuzzing;
 mod retry;
@@ -148,6 +149,19 @@ impl ConnectOptions {
     pub fn with_ca_pem(mut self, pem: impl Into<String>) -> Self {
         self.extra_ca_pems.push(pem.into());
         self
+    }
+
+    /// The authority host outside any store (Event Grid pull): explicit option, then
+    /// `AZURE_AUTHORITY_HOST`, then the public cloud's.
+    pub fn authority_or_public(&self) -> String {
+        self.authority_host
+            .clone()
+            .or_else(|| {
+                std::env::var("AZURE_AUTHORITY_HOST")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+            })
+            .unwrap_or_else(|| "https://login.microsoftonline.com".to_owned())
     }
 
     /// The authority host for a store: explicit option, then `AZURE_AUTHORITY_HOST`, then the cloud.
