@@ -750,6 +750,10 @@ async fn keyferry_writes_what_eso_writes() {
         );
     }
 
+    // 5. Issue 10 item 2 under ESO's CRDs: an object with a value a newer ESO accepts and keyferry
+    //    does not know is reported, and the others keep syncing.
+    an_undecodable_external_secret_is_reported(&client, &cluster.kubeconfig, &emulator, work.path()).await;
+
     for (ar, name) in cluster_scoped {
         let _ = Api::<DynamicObject>::all_with(client.clone(), &ar)
             .delete(&name, &DeleteParams::background())
@@ -768,5 +772,147 @@ async fn keyferry_writes_what_eso_writes() {
             .iter()
             .map(|a| format!("{} {} {}", a.external_secret, a.field, a.difference))
             .collect::<Vec<_>>()
+    );
+}
+
+/// Widens ESO's ExternalSecret CRD as a newer ESO would (`refreshPolicy` gains a value), creates one
+/// ExternalSecret using it next to a plain one, and runs keyferry: the plain one syncs; the other
+/// gets `Ready=False` and a Warning Event `InvalidSpec`, both naming `spec.refreshPolicy`.
+async fn an_undecodable_external_secret_is_reported(
+    client: &Client,
+    kubeconfig: &Path,
+    emulator: &Emulator,
+    dir: &Path,
+) {
+    use k8s_openapi::api::core::v1::Event;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        CustomResourceDefinition, JSON,
+    };
+    const NEWER: &str = "WhenTheMoonIsFull";
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "externalsecrets.external-secrets.io";
+    let mut crd = crds.get(name).await.unwrap();
+    for version in &mut crd.spec.versions {
+        let policy = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("spec"))
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("refreshPolicy"));
+        if let Some(values) = policy.and_then(|p| p.enum_.as_mut()) {
+            values.push(JSON(serde_json::json!(NEWER)));
+        }
+    }
+    crds.replace(name, &kube::api::PostParams::default(), &crd)
+        .await
+        .unwrap_or_else(|e| panic!("widening ESO's CRD: {e}"));
+
+    // The corpus' namespace and ClusterSecretStore (managed identity is for cluster stores).
+    let ns = "eso-diff";
+    emulator.set_secret("eso-guard-value", "guard-v1").unwrap();
+    let es = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  refreshInterval: 1h\n{extra}  secretStoreRef: {{name: akv-hybridops, kind: ClusterSecretStore}}\n  data: [{{secretKey: v, remoteRef: {{key: eso-guard-value}}}}]\n"
+        )
+    };
+    let objects = es("guard-plain", "");
+    let newer = es("guard-newer", &format!("  refreshPolicy: {NEWER}\n"));
+    common::apply_yaml(client, ns, &objects).await;
+    // The widened schema is served a moment after the replace: retry the create until accepted.
+    let es_resource = external_secrets_resource();
+    let newer_obj: DynamicObject = serde_yaml_ng::from_str(&newer).unwrap();
+    let es_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &es_resource);
+    let accepted = keyferry_testkit::eventually(Duration::from_secs(30), || {
+        let (api, obj) = (es_api.clone(), newer_obj.clone());
+        async move {
+            match api
+                .patch(
+                    "guard-newer",
+                    &PatchParams::apply("eso-guard-test").force(),
+                    &Patch::Apply(&obj),
+                )
+                .await
+            {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    eprintln!("eso-diff: creating guard-newer: {e}");
+                    None
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        accepted.is_some(),
+        "the widened CRD never accepted refreshPolicy {NEWER}"
+    );
+
+    let log = dir.join("keyferry-guard.log");
+    let (kf, _) = start_keyferry(kubeconfig, emulator, &log);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let plain = keyferry_testkit::eventually(Duration::from_secs(60), || {
+        let secrets = secrets.clone();
+        async move {
+            let s = secrets.get_opt("guard-plain").await.ok()??;
+            (s.data?.get("v")?.0 == b"guard-v1").then_some(())
+        }
+    })
+    .await;
+    let reported = keyferry_testkit::eventually(Duration::from_secs(60), || {
+        let api = es_api.clone();
+        async move {
+            let es = api.get("guard-newer").await.ok()?;
+            let ready = es.data["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?
+                .clone();
+            (ready["status"] == "False" && ready["message"].as_str()?.contains("spec.refreshPolicy"))
+                .then_some(ready)
+        }
+    })
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let warned = keyferry_testkit::eventually(Duration::from_secs(30), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some("InvalidSpec")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.involved_object.name.as_deref() == Some("guard-newer")
+                        && e.message
+                            .as_deref()
+                            .is_some_and(|m| m.contains("spec.refreshPolicy"))
+                })
+                .map(|_| ())
+        }
+    })
+    .await;
+    stop(kf, "keyferry").await;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    for name in ["guard-plain", "guard-newer"] {
+        let _ = es_api.delete(name, &DeleteParams::background()).await;
+    }
+    assert!(
+        plain.is_some(),
+        "the plain ExternalSecret next to an undecodable one did not sync; keyferry log tail:\n{}",
+        log_text.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+    assert!(
+        reported.is_some(),
+        "the undecodable ExternalSecret has no Ready=False naming spec.refreshPolicy"
+    );
+    assert!(
+        warned.is_some(),
+        "no Warning Event InvalidSpec naming spec.refreshPolicy on the undecodable ExternalSecret"
+    );
+    assert!(
+        !log_text.contains("guard-v1"),
+        "the vault value appears in keyferry's log"
     );
 }
