@@ -1363,12 +1363,23 @@ fn rotation_rolls_opted_in_workloads_only() {
         let first = eventually(Duration::from_secs(30), || rolled("web"))
             .await
             .unwrap_or_else(|| panic!("the annotated Deployment was not rolled"));
-        let es = ess.get("api").await.unwrap_or_else(|e| panic!("{e}"));
-        let hmac = es.status.and_then(|s| s.data_hmac).unwrap_or_default();
-        assert_eq!(
-            first, hmac,
-            "the template annotation is the keyed hash of the new content (status.dataHmac)"
+        // Workloads roll before the status is written (it records what they were rolled to), so the
+        // status catches up a moment after the annotation appears.
+        let recorded = eventually(Duration::from_secs(30), || {
+            let (ess, first) = (ess.clone(), first.clone());
+            async move {
+                let status = ess.get("api").await.ok()?.status?;
+                (status.data_hmac.as_deref() == Some(first.as_str())
+                    && status.rollout_hmac.as_deref() == Some(first.as_str()))
+                .then_some(())
+            }
+        })
+        .await;
+        assert!(
+            recorded.is_some(),
+            "the template annotation is the keyed hash of the new content (status.dataHmac, and status.rolloutHmac records the roll)"
         );
+        let hmac = first.clone();
         let reloader = eventually(Duration::from_secs(30), || {
             let hmac = hmac.clone();
             let rolled = rolled("reloader");
