@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::Killed;
+use common::{Killed, free_port};
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_emulator::{Emulator, EmulatorConfig};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -22,14 +22,6 @@ use kube::{Api, Client, Config};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The testenv binary, built (if its sources changed) by `scripts/testenv build`.

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Killed, get};
+use common::{Killed, free_port, get};
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_emulator::{Emulator, EmulatorConfig, Seed};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
@@ -301,14 +301,6 @@ async fn clear_statuses(client: &Client, cases: &[Case]) {
         .await
         .unwrap_or_else(|e| panic!("clearing the status of {}: {e}", case.id()));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts ESO's controller in a private mount namespace whose `/etc/hosts` resolves the vault host.

@@ -64,3 +64,12 @@ pub fn get(port: u16, path: &str) -> Option<String> {
     s.read_to_string(&mut body).ok()?;
     body.contains(" 200 ").then_some(body)
 }
+
+/// A local port free right now (for a child process to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

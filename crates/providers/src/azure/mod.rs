@@ -154,26 +154,23 @@ impl ConnectOptions {
     /// The authority host outside any store (Event Grid pull): explicit option, then
     /// `AZURE_AUTHORITY_HOST`, then the public cloud's.
     pub fn authority_or_public(&self) -> String {
-        self.authority_host
-            .clone()
-            .or_else(|| {
-                std::env::var("AZURE_AUTHORITY_HOST")
-                    .ok()
-                    .filter(|v| !v.trim().is_empty())
-            })
+        self.configured_authority()
             .unwrap_or_else(|| "https://login.microsoftonline.com".to_owned())
     }
 
     /// The authority host for a store: explicit option, then `AZURE_AUTHORITY_HOST`, then the cloud.
     fn resolve_authority(&self, spec: &AzureKvProvider) -> String {
-        self.authority_host
-            .clone()
-            .or_else(|| {
-                std::env::var("AZURE_AUTHORITY_HOST")
-                    .ok()
-                    .filter(|v| !v.trim().is_empty())
-            })
+        self.configured_authority()
             .unwrap_or_else(|| spec.environment_or_default().authority_host().to_owned())
+    }
+
+    /// The authority host set for this process: the explicit option, then `AZURE_AUTHORITY_HOST`.
+    fn configured_authority(&self) -> Option<String> {
+        self.authority_host.clone().or_else(|| {
+            std::env::var("AZURE_AUTHORITY_HOST")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+        })
     }
 }
 
