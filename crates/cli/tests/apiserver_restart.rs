@@ -99,6 +99,20 @@ async fn stop_testenv(mut testenv: Killed) {
     drop(testenv);
 }
 
+/// `keyferry_change_feed_polls_total` of the controller on `port`, all vaults and outcomes (0 while
+/// the endpoint does not answer).
+async fn feed_polls(port: u16) -> f64 {
+    tokio::task::spawn_blocking(move || common::get(port, "/metrics"))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("keyferry_change_feed_polls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn external_secret(ns: &str, name: &str, remote: &str) -> String {
     format!(
         "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  refreshInterval: 1h\n  secretStoreRef: {{name: akv, kind: SecretStore}}\n  data:\n    - secretKey: v\n      remoteRef: {{key: {remote}}}\n"
@@ -177,8 +191,19 @@ async fn the_controller_resumes_after_an_apiserver_restart_without_being_restart
     stop_testenv(testenv).await;
     let down = std::time::Instant::now();
     emulator.set_secret("rotated", "r2").unwrap();
-    // Several change-feed rounds and watch retries while it is down.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Stay down for several change-feed rounds (the controller's own count, not wall time), so
+    // its watches retry and its feed sees the rotation while the apiserver is gone.
+    let rounds_while_down = feed_polls(metrics_port).await + 3.0;
+    let mut deadline = 600; // 100 ms steps
+    while feed_polls(metrics_port).await < rounds_while_down {
+        deadline -= 1;
+        assert!(
+            deadline > 0,
+            "no change-feed rounds while the apiserver was down; log:\n{}",
+            log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (testenv, kubeconfig_again) = start_testenv(&binary, &data, port, 2).await;
     assert_eq!(kubeconfig_again, kubeconfig, "same data dir, same kubeconfig");
     eprintln!("apiserver down for {:.1} s", down.elapsed().as_secs_f64());

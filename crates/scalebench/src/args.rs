@@ -104,6 +104,20 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub chaos_latency_ms: u64,
 
+    /// Run the 429-storm scenario instead of the benchmark: the first this-many vault GETs answer
+    /// 429 with `Retry-After: 1` during the first sync, under a small per-vault budget
+    /// (`--chaos-budget-rps`, `--chaos-budget-burst`); reports the busiest windows against it.
+    #[arg(long, default_value_t = 0)]
+    pub chaos_throttle: u64,
+
+    /// The controller's per-vault budget in the 429-storm scenario: requests per second.
+    #[arg(long, default_value_t = 20.0)]
+    pub chaos_budget_rps: f64,
+
+    /// The controller's per-vault budget in the 429-storm scenario: burst.
+    #[arg(long, default_value_t = 10)]
+    pub chaos_budget_burst: u32,
+
     /// Directory for controller logs. Default: a directory under the system temp dir.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,

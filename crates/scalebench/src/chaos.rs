@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_api::LABEL_MANAGED;
-use keyferry_emulator::Emulator;
+use keyferry_emulator::{CounterSnapshot, Emulator};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 
@@ -165,6 +165,165 @@ async fn slow_vault(
         ready_after: ready.duration_since(started),
         requests: counts.data_plane(),
         rss_kib: (early, memory.hwm_kib, memory.rss_kib),
+    })
+}
+
+/// What the 429-storm scenario measured.
+#[derive(Debug, Default)]
+pub struct ThrottleResult {
+    /// ExternalSecrets.
+    pub es: usize,
+    /// GETs answered 429 (with `Retry-After: 1`).
+    pub throttled: u64,
+    /// The controller's per-vault budget: requests per second and burst.
+    pub budget: (f64, u32),
+    /// From the controller's start to every ExternalSecret Ready.
+    pub ready_after: Duration,
+    /// Vault data-plane requests (GETs, throttled ones included, and list pages) until then.
+    pub requests: u64,
+    /// Per window length (s): the most requests seen in any window of that length, and what the
+    /// budget allows in it (burst + rate × length).
+    pub busiest: Vec<(f64, u64, f64)>,
+    /// Counter samples taken (every 50 ms).
+    pub samples: usize,
+}
+
+impl ThrottleResult {
+    /// One markdown row.
+    pub fn row(&self) -> String {
+        let windows: Vec<String> = self
+            .busiest
+            .iter()
+            .map(|(w, seen, allowed)| format!("{w} s: {seen} / {allowed:.0}"))
+            .collect();
+        format!(
+            "| {} | {} | {:.0}/s, burst {} | {:.1} s | {} | {} | {} |",
+            self.es,
+            self.throttled,
+            self.budget.0,
+            self.budget.1,
+            self.ready_after.as_secs_f64(),
+            self.requests,
+            windows.join("; "),
+            self.samples
+        )
+    }
+
+    /// The markdown header of [`ThrottleResult::row`].
+    pub fn header() -> &'static str {
+        "| ExternalSecrets | GETs answered 429 | per-vault budget | all Ready after | vault requests | busiest window: requests seen / budget allows | samples |\n|---:|---:|---|---:|---:|---|---:|"
+    }
+}
+
+/// The most requests in any window of each length, from `(time, cumulative count)` samples, with
+/// what a budget of `rate`/s and `burst` allows in it.
+pub fn busiest_windows(
+    samples: &[(Instant, u64)],
+    lengths: &[f64],
+    rate: f64,
+    burst: u32,
+) -> Vec<(f64, u64, f64)> {
+    lengths
+        .iter()
+        .map(|&len| {
+            let mut most = 0;
+            for (i, (t0, n0)) in samples.iter().enumerate() {
+                for (t1, n1) in &samples[i + 1..] {
+                    if t1.duration_since(*t0).as_secs_f64() > len {
+                        break;
+                    }
+                    most = most.max(n1 - n0);
+                }
+            }
+            (len, most, f64::from(burst) + rate * len)
+        })
+        .collect()
+}
+
+/// A 429 storm during a first sync, under a small per-vault budget: the request counter is sampled
+/// every 50 ms and the busiest windows are compared with the budget.
+pub async fn run_throttle(bench: &Bench, es: usize) -> Result<ThrottleResult> {
+    let w = Workload {
+        property: None,
+        ..bench.workload("storm", es)
+    };
+    let mut cleanup = Cleanup::default();
+    let outcome = throttle_storm(bench, &w, &mut cleanup).await;
+    eprintln!("[storm {es}] cleanup: deleting the run's namespaces and store");
+    cleanup.run(&bench.client, Duration::from_secs(600)).await;
+    outcome
+}
+
+async fn throttle_storm(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> Result<ThrottleResult> {
+    let args = &bench.args;
+    let (rate, burst) = (args.chaos_budget_rps, args.chaos_budget_burst);
+    let emulator = Arc::new(vault::start(w.secrets).await?);
+    let target = vault::emulator_target(&emulator, false);
+    create_store(&bench.client, w, &target, cleanup).await?;
+    create_external_secrets(&bench.client, w, args.create_concurrency).await?;
+    emulator
+        .inject_fault(
+            keyferry_emulator::FaultSpec::new(keyferry_emulator::FaultKind::Throttle)
+                .operation(keyferry_emulator::Operation::GetSecret)
+                .count(args.chaos_throttle)
+                .retry_after_secs(1),
+        )
+        .context("cannot install the throttle fault")?;
+    let mut config = bench.keyferry_config(
+        Some((
+            emulator.ca_file().to_path_buf(),
+            emulator.authority_host().to_owned(),
+        )),
+        w,
+        bench.log_dir.join(format!("controller-{}.log", w.run)),
+    );
+    config.extra_args.extend([
+        "--vault-requests-per-second".to_owned(),
+        rate.to_string(),
+        "--vault-burst".to_owned(),
+        burst.to_string(),
+    ]);
+    let before = emulator.counters();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (emulator, stop) = (emulator.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = emulator.counters();
+                let counts = crate::vault::VaultCounts::between(&CounterSnapshot::default(), &c);
+                samples.push((Instant::now(), counts.data_plane() + counts.other));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            samples
+        })
+    };
+    let started = Instant::now();
+    let mut controller = ControllerProcess::start(&config).await?;
+    let ready = wait_all_ready(
+        &bench.client,
+        &w.run,
+        w.es,
+        &mut controller,
+        Duration::from_secs(1),
+        Duration::from_secs(args.ready_timeout_secs),
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.await.unwrap_or_default();
+    let after = emulator.counters();
+    controller.stop();
+    let ready = ready?;
+    let counts = crate::vault::VaultCounts::between(&before, &after);
+    Ok(ThrottleResult {
+        es: w.es,
+        throttled: after.status(keyferry_emulator::Operation::GetSecret, 429)
+            - before.status(keyferry_emulator::Operation::GetSecret, 429),
+        budget: (rate, burst),
+        ready_after: ready.duration_since(started),
+        requests: counts.data_plane(),
+        busiest: busiest_windows(&samples, &[0.5, 1.0, 2.0, 5.0], rate, burst),
+        samples: samples.len(),
     })
 }
 
@@ -423,6 +582,18 @@ async fn wait_converged(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busiest_windows_count_requests_within_each_length() {
+        let t0 = Instant::now();
+        let at = |ms: u64, n: u64| (t0 + Duration::from_millis(ms), n);
+        // 10 at once at 100 ms, then 1 per 100 ms.
+        let samples = [at(0, 0), at(100, 10), at(200, 11), at(300, 12), at(1100, 20)];
+        let w = busiest_windows(&samples, &[0.1, 1.0], 10.0, 5);
+        assert_eq!(w[0], (0.1, 10, 6.0));
+        assert_eq!(w[1].1, 12, "0..300 ms, not 0..1100 ms");
+    }
+
     use k8s_openapi::ByteString;
 
     #[test]

@@ -94,6 +94,14 @@ async fn main() -> Result<()> {
         }
         return Ok(());
     }
+    if bench.args.chaos_throttle > 0 {
+        println!("{}", chaos::ThrottleResult::header());
+        for es in bench.args.scale_list() {
+            let r = chaos::run_throttle(&bench, es).await?;
+            println!("{}", r.row());
+        }
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let mut failed = Vec::new();
     for es in bench.args.scale_list() {

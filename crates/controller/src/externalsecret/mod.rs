@@ -17,6 +17,7 @@ pub mod apply;
 pub mod build;
 pub mod dereference;
 pub mod status;
+pub mod targets;
 pub mod validate;
 
 use std::sync::Arc;
@@ -620,20 +621,6 @@ async fn fail(
     Err(err)
 }
 
-/// ExternalSecrets that write a given Secret (same namespace, `spec.target.name`).
-pub fn external_secrets_for_secret(
-    store: &Store<ExternalSecret>,
-    namespace: &str,
-    name: &str,
-) -> Vec<ObjectRef<ExternalSecret>> {
-    store
-        .state()
-        .iter()
-        .filter(|es| es.namespace().as_deref() == Some(namespace) && es.target_secret_name() == name)
-        .map(|es| ObjectRef::from_obj(es.as_ref()))
-        .collect()
-}
-
 /// ExternalSecrets that use a store.
 pub fn external_secrets_for_store(
     store: &Store<ExternalSecret>,
@@ -732,6 +719,9 @@ pub async fn run(
     };
     // Turns true once the reflector has applied the first full listing (for the Ready census).
     let (listed_tx, mut listed_rx) = tokio::sync::watch::channel(false);
+    // Which ExternalSecrets write which Secret, for the Secret watch (kept from the same events).
+    let targets = targets::TargetIndex::default();
+    let targets_writer = targets.clone();
     let es_stream = kube::runtime::WatchStreamExt::reflect(
         kube::runtime::WatchStreamExt::modify(
             kube::runtime::WatchStreamExt::default_backoff(decoded),
@@ -740,6 +730,9 @@ pub async fn run(
         writer,
     )
     .inspect(move |event| {
+        if let Ok(event) = event {
+            targets_writer.apply(event);
+        }
         // `reflect` yields an event after applying it: the store holds the listing now.
         if matches!(event, Ok(watcher::Event::InitDone)) {
             tracing::debug!("ExternalSecret watch: first listing in the cache");
@@ -751,11 +744,10 @@ pub async fn run(
             .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
             .reconcile_on(wake_rx);
     let reader = controller.store();
-    let by_secret = reader.clone();
     let by_store = reader.clone();
     let mut controller = controller
         .watches(secret_api, secret_cfg, move |s: Secret| {
-            external_secrets_for_secret(&by_secret, &s.namespace().unwrap_or_default(), &s.name_any())
+            targets.writers(&s.namespace().unwrap_or_default(), &s.name_any())
         })
         .watches(
             ss_api,
