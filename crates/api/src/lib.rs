@@ -30,6 +30,9 @@ pub const VERSION_V1BETA1: &str = "v1beta1";
 
 /// Label keyferry puts on every Secret it manages; the controller watches only Secrets carrying it.
 pub const LABEL_MANAGED: &str = "reconcile.external-secrets.io/managed";
+/// ESO's label on Secrets of `creationPolicy: Owner`: a SHA3-224 (hex) of the owning ExternalSecret's
+/// `namespace/name`, by which the old Secret is found and deleted when `target.name` changes.
+pub const LABEL_OWNER: &str = "reconcile.external-secrets.io/created-by";
 /// Label naming the tool that manages a Secret.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Annotation carrying the content hash of the desired data (never the data itself).

@@ -14,9 +14,7 @@ use keyferry_api::names::{ObjectType, split_remote_key};
 use keyferry_sops::bundle::{self, BundleEntry, BundleMeta};
 use keyferry_sops::{AgeIdentity, Plaintext, SopsError};
 
-use crate::{
-    Existence, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient, metadata_json,
-};
+use crate::{Existence, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient};
 
 /// Why a bundle could not be served.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -166,16 +164,11 @@ impl SecretsClient for BreakGlassClient {
         }
         let props = properties(&held.meta);
         if remote.metadata_policy == Some(MetadataPolicy::Fetch) {
-            return Ok(RemoteValue {
-                value: metadata_json(&props),
-                version: props.version,
-            });
+            // Key Vault contents: ESO's Azure naming for `dataFrom.extract`.
+            return Ok(RemoteValue::azure_metadata(name, &props));
         }
         match (&held.value, held.meta.enabled) {
-            (Some(v), true) => Ok(RemoteValue {
-                value: v.clone(),
-                version: props.version,
-            }),
+            (Some(v), true) => Ok(RemoteValue::new(v.clone(), props.version)),
             _ => Err(ProviderError::Disabled {
                 key: remote.key.clone(),
                 store: self.store.clone(),

@@ -16,7 +16,7 @@ use keyferry_api::secret_store::FakeProvider;
 use crate::seed::VaultSeed;
 use crate::{
     Existence, MANAGED_BY_TAG, ProviderError, RemoteValue, SecretProperties, SecretValue, SecretsClient,
-    metadata_json, unix_now,
+    unix_now,
 };
 
 /// An in-memory store. Clones share the same contents.
@@ -262,10 +262,8 @@ impl SecretsClient for FakeStore {
             (FakeStore::properties(e, v), v.value.clone())
         })?;
         if fetch_metadata {
-            return Ok(RemoteValue {
-                value: metadata_json(&props),
-                version: props.version,
-            });
+            // Key Vault contents: ESO's Azure naming for `dataFrom.extract`.
+            return Ok(RemoteValue::azure_metadata(name, &props));
         }
         if !props.enabled {
             return Err(ProviderError::Disabled {
@@ -273,10 +271,7 @@ impl SecretsClient for FakeStore {
                 store: self.name.to_string(),
             });
         }
-        Ok(RemoteValue {
-            value,
-            version: props.version,
-        })
+        Ok(RemoteValue::new(value, props.version))
     }
 
     async fn get_all_secrets(&self, find: &FindRef) -> Result<BTreeMap<String, SecretValue>, ProviderError> {

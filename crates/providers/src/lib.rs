@@ -32,6 +32,31 @@ pub struct RemoteValue {
     pub value: SecretValue,
     /// The version id the store returned, if it has versions.
     pub version: Option<String>,
+    /// With `metadataPolicy: Fetch`, the keys `dataFrom.extract` makes of the metadata when the
+    /// provider names them its own way (Azure Key Vault: [`azure_tag_map`]); `None`: the members of
+    /// `value`.
+    pub extract_tags: Option<BTreeMap<String, SecretValue>>,
+}
+
+impl RemoteValue {
+    /// A value with its version (no extract naming of its own).
+    pub fn new(value: SecretValue, version: Option<String>) -> RemoteValue {
+        RemoteValue {
+            value,
+            version,
+            extract_tags: None,
+        }
+    }
+
+    /// `metadataPolicy: Fetch` on an Azure Key Vault secret: the metadata JSON, and ESO's
+    /// `<secret>_<tag>` keys for `dataFrom.extract`.
+    pub fn azure_metadata(secret: &str, props: &SecretProperties) -> RemoteValue {
+        RemoteValue {
+            value: metadata_json(props),
+            version: props.version.clone(),
+            extract_tags: Some(azure_tag_map(secret, &props.tags)),
+        }
+    }
 }
 
 /// What a store knows about a secret without reading its value.
@@ -232,6 +257,28 @@ pub fn metadata_json(props: &SecretProperties) -> SecretValue {
     SecretValue::new(serde_json::Value::Object(map).to_string().into_bytes())
 }
 
+/// ESO's Azure provider (`getSecretTags`, used by `dataFrom.extract` with `metadataPolicy: Fetch`):
+/// each tag as `<secret>_<tag>`; a tag whose value is a JSON object of strings becomes one key per
+/// member, `<secret>_<tag>_<member>` (Go's `json.Unmarshal` into `map[string]string`, so `null` and `{}`
+/// give no key, and an object with a non-string member stays one key with the raw text).
+pub fn azure_tag_map(secret: &str, tags: &BTreeMap<String, String>) -> BTreeMap<String, SecretValue> {
+    let mut out = BTreeMap::new();
+    for (tag, value) in tags {
+        let name = format!("{secret}_{tag}");
+        match serde_json::from_str::<Option<BTreeMap<String, String>>>(value) {
+            Ok(members) => {
+                for (k, v) in members.unwrap_or_default() {
+                    out.insert(format!("{name}_{k}"), SecretValue::new(v.into_bytes()));
+                }
+            }
+            Err(_) => {
+                out.insert(name, SecretValue::new(value.as_bytes().to_vec()));
+            }
+        }
+    }
+    out
+}
+
 /// Whether a secret's name and tags satisfy a `find` (the regexp must already be compiled).
 pub fn find_matches(
     name_regexp: Option<&regex::Regex>,
@@ -314,4 +361,39 @@ pub fn compile_find_regexp(find: &FindRef) -> Result<Option<regex::Regex>, Provi
             })
         })
         .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_tag_map_follows_esos_get_secret_tags() {
+        let tags: BTreeMap<String, String> = [
+            ("plain", "v"),
+            ("obj", r#" {"a": "1", "b": "2"} "#),
+            ("mixed", r#"{"a": 1}"#),
+            ("arr", r#"["x"]"#),
+            ("nul", "null"),
+            ("empty", "{}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let got: BTreeMap<String, String> = azure_tag_map("s", &tags)
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(v.expose()).into_owned()))
+            .collect();
+        let want: BTreeMap<String, String> = [
+            ("s_plain", "v"),
+            ("s_obj_a", "1"),
+            ("s_obj_b", "2"),
+            ("s_mixed", r#"{"a": 1}"#),
+            ("s_arr", r#"["x"]"#),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -186,36 +186,55 @@ impl<'a> State<'a> {
                     ..
                 } => {
                     let f = format!("{field}.extract");
+                    let read_index = read;
                     let Some((read, value)) = self.read(*read, &f)? else {
                         continue;
                     };
                     let key = &read.remote.key;
-                    // Values keep the bytes they were stored with (ESO decodes into json.RawMessage).
-                    let json = property::parse_raw(value.expose()).map_err(|_| {
-                        bad_value(self.esr, &f, key, "is not JSON (extract needs a JSON object)")
-                    })?;
-                    let selected = match property {
-                        Some(p) => property::select_raw(json, p, *metadata)
-                            .map_err(|e| missing_property(self.esr, &format!("{f}.property"), p, key, &e))?,
-                        None => json,
+                    let fetched: &'a Fetched = self.fetched;
+                    let tags = match &fetched.reads[*read_index] {
+                        ReadOutcome::Found(v) if *metadata => v.extract_tags.as_ref(),
+                        _ => None,
                     };
-                    let Some(map) = property::object_members(selected) else {
-                        let what = format!(
-                            "is {}, not a JSON object (extract needs one)",
-                            property::raw_kind(selected)
-                        );
-                        return Err(bad_value(self.esr, &f, key, &what));
-                    };
-                    let mut out = Vec::with_capacity(map.len());
-                    for (k, v) in map {
-                        let bytes = property::extract_bytes(v);
-                        let name = format!("{key}/{k}");
-                        let bytes =
-                            self.decode(*decoding, &bytes, &format!("{f}.decodingStrategy"), &name)?;
-                        self.null_check(*null_bytes, &bytes, &format!("{f}.nullBytePolicy"), &name)?;
-                        out.push((k, SecretValue::new(bytes)));
+                    if let Some(tags) = tags {
+                        let mut out = Vec::with_capacity(tags.len());
+                        for (k, v) in azure_extract(tags, key, property.as_deref()) {
+                            let name = format!("{key}/{k}");
+                            let bytes =
+                                self.decode(*decoding, v.expose(), &format!("{f}.decodingStrategy"), &name)?;
+                            self.null_check(*null_bytes, &bytes, &format!("{f}.nullBytePolicy"), &name)?;
+                            out.push((k, SecretValue::new(bytes)));
+                        }
+                        out
+                    } else {
+                        // Values keep the bytes they were stored with (ESO decodes into json.RawMessage).
+                        let json = property::parse_raw(value.expose()).map_err(|_| {
+                            bad_value(self.esr, &f, key, "is not JSON (extract needs a JSON object)")
+                        })?;
+                        let selected = match property {
+                            Some(p) => property::select_raw(json, p, *metadata).map_err(|e| {
+                                missing_property(self.esr, &format!("{f}.property"), p, key, &e)
+                            })?,
+                            None => json,
+                        };
+                        let Some(map) = property::object_members(selected) else {
+                            let what = format!(
+                                "is {}, not a JSON object (extract needs one)",
+                                property::raw_kind(selected)
+                            );
+                            return Err(bad_value(self.esr, &f, key, &what));
+                        };
+                        let mut out = Vec::with_capacity(map.len());
+                        for (k, v) in map {
+                            let bytes = property::extract_bytes(v);
+                            let name = format!("{key}/{k}");
+                            let bytes =
+                                self.decode(*decoding, &bytes, &format!("{f}.decodingStrategy"), &name)?;
+                            self.null_check(*null_bytes, &bytes, &format!("{f}.nullBytePolicy"), &name)?;
+                            out.push((k, SecretValue::new(bytes)));
+                        }
+                        out
                     }
-                    out
                 }
                 DataFromSource::Find { find, decoding, .. } => {
                     let f = format!("{field}.find");
@@ -598,4 +617,28 @@ fn scalar(v: &serde_yaml_ng::Value) -> Option<String> {
         serde_yaml_ng::Value::Null => Some(String::new()),
         _ => None,
     }
+}
+
+/// ESO's Azure `getSecretMapProperties` over the provider's `<secret>_<tag>` map: every entry, or with
+/// a `property` the single key `<remoteRef.key>_<property>` — that tag, or a gjson path into the tag
+/// named before its first `.`, and an empty value when neither exists (ESO ignores the error).
+fn azure_extract(
+    tags: &BTreeMap<String, SecretValue>,
+    key: &str,
+    property: Option<&str>,
+) -> Vec<(String, SecretValue)> {
+    let Some(p) = property.filter(|p| !p.is_empty()) else {
+        return tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    };
+    let wanted = format!("{key}_{p}");
+    let value = tags.get(&wanted).cloned().or_else(|| {
+        let (tag, path) = wanted.split_once('.').filter(|(tag, _)| !tag.is_empty())?;
+        let held = tags.get(tag)?;
+        // gjson: the path first, then the whole rest as one (dotted) key.
+        property::select(held.expose(), path, false)
+            .or_else(|_| property::select(held.expose(), path, true))
+            .ok()
+            .map(SecretValue::new)
+    });
+    vec![(wanted, value.unwrap_or_else(|| SecretValue::new(Vec::new())))]
 }

@@ -40,6 +40,19 @@ async fn no_error_or_debug_output_contains_a_value() {
             &format!(r#"{{"k":"{CANARY}","n":{{"x":"{CANARY}"}},"list":["{CANARY}"]}}"#),
         ),
         ("b64", &b64),
+        // A JWK and a PEM block whose fields/body are the canary (base64 of it, for the PEM).
+        (
+            "jwk",
+            &format!(r#"{{"kty":"RSA","n":"{CANARY}","e":"{CANARY}"}}"#),
+        ),
+        (
+            "jwk-ec",
+            &format!(r#"{{"kty":"EC","crv":"{CANARY}","x":"{CANARY}","d":"{CANARY}"}}"#),
+        ),
+        (
+            "pem",
+            &format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n"),
+        ),
         ("string-json", &format!(r#""{CANARY}""#)),
         ("bad-b64", &format!("{CANARY}$$")),
         (
@@ -74,6 +87,18 @@ async fn no_error_or_debug_output_contains_a_value() {
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: '{{ .a }}: [1]'}]}}\n",
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: 'k: {{ .a }}: ['}]}}\n",
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {templateFrom: [{literal: '- {{ .a }}'}]}}\n",
+        // certificate/key functions over values: bad PEM, wrong password, bad JWK
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ .a | filterPEM \"CERTIFICATE\" }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ .a | filterCertChain \"leaf\" }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ .a | pkcs12keyPass .a }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ .a | pkcs12certPass .a }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ pemToPkcs12Pass .a .a .a }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ fullPemToPkcs12 .a .a }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {data: {x: '{{ .a | jwkPublicKeyPem }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: json}}\ntarget: {template: {data: {x: '{{ .a | jwkPrivateKeyPem }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: jwk}}\ntarget: {template: {data: {x: '{{ .a | jwkPublicKeyPem }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: jwk-ec}}\ntarget: {template: {data: {x: '{{ .a | jwkPrivateKeyPem }}'}}}\n",
+        "data:\n- {secretKey: a, remoteRef: {key: pem}}\ntarget: {template: {data: {x: '{{ .a | filterCertChain \"leaf\" }}'}}}\n",
         // templated metadata the apiserver would refuse: refused here, naming the key only
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {metadata: {labels: {l: '{{ .a }}'}}}}\n",
         "data:\n- {secretKey: a, remoteRef: {key: plain}}\ntarget: {template: {metadata: {labels: {'{{ .a }}': x}}}}\n",

@@ -282,8 +282,52 @@ dataFrom:
     let got = strings(&run(&e, &s).await.unwrap());
     assert_eq!(got["owner"], "team-a");
     assert!(got["created"].parse::<i64>().is_ok());
-    assert_eq!(got["tag_env"], "prod");
+    // As ESO's Azure provider: extract names tags `<secret>_<tag>`, without `attribute.*`.
+    assert_eq!(got["tag_cert_env"], "prod");
+    assert_eq!(got["tag_cert_owner"], "team-a");
+    assert!(!got.keys().any(|k| k.contains("attribute")), "{got:?}");
     assert!(!got.values().any(|v| v.contains("value-not-read")));
+}
+
+#[tokio::test]
+async fn metadata_extract_names_tags_as_esos_azure_provider() {
+    let s = store(&[]);
+    set_tagged(
+        &s,
+        "cfg",
+        "value-not-read",
+        &[
+            ("plain", "p"),
+            ("json", r#"{"a":"1","b":"2"}"#),
+            ("mixed", r#"{"n":1}"#),
+            ("nul", "null"),
+        ],
+    );
+    let e = es(&format!(
+        "{STORE}dataFrom:
+- extract: {{key: cfg, metadataPolicy: Fetch}}
+- extract: {{key: cfg, metadataPolicy: Fetch, property: plain}}
+  rewrite: [{{regexp: {{source: '^', target: 'one-'}}}}]
+- extract: {{key: cfg, metadataPolicy: Fetch, property: mixed.n}}
+  rewrite: [{{regexp: {{source: '^', target: 'path-'}}}}]
+- extract: {{key: cfg, metadataPolicy: Fetch, property: nope}}
+  rewrite: [{{regexp: {{source: '^', target: 'none-'}}}}]
+"
+    ));
+    let got = strings(&run(&e, &s).await.unwrap());
+    let want: BTreeMap<String, String> = [
+        ("cfg_plain", "p"),
+        ("cfg_json_a", "1"),
+        ("cfg_json_b", "2"),
+        ("cfg_mixed", r#"{"n":1}"#),
+        ("one-cfg_plain", "p"),
+        ("path-cfg_mixed.n", "1"),
+        ("none-cfg_nope", ""),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(got, want);
 }
 
 #[tokio::test]

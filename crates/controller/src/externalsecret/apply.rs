@@ -80,6 +80,22 @@ pub async fn delete_secret(
     }
 }
 
+/// The metadata (no data) of the namespace's Secrets labelled as created by an ExternalSecret
+/// (`reconcile.external-secrets.io/created-by=<label>`).
+pub async fn list_created_by(
+    ctx: &Context,
+    namespace: &str,
+    label: &str,
+) -> Result<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>, ReconcileError> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let lp = kube::api::ListParams::default().labels(&format!("{}={label}", keyferry_api::LABEL_OWNER));
+    let list = api
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| ReconcileError::kube(format!("listing Secrets in {namespace}"), &e))?;
+    Ok(list.items.into_iter().map(|m| m.metadata).collect())
+}
+
 /// Writes the status (server-side apply on the status subresource) if it differs from the current.
 /// Returns whether a write happened.
 pub async fn write_status(

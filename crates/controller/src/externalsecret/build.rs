@@ -3,9 +3,10 @@
 //! immutability and ownership lives here.
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta as Meta;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use keyferry_api::external_secret::{CreationPolicy, DeletionPolicy};
-use keyferry_api::{ANNOTATION_DATA_HASH, ExternalSecret, FIELD_MANAGER};
+use keyferry_api::{ANNOTATION_DATA_HASH, ExternalSecret, FIELD_MANAGER, LABEL_OWNER};
 use keyferry_sync::DesiredSecret;
 use kube::ResourceExt;
 
@@ -72,6 +73,52 @@ pub fn owner_reference(es: &ExternalSecret) -> OwnerReference {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// ESO's `reconcile.external-secrets.io/created-by` value: SHA3-224 (hex, 56 characters) of the
+/// ExternalSecret's `namespace/name` (ESO's `utils.ObjectHash` of that string).
+pub fn owner_label(es: &ExternalSecret) -> String {
+    use sha3::Digest;
+    let id = format!("{}/{}", es.namespace().unwrap_or_default(), es.name_any());
+    hex::encode(sha3::Sha3_224::digest(id.as_bytes()))
+}
+
+/// Whether the Secrets an earlier `target.name` left behind must be looked for: under
+/// `creationPolicy: Owner`, when the status binds another Secret than the target, or none yet (the
+/// first sync, or one after a migration from ESO). Otherwise no list call is made.
+pub fn orphan_check_due(es: &ExternalSecret, target: &TargetSettings) -> bool {
+    target.creation == CreationPolicy::Owner
+        && es
+            .status
+            .as_ref()
+            .and_then(|s| s.binding.as_ref())
+            .is_none_or(|b| b.name != target.name)
+}
+
+/// The Secrets to delete after a `target.name` change (ESO's `deleteOrphanedSecrets`): those labelled
+/// as created by this ExternalSecret, other than the target, and not controlled by another object.
+/// `listed` is the namespace's Secrets carrying the label; returns (name, uid) pairs.
+pub fn orphaned_secrets(
+    es: &ExternalSecret,
+    target: &TargetSettings,
+    listed: &[Meta],
+) -> Vec<(String, String)> {
+    let label = owner_label(es);
+    let es_uid = es.uid().unwrap_or_default();
+    listed
+        .iter()
+        .filter(|m| m.labels.as_ref().and_then(|l| l.get(LABEL_OWNER)) == Some(&label))
+        .filter(|m| m.name.as_deref().is_some_and(|n| n != target.name))
+        .filter(|m| {
+            // A Secret another object controls is not ours to delete, whatever its label says.
+            m.owner_references
+                .iter()
+                .flatten()
+                .filter(|r| r.controller == Some(true))
+                .all(|r| r.uid == es_uid)
+        })
+        .filter_map(|m| Some((m.name.clone()?, m.uid.clone()?)))
+        .collect()
 }
 
 /// Decides how to write the desired Secret.
@@ -152,10 +199,11 @@ pub fn plan_write(
     }
     let wants_owner = target.creation == CreationPolicy::Owner;
     let owner_ok = !wants_owner || current.controller_uid.as_deref() == Some(es_uid.as_str());
-    let metadata_ok = desired
-        .labels
-        .iter()
-        .all(|(k, v)| current.labels.get(k) == Some(v))
+    let mut labels = desired.labels.clone();
+    if wants_owner {
+        labels.insert(LABEL_OWNER.to_owned(), owner_label(es));
+    }
+    let metadata_ok = labels.iter().all(|(k, v)| current.labels.get(k) == Some(v))
         && desired
             .annotations
             .iter()
@@ -166,6 +214,7 @@ pub fn plan_write(
     }
     let mut secret = desired.to_secret(true);
     secret.metadata.namespace = Some(target.namespace.clone());
+    secret.metadata.labels = Some(labels);
     if wants_owner {
         secret.metadata.owner_references = Some(vec![owner_reference(es)]);
     }
@@ -270,11 +319,13 @@ mod tests {
     }
 
     fn current_from(d: &DesiredSecret, controller: Option<&str>) -> TargetState {
+        let mut labels = d.labels.clone();
+        labels.insert(LABEL_OWNER.into(), owner_label(&es()));
         TargetState {
             exists: true,
             uid: Some("sec-uid".into()),
             resource_version: Some("1".into()),
-            labels: d.labels.clone(),
+            labels,
             annotations: d.annotations.clone(),
             type_: d.type_.clone(),
             immutable: false,
@@ -284,6 +335,98 @@ mod tests {
             controller: controller.map(|c| format!("ExternalSecret {c}")),
             values: super::super::dereference::ValueDigests::of(&d.data),
         }
+    }
+
+    #[test]
+    fn created_by_label_is_esos_sha3_of_namespace_and_name() {
+        // Python: hashlib.sha3_224(b"team/db").hexdigest()
+        assert_eq!(
+            owner_label(&es()),
+            "3f8e77b122b6269e76d99e5235f7957df870c8e5f31926fe41387c8c"
+        );
+        let owner = plan_write(
+            &es(),
+            &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+            &desired("v1"),
+            &TargetState::default(),
+        );
+        let Ok(WritePlan::Apply { secret, .. }) = owner else {
+            panic!("{owner:?}")
+        };
+        assert_eq!(secret.labels().get(LABEL_OWNER), Some(&owner_label(&es())));
+        // Only Owner Secrets carry it (ESO removes it otherwise).
+        let orphan = plan_write(
+            &es(),
+            &target(CreationPolicy::Orphan, DeletionPolicy::Retain),
+            &desired("v1"),
+            &TargetState::default(),
+        );
+        let Ok(WritePlan::Apply { secret, .. }) = orphan else {
+            panic!("{orphan:?}")
+        };
+        assert!(!secret.labels().contains_key(LABEL_OWNER));
+        // A Secret that lacks only the label (written before keyferry set it) is applied once.
+        let mut current = current_from(&desired("v1"), Some("es-uid"));
+        current.labels.remove(LABEL_OWNER);
+        assert!(matches!(
+            plan_write(
+                &es(),
+                &target(CreationPolicy::Owner, DeletionPolicy::Retain),
+                &desired("v1"),
+                &current
+            ),
+            Ok(WritePlan::Apply { .. })
+        ));
+    }
+
+    #[test]
+    fn orphans_are_the_labelled_secrets_other_than_the_target() {
+        let meta = |name: &str, label: Option<&str>, controller: Option<&str>| Meta {
+            name: Some(name.into()),
+            uid: Some(format!("{name}-uid")),
+            labels: label.map(|l| [(LABEL_OWNER.to_owned(), l.to_owned())].into()),
+            owner_references: controller.map(|uid| {
+                vec![OwnerReference {
+                    uid: uid.into(),
+                    controller: Some(true),
+                    ..owner_reference(&es())
+                }]
+            }),
+            ..Meta::default()
+        };
+        let mine = owner_label(&es());
+        let listed = [
+            meta("db-secret", Some(&mine), Some("es-uid")), // the target: kept
+            meta("old-name", Some(&mine), Some("es-uid")),  // renamed away: deleted
+            meta("older", Some(&mine), None),               // ESO-written, no owner: deleted
+            meta("other-es", Some(&mine), Some("x-uid")),   // another controller: kept
+            meta("unlabelled", None, Some("es-uid")),       // not labelled by this ES: kept
+            meta("foreign", Some("0000"), Some("es-uid")),  // another ES's label: kept
+        ];
+        let t = target(CreationPolicy::Owner, DeletionPolicy::Retain);
+        assert_eq!(
+            orphaned_secrets(&es(), &t, &listed),
+            vec![
+                ("old-name".to_owned(), "old-name-uid".to_owned()),
+                ("older".to_owned(), "older-uid".to_owned())
+            ]
+        );
+        // The list is made only when the status binds another Secret, or none.
+        let mut bound = es();
+        assert!(orphan_check_due(&bound, &t));
+        bound.status = Some(keyferry_api::external_secret::ExternalSecretStatus {
+            binding: Some(keyferry_api::external_secret::LocalObjectReference {
+                name: "db-secret".into(),
+            }),
+            ..Default::default()
+        });
+        assert!(!orphan_check_due(&bound, &t));
+        bound.status.as_mut().unwrap().binding.as_mut().unwrap().name = "old-name".into();
+        assert!(orphan_check_due(&bound, &t));
+        assert!(!orphan_check_due(
+            &bound,
+            &target(CreationPolicy::Orphan, DeletionPolicy::Retain)
+        ));
     }
 
     #[test]

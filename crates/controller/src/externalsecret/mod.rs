@@ -245,6 +245,22 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
             None
         }
     };
+    // ESO's deleteOrphanedSecrets: after a `target.name` change, the Owner Secret of the old name
+    // goes (found by its created-by label). Before the status binds the new name, so that a failure
+    // here is retried on the next reconcile.
+    if build::orphan_check_due(es, target) {
+        let listed = match apply::list_created_by(ctx, &target.namespace, &build::owner_label(es)).await {
+            Ok(l) => l,
+            Err(e) => return fail(ctx, es, &meta, e).await,
+        };
+        for (name, secret_uid) in build::orphaned_secrets(es, target, &listed) {
+            if let Err(e) = apply::delete_secret(ctx, &target.namespace, &name, &secret_uid).await {
+                return fail(ctx, es, &meta, e).await;
+            }
+            tracing::info!(namespace = %target.namespace, secret = %name, externalsecret = %es.name_any(), "deleted the Secret of a previous target.name");
+            ctx.metrics.secret_write("deleted");
+        }
+    }
     let secret_name = (target.creation != CreationPolicy::None).then(|| target.name.clone());
     let outcome = Outcome::Synced {
         secret: secret_name,

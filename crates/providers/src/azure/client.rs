@@ -182,10 +182,9 @@ impl AzureProvider {
             if let Some(mut v) = value {
                 v.zeroize();
             }
-            return Ok(RemoteValue {
-                value: metadata_json(&props),
-                version: props.version,
-            });
+            // ESO's `GetSecretMap` names tags `<secret>_<tag>` (for secrets only: it refuses
+            // `dataFrom` on keys and certificates).
+            return Ok(RemoteValue::azure_metadata(name, &props));
         }
         if !props.enabled {
             // AKV answers 403 SecretDisabled itself; this guards servers that return the bundle.
@@ -193,10 +192,7 @@ impl AzureProvider {
         }
         let value = value.ok_or_else(|| self.malformed(key, "no value"))?;
         // `SecretValue::from(String)` moves the buffer, so no unzeroed copy is left behind.
-        Ok(RemoteValue {
-            value: SecretValue::from(value),
-            version: props.version,
-        })
+        Ok(RemoteValue::new(SecretValue::from(value), props.version))
     }
 
     async fn get_key_object(
@@ -222,10 +218,7 @@ impl AzureProvider {
         let props = properties(jwk.kid.as_deref(), attrs, bundle.tags.as_ref(), None)
             .ok_or_else(|| self.malformed(key, "no usable kid"))?;
         if fetch_meta {
-            return Ok(RemoteValue {
-                value: metadata_json(&props),
-                version: props.version,
-            });
+            return Ok(RemoteValue::new(metadata_json(&props), props.version));
         }
         if !props.enabled {
             return Err(self.disabled(key));
@@ -236,10 +229,7 @@ impl AzureProvider {
             (None, None, None, None, None, None, None, None);
         let json =
             serde_json::to_vec(&jwk).map_err(|_| self.malformed(key, "key not serializable as JWK"))?;
-        Ok(RemoteValue {
-            value: SecretValue::new(json),
-            version: props.version,
-        })
+        Ok(RemoteValue::new(SecretValue::new(json), props.version))
     }
 
     async fn get_certificate_object(
@@ -269,19 +259,13 @@ impl AzureProvider {
         )
         .ok_or_else(|| self.malformed(key, "no usable id"))?;
         if fetch_meta {
-            return Ok(RemoteValue {
-                value: metadata_json(&props),
-                version: props.version,
-            });
+            return Ok(RemoteValue::new(metadata_json(&props), props.version));
         }
         if !props.enabled {
             return Err(self.disabled(key));
         }
         let der = cert.cer.ok_or_else(|| self.malformed(key, "no cer"))?;
-        Ok(RemoteValue {
-            value: SecretValue::new(der),
-            version: props.version,
-        })
+        Ok(RemoteValue::new(SecretValue::new(der), props.version))
     }
 
     /// Collects a listing into our properties, within [`MAX_LISTED_ITEMS`] and

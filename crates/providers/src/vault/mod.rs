@@ -772,10 +772,10 @@ impl SecretsClient for VaultProvider {
             let json = serde_json::to_vec(&tags).map_err(|e| ProviderError::Invalid {
                 detail: format!("{}: custom_metadata: {e}", self.inner.label),
             })?;
-            return Ok(RemoteValue {
-                value: SecretValue::new(json),
-                version: Some(meta.current_version.to_string()),
-            });
+            return Ok(RemoteValue::new(
+                SecretValue::new(json),
+                Some(meta.current_version.to_string()),
+            ));
         }
         let url = match self.inner.version {
             VaultKvVersion::V2 => {
@@ -819,10 +819,10 @@ impl SecretsClient for VaultProvider {
                 };
                 let data = data.ok_or_else(|| self.not_found(&remote.key))?;
                 let json = zeroize::Zeroizing::new(serde_json::Value::Object(data).to_string());
-                Ok(RemoteValue {
-                    value: SecretValue::new(json.as_bytes().to_vec()),
-                    version: version.map(|v| v.to_string()),
-                })
+                Ok(RemoteValue::new(
+                    SecretValue::new(json.as_bytes().to_vec()),
+                    version.map(|v| v.to_string()),
+                ))
             }
             _ => Err(self.failure("read", &answer)),
         }

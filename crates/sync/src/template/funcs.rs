@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use super::crypto;
 use super::eval::{MAX_VALUE, Value};
 use crate::decode::{b64_decode, b64_encode};
 
@@ -48,9 +49,19 @@ funcs! {
     Required = "required", Indent = "indent", Nindent = "nindent", Contains = "contains",
     HasPrefix = "hasPrefix", HasSuffix = "hasSuffix", Join = "join", Split = "splitList", List = "list",
     Dict = "dict", Sha256sum = "sha256sum", Coalesce = "coalesce", Ternary = "ternary",
+    // ESO's certificate and key functions (crypto.rs)
+    Pkcs12Key = "pkcs12key", Pkcs12KeyPass = "pkcs12keyPass", Pkcs12Cert = "pkcs12cert",
+    Pkcs12CertPass = "pkcs12certPass", PemToPkcs12 = "pemToPkcs12", PemToPkcs12Pass = "pemToPkcs12Pass",
+    FullPemToPkcs12 = "fullPemToPkcs12", FullPemToPkcs12Pass = "fullPemToPkcs12Pass",
+    FilterPem = "filterPEM", FilterCertChain = "filterCertChain",
+    JwkPublicKeyPem = "jwkPublicKeyPem", JwkPrivateKeyPem = "jwkPrivateKeyPem",
 }
 
 type R = Result<Value, String>;
+
+fn err(e: crypto::CryptoError) -> String {
+    e.to_string()
+}
 
 fn arity(args: &[Value], n: usize) -> Result<(), String> {
     if args.len() == n {
@@ -393,6 +404,53 @@ pub(crate) fn call(f: Func, args: Vec<Value>, literal: &[bool]) -> R {
         Func::Ternary => {
             arity(a, 3)?;
             if a[2].truthy() { a[0].clone() } else { a[1].clone() }
+        }
+        Func::Pkcs12Key | Func::Pkcs12KeyPass | Func::Pkcs12Cert | Func::Pkcs12CertPass => {
+            // ESO's order: `pkcs12keyPass pass input`, so the piped archive comes last.
+            let (pass, input) = if matches!(f, Func::Pkcs12Key | Func::Pkcs12Cert) {
+                arity(a, 1)?;
+                (Cow::Borrowed(""), &a[0])
+            } else {
+                arity(a, 2)?;
+                (text(&a[0])?, &a[1])
+            };
+            let input = bytes(input)?;
+            if matches!(f, Func::Pkcs12Key | Func::Pkcs12KeyPass) {
+                Value::from_bytes(crypto::pkcs12_key(&pass, &input).map_err(err)?.to_vec())
+            } else {
+                Value::from_bytes(crypto::pkcs12_cert(&pass, &input).map_err(err)?)
+            }
+        }
+        Func::PemToPkcs12 | Func::PemToPkcs12Pass | Func::FullPemToPkcs12 | Func::FullPemToPkcs12Pass => {
+            let with_pass = matches!(f, Func::PemToPkcs12Pass | Func::FullPemToPkcs12Pass);
+            arity(a, if with_pass { 3 } else { 2 })?;
+            let pass = if with_pass {
+                text(&a[2])?
+            } else {
+                Cow::Borrowed("")
+            };
+            let full = matches!(f, Func::FullPemToPkcs12 | Func::FullPemToPkcs12Pass);
+            str_value(crypto::pem_to_pkcs12(&bytes(&a[0])?, &bytes(&a[1])?, &pass, full).map_err(err)?)
+        }
+        Func::FilterPem => {
+            arity(a, 2)?;
+            Value::from_bytes(
+                crypto::filter_pem(&text(&a[0])?, &bytes(&a[1])?)
+                    .map_err(err)?
+                    .to_vec(),
+            )
+        }
+        Func::FilterCertChain => {
+            arity(a, 2)?;
+            Value::from_bytes(crypto::filter_cert_chain(&text(&a[0])?, &bytes(&a[1])?).map_err(err)?)
+        }
+        Func::JwkPublicKeyPem => {
+            arity(a, 1)?;
+            Value::from_bytes(crypto::jwk_public_key_pem(&bytes(&a[0])?).map_err(err)?)
+        }
+        Func::JwkPrivateKeyPem => {
+            arity(a, 1)?;
+            Value::from_bytes(crypto::jwk_private_key_pem(&bytes(&a[0])?).map_err(err)?.to_vec())
         }
     };
     checked(v)

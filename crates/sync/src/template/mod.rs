@@ -20,6 +20,7 @@
 //!
 //! Semantics: a missing map key is an error (ESO runs templates with `missingkey=error`).
 
+mod crypto;
 mod eval;
 mod funcs;
 mod lexer;
@@ -113,5 +114,7 @@ pub fn function_names() -> &'static [&'static str] {
     funcs::Func::NAMES
 }
 
+#[cfg(test)]
+mod crypto_tests;
 #[cfg(test)]
 mod tests;
