@@ -333,36 +333,16 @@ fn deleting_the_external_secret_collects_owner_and_keeps_orphan() {
 #[test]
 fn a_renamed_owner_target_deletes_the_old_secret() {
     run(async {
-        let env = env().await;
-        let client = env.client();
-        let ns = TestNamespace::create(&client, "rename", &[])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        apply(
-            &Api::namespaced(client.clone(), &ns.name),
-            &fake_store(&ns.name, "vault", &[("k", "v")]),
-        )
-        .await;
-        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &ns.name);
-        let target =
-            |name: &str, policy: &str| format!("  target:\n    name: {name}\n    creationPolicy: {policy}\n");
-        apply(
-            &ess,
-            &es_yaml(&ns.name, "app", "vault", &target("first", "Owner"), &[("k", "k")]),
-        )
-        .await;
-        apply(
-            &ess,
-            &es_yaml(
-                &ns.name,
-                "keep",
-                "vault",
-                &target("kept-1", "Orphan"),
-                &[("k", "k")],
-            ),
-        )
-        .await;
-        let first = wait_secret_value(&client, &ns.name, "first", "k", "v").await;
+        let fx = Fixture::new("rename").await;
+        fx.fake_store("vault", &[("k", "v")]).await;
+        let writes = |es: &str, target: &str, policy: &str| {
+            fx.es(es)
+                .key("k", "k")
+                .spec(json!({"target": {"name": target, "creationPolicy": policy}}))
+        };
+        writes("app", "first", "Owner").apply().await;
+        writes("keep", "kept-1", "Orphan").apply().await;
+        let first = fx.wait_value("first", "k", "v").await;
         // ESO's value: SHA3-224 of "<namespace>/app".
         let label = first
             .labels()
@@ -370,55 +350,25 @@ fn a_renamed_owner_target_deletes_the_old_secret() {
             .cloned()
             .unwrap_or_default();
         assert_eq!(label.len(), 56, "created-by label: {:?}", first.labels());
-        wait_secret_value(&client, &ns.name, "kept-1", "k", "v").await;
         assert!(
-            !wait_secret_value(&client, &ns.name, "kept-1", "k", "v")
+            !fx.wait_value("kept-1", "k", "v")
                 .await
                 .labels()
                 .contains_key(keyferry_api::LABEL_OWNER)
         );
-        wait_ready(&client, &ns.name, "app", "True", "SecretSynced").await;
+        fx.wait_ready("app", "True", "SecretSynced").await;
 
-        apply(
-            &ess,
-            &es_yaml(
-                &ns.name,
-                "app",
-                "vault",
-                &target("second", "Owner"),
-                &[("k", "k")],
-            ),
-        )
-        .await;
-        apply(
-            &ess,
-            &es_yaml(
-                &ns.name,
-                "keep",
-                "vault",
-                &target("kept-2", "Orphan"),
-                &[("k", "k")],
-            ),
-        )
-        .await;
-        let second = wait_secret_value(&client, &ns.name, "second", "k", "v").await;
+        writes("app", "second", "Owner").apply().await;
+        writes("keep", "kept-2", "Orphan").apply().await;
+        let second = fx.wait_value("second", "k", "v").await;
         assert_eq!(second.labels().get(keyferry_api::LABEL_OWNER), Some(&label));
-        wait_secret_value(&client, &ns.name, "kept-2", "k", "v").await;
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-        let gone = eventually(Duration::from_secs(30), || {
-            let secrets = secrets.clone();
-            async move { secrets.get_opt("first").await.ok()?.is_none().then_some(()) }
-        })
-        .await;
+        fx.wait_value("kept-2", "k", "v").await;
+        fx.wait_secret_gone("first").await;
         assert!(
-            gone.is_some(),
-            "the Secret of the old target.name must be deleted"
-        );
-        assert!(
-            secrets.get_opt("kept-1").await.ok().flatten().is_some(),
+            fx.secret_data("kept-1").await.is_some(),
             "an Orphan ExternalSecret's old Secret must stay"
         );
-        ns.cleanup().await;
+        fx.cleanup().await;
     });
 }
 

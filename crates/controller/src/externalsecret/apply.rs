@@ -40,6 +40,12 @@ pub async fn apply_secret(
         )
         .await
         .map_err(|e| ReconcileError::kube(format!("applying Secret {ns}/{name}"), &e))?;
+    ctx.own_writes.record(
+        crate::echo::Written::Secret,
+        &ns,
+        &name,
+        applied.resource_version().as_deref(),
+    );
     Ok(Applied {
         changed: applied.resource_version().as_deref() != previous_resource_version,
         data_hash: super::dereference::TargetState::from_secret(&applied).data_hash,
@@ -115,7 +121,15 @@ pub async fn write_status(
         "status": status,
     });
     match crate::error::apply_status(&api, &name, &PatchParams::apply(FIELD_MANAGER).force(), &body).await {
-        Ok(_) => Ok(true),
+        Ok(written) => {
+            ctx.own_writes.record(
+                crate::echo::Written::ExternalSecretStatus,
+                &ns,
+                &name,
+                written.resource_version().as_deref(),
+            );
+            Ok(true)
+        }
         // Deleted meanwhile: nothing to report on.
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(ReconcileError::kube(
