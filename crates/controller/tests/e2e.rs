@@ -1750,3 +1750,85 @@ fn eso_metric_names_are_exported_per_object_and_dropped_with_it() {
         ns.cleanup().await;
     });
 }
+
+/// `templateFrom` ConfigMap and Secret sources: the Secret is rendered from them; editing the
+/// ConfigMap re-renders it within seconds (the refresh is hourly); a key the ExternalSecret needs
+/// going missing gives Ready=False naming the field and leaves the Secret as it was; putting the key
+/// back recovers at once (no backoff holds the fix).
+#[test]
+fn template_from_config_map_and_secret_render_and_follow_edits() {
+    run(async {
+        let env = env().await;
+        let client = env.client();
+        let ns = TestNamespace::create(&client, "tplfrom", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let n = ns.name.clone();
+        apply(
+            &Api::namespaced(client.clone(), &n),
+            &fake_store(&n, "vault", &[("user", "app"), ("password", "pw-1")]),
+        )
+        .await;
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &n);
+        let config_map = |data: &str| -> k8s_openapi::api::core::v1::ConfigMap {
+            yaml(&format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app-tpl, namespace: {n}}}\ndata:\n{data}"
+            ))
+        };
+        apply(
+            &cms,
+            &config_map("  app.properties: \"db.user={{ .user }}\\ndb.password={{ .password }}\"\n"),
+        )
+        .await;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &n);
+        apply(
+            &secrets,
+            &yaml(&format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: creds-tpl, namespace: {n}}}\nstringData:\n  pairs: \"conn: '{{{{ .user }}}}@db'\"\n"
+            )),
+        )
+        .await;
+        let ess: Api<ExternalSecret> = Api::namespaced(client.clone(), &n);
+        let template = "  refreshInterval: 1h\n  target:\n    template:\n      templateFrom:\n        - configMap:\n            name: app-tpl\n            items: [{key: app.properties}]\n        - secret:\n            name: creds-tpl\n            items: [{key: pairs, templateAs: KeysAndValues}]\n";
+        apply(
+            &ess,
+            &es_yaml(&n, "app", "vault", template, &[("user", "user"), ("password", "password")]),
+        )
+        .await;
+        wait_secret_value(&client, &n, "app", "app.properties", "db.user=app\ndb.password=pw-1").await;
+        let s = wait_secret_value(&client, &n, "app", "conn", "app@db").await;
+        let keys: Vec<&String> = s.data.as_ref().map(|d| d.keys().collect()).unwrap_or_default();
+        assert_eq!(keys, ["app.properties", "conn"], "only the templated keys");
+
+        // An edit of the ConfigMap re-renders the Secret without waiting for the hourly refresh.
+        apply(&cms, &config_map("  app.properties: \"user={{ .user }}\"\n")).await;
+        wait_secret_value(&client, &n, "app", "app.properties", "user=app").await;
+
+        // The key goes missing: Ready=False naming the field; the Secret keeps what it holds.
+        apply(&cms, &config_map("  other: \"x\"\n")).await;
+        let es = wait_ready(&client, &n, "app", "False", "SecretSyncedError").await;
+        let message = es
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .and_then(|c| c.message)
+            .unwrap_or_default();
+        assert!(
+            message.contains("spec.target.template.templateFrom[0].configMap.items[0].key")
+                && message.contains("ConfigMap app-tpl has no key \"app.properties\""),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+        let kept = secrets.get("app").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            kept.data.and_then(|d| d.get("app.properties").map(|v| v.0.clone())),
+            Some(b"user=app".to_vec()),
+            "a missing template key must never blank or change the Secret"
+        );
+
+        // The key is back: synced again at once.
+        apply(&cms, &config_map("  app.properties: \"back={{ .user }}\"\n")).await;
+        wait_secret_value(&client, &n, "app", "app.properties", "back=app").await;
+        wait_ready(&client, &n, "app", "True", "SecretSynced").await;
+        ns.cleanup().await;
+    });
+}

@@ -197,10 +197,16 @@ pub(crate) enum FromStep {
 
 impl TemplatePlan {
     /// Whether the template produces Secret data (otherwise the fetched data passes through, as in
-    /// ESO, and the template only sets type and metadata). As ESO, any `templateFrom` entry counts,
-    /// whatever its target.
+    /// ESO, and the template only sets type and metadata). Only Data-target `templateFrom` entries
+    /// count: ESO counts every entry, so a Labels/Annotations-only `templateFrom` empties its Secret,
+    /// which we take for an accident (crates/sync/README.md).
     pub fn produces_data(&self) -> bool {
-        !self.data.is_empty() || !self.from.is_empty()
+        !self.data.is_empty()
+            || self.from.iter().any(|step| match step {
+                FromStep::Literal { target, .. } | FromStep::Source { target, .. } => {
+                    *target == TemplateTarget::Data
+                }
+            })
     }
 }
 

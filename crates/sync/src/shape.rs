@@ -20,8 +20,9 @@
 //!    key's content (`Values`: under that key; `KeysAndValues`: as YAML `key: value` pairs), the
 //!    content coming from [`Fetched::templates`] (a missing object or key is an error naming the
 //!    field). With `mergePolicy: Replace` (default) the Secret holds only templated keys; with
-//!    `Merge`, templated keys are laid over the fetched ones. A template with neither `data` nor
-//!    `templateFrom` (only `type` or `metadata`) leaves the fetched data as it is (as ESO does).
+//!    `Merge`, templated keys are laid over the fetched ones. A template with neither `data` nor a
+//!    Data-target `templateFrom` entry leaves the fetched data as it is (ESO does this only when
+//!    `templateFrom` is empty; see `crates/sync/README.md`).
 //!
 //! Every resulting key must be a valid Secret key (`[-._a-zA-Z0-9]+`). Keys are ordered (BTreeMap).
 //!
@@ -455,9 +456,9 @@ struct Shaped {
 }
 
 /// Applies the template in ESO's order (`applyTemplate` in ESO's controller): the base data (the
-/// fetched keys with `mergePolicy: Merge` or when the template has neither `data` nor
-/// `templateFrom`), then `templateFrom[]` in order, then `template.data`, then the templated labels
-/// and annotations; later writes win.
+/// fetched keys with `mergePolicy: Merge` or when the template produces no data, see
+/// [`TemplatePlan::produces_data`]), then `templateFrom[]` in order, then `template.data`, then the
+/// templated labels and annotations; later writes win.
 fn apply_template(
     esr: &EsRef,
     tp: &TemplatePlan,

@@ -137,21 +137,22 @@ async fn labels_and_annotations_targets_and_metadata_wins_as_in_eso() {
 }
 
 #[tokio::test]
-async fn any_template_from_entry_replaces_the_fetched_data_unless_merge() {
-    // ESO's `noTemplate` is "no data and no templateFrom", whatever the entries' target.
-    let labels_only =
-        "    templateFrom:\n    - target: Labels\n      configMap: {name: tpl, items: [{key: tier}]}\n";
+async fn only_data_target_entries_replace_the_fetched_data() {
+    // ESO empties the Secret here (its `noTemplate` is "no data and no templateFrom"); keyferry keeps
+    // the fetched keys, as for literals (crates/sync/README.md).
+    let labels_only = "    templateFrom:\n    - target: Labels\n      configMap: {name: tpl, items: [{key: tier}]}\n";
     let d = run_with(&format!("target:\n  template:\n{labels_only}"), sources())
         .await
         .unwrap();
-    assert!(d.data.is_empty(), "{:?}", strings(&d));
+    assert_eq!(strings(&d).keys().collect::<Vec<_>>(), ["password", "user"]);
+    assert_eq!(d.labels["tier"], "app-tier");
     let d = run_with(
-        &format!("target:\n  template:\n    mergePolicy: Merge\n{labels_only}"),
+        "target:\n  template:\n    templateFrom:\n    - configMap: {name: tpl, items: [{key: tier}]}\n",
         sources(),
     )
     .await
     .unwrap();
-    assert_eq!(strings(&d).keys().collect::<Vec<_>>(), ["password", "user"]);
+    assert_eq!(strings(&d).keys().collect::<Vec<_>>(), ["tier"]);
 }
 
 #[tokio::test]

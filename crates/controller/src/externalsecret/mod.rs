@@ -4,7 +4,7 @@
 //! | step | module | client? |
 //! |---|---|---|
 //! | validate: plan the sync, check the target | [`validate`] | no |
-//! | dereference: target Secret state, stores (isolation, flood gate) | [`dereference`], [`crate::stores::resolve`] | yes |
+//! | dereference: target Secret state, stores (isolation, flood gate), `templateFrom` sources | [`dereference`], [`crate::stores::resolve`], [`sources`] | yes |
 //! | schedule: sync now or later (refreshInterval/Policy, jitter, force-sync) | [`crate::refresh`] | no |
 //! | build: fetch + shape through the resolved stores, then the apply object | [`build`] | vault only |
 //! | apply: server-side apply / deletionPolicy | [`apply`] | yes |
@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod sources;
 pub mod status;
 pub mod validate;
 
@@ -175,10 +176,19 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
             Err(e) => return fail(ctx, es, &meta, e.into()).await,
         };
 
+    // dereference: the templateFrom ConfigMaps and Secrets (a missing one fails in shape, by field)
+    let templates = match sources::read(ctx, &target.namespace, &validated.plan).await {
+        Ok(t) => t,
+        Err(e) => return fail(ctx, es, &meta, e).await,
+    };
+
     // build: read the vault and shape the desired Secret
     let t = Instant::now();
     let synced = match keyferry_sync::fetch(&validated.plan, &stores).await {
-        Ok(fetched) => keyferry_sync::shape_blocking(es, &validated.plan, &fetched).await,
+        Ok(mut fetched) => {
+            fetched.templates = templates;
+            keyferry_sync::shape_blocking(es, &validated.plan, &fetched).await
+        }
         Err(e) => Err(e),
     };
     ctx.metrics.synced(reason.as_str(), t.elapsed());
@@ -691,19 +701,25 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (es_api, secret_api, ss_api): (Api<Guarded<ExternalSecret>>, Api<Secret>, Api<SecretStore>) =
-        match &opts.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    let (es_api, secret_api, ss_api, cm_api): (
+        Api<Guarded<ExternalSecret>>,
+        Api<Secret>,
+        Api<SecretStore>,
+        Api<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>>,
+    ) = match &opts.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
     let mut es_cfg = watcher::Config::default().any_semantic();
     if let Some(sel) = &opts.label_selector {
         es_cfg = es_cfg.labels(sel);
@@ -753,9 +769,22 @@ pub async fn run(
     let reader = controller.store();
     let by_secret = reader.clone();
     let by_store = reader.clone();
+    let secret_ctx = ctx.clone();
     let mut controller = controller
         .watches(secret_api, secret_cfg, move |s: Secret| {
-            external_secrets_for_secret(&by_secret, &s.namespace().unwrap_or_default(), &s.name_any())
+            let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
+            let mut woken = external_secrets_for_secret(&by_secret, &ns, &name);
+            // A managed Secret may hold another ExternalSecret's templates (templateFrom[].secret):
+            // its users sync now, as on a remote change.
+            for r in sources::users(&by_secret, keyferry_sync::SourceKind::Secret, &ns, &name) {
+                if let Some(es) = by_secret.get(&r) {
+                    let uid = es.uid().unwrap_or_default();
+                    secret_ctx.retries().reset(&uid);
+                    secret_ctx.mark_dirty(&uid);
+                }
+                woken.push(r);
+            }
+            woken
         })
         .watches(
             ss_api,
@@ -847,6 +876,13 @@ pub async fn run(
     if let Some(router) = &opts.events {
         router.attach(ctx.clone(), reader.clone(), wake_tx.clone());
     }
+    // Template ConfigMaps that change re-render their ExternalSecrets.
+    let config_maps = tokio::spawn(sources::watch_config_maps(
+        ctx.clone(),
+        cm_api,
+        reader.clone(),
+        wake_tx.clone(),
+    ));
     let (feed_stop_tx, feed_stop_rx) = futures::channel::oneshot::channel::<()>();
     let feed = if opts.change_feed_interval.is_zero() {
         drop(wake_tx);
@@ -877,6 +913,7 @@ pub async fn run(
     }
     pruner.abort();
     census.abort();
+    config_maps.abort();
     invalid_reporter.abort();
     let _ = feed_stop_tx.send(());
     if let Some(feed) = feed {
