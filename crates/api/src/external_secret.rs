@@ -294,7 +294,8 @@ pub struct TemplateRefItem {
     pub template_as: Option<TemplateScope>,
 }
 
-/// How the keys of a template source are used.
+/// How an item's content is used: `Values` (default) renders it and writes the output under the
+/// item's key; `KeysAndValues` renders it and writes each `key: value` pair of the (YAML) output.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum TemplateScope {
     /// The key's rendered content becomes the value of that same key.

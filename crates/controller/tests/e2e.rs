@@ -1792,10 +1792,23 @@ fn template_from_config_map_and_secret_render_and_follow_edits() {
         let template = "  refreshInterval: 1h\n  target:\n    template:\n      templateFrom:\n        - configMap:\n            name: app-tpl\n            items: [{key: app.properties}]\n        - secret:\n            name: creds-tpl\n            items: [{key: pairs, templateAs: KeysAndValues}]\n";
         apply(
             &ess,
-            &es_yaml(&n, "app", "vault", template, &[("user", "user"), ("password", "password")]),
+            &es_yaml(
+                &n,
+                "app",
+                "vault",
+                template,
+                &[("user", "user"), ("password", "password")],
+            ),
         )
         .await;
-        wait_secret_value(&client, &n, "app", "app.properties", "db.user=app\ndb.password=pw-1").await;
+        wait_secret_value(
+            &client,
+            &n,
+            "app",
+            "app.properties",
+            "db.user=app\ndb.password=pw-1",
+        )
+        .await;
         let s = wait_secret_value(&client, &n, "app", "conn", "app@db").await;
         let keys: Vec<&String> = s.data.as_ref().map(|d| d.keys().collect()).unwrap_or_default();
         assert_eq!(keys, ["app.properties", "conn"], "only the templated keys");
@@ -1820,7 +1833,8 @@ fn template_from_config_map_and_secret_render_and_follow_edits() {
         assert!(!message.contains('\n'), "{message}");
         let kept = secrets.get("app").await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            kept.data.and_then(|d| d.get("app.properties").map(|v| v.0.clone())),
+            kept.data
+                .and_then(|d| d.get("app.properties").map(|v| v.0.clone())),
             Some(b"user=app".to_vec()),
             "a missing template key must never blank or change the Secret"
         );

@@ -140,7 +140,8 @@ async fn labels_and_annotations_targets_and_metadata_wins_as_in_eso() {
 async fn only_data_target_entries_replace_the_fetched_data() {
     // ESO empties the Secret here (its `noTemplate` is "no data and no templateFrom"); keyferry keeps
     // the fetched keys, as for literals (crates/sync/README.md).
-    let labels_only = "    templateFrom:\n    - target: Labels\n      configMap: {name: tpl, items: [{key: tier}]}\n";
+    let labels_only =
+        "    templateFrom:\n    - target: Labels\n      configMap: {name: tpl, items: [{key: tier}]}\n";
     let d = run_with(&format!("target:\n  template:\n{labels_only}"), sources())
         .await
         .unwrap();

@@ -15,8 +15,8 @@ use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use keyferry_api::ExternalSecret;
 use keyferry_sync::{Plan, SourceKind, TemplateSources};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
@@ -171,6 +171,11 @@ mod tests {
         assert!(uses_source(&e, SourceKind::Secret, "ns", "s"));
         assert!(!uses_source(&e, SourceKind::Secret, "ns", "cm"));
         assert!(!uses_source(&e, SourceKind::ConfigMap, "other", "cm"));
-        assert!(!uses_source(&es("ns", "[{literal: 'a: b'}]"), SourceKind::ConfigMap, "ns", "cm"));
+        assert!(!uses_source(
+            &es("ns", "[{literal: 'a: b'}]"),
+            SourceKind::ConfigMap,
+            "ns",
+            "cm"
+        ));
     }
 }
