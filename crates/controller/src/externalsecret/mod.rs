@@ -701,25 +701,25 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (es_api, secret_api, ss_api, cm_api): (
-        Api<Guarded<ExternalSecret>>,
-        Api<Secret>,
-        Api<SecretStore>,
-        Api<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>>,
-    ) = match &opts.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-            Api::all(client.clone()),
-        ),
-    };
+    let (es_api, secret_api, ss_api): (Api<Guarded<ExternalSecret>>, Api<Secret>, Api<SecretStore>) =
+        match &opts.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    // Metadata only: template ConfigMaps are read with a GET at each sync, never cached here.
+    let cm_api: Api<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>> =
+        match &opts.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
     let mut es_cfg = watcher::Config::default().any_semantic();
     if let Some(sel) = &opts.label_selector {
         es_cfg = es_cfg.labels(sel);
