@@ -555,7 +555,7 @@ impl AgentConfig {
             }
             // The sync pipeline's own checks (regexps, duplicate keys, templates), before any I/O.
             let es = crate::pipeline::external_secret(o);
-            keyferry_sync::plan(&es).map_err(|e| {
+            let plan = keyferry_sync::plan(&es).map_err(|e| {
                 let text = e.to_string();
                 let text = text.split_once(": ").map_or(text.as_str(), |(_, rest)| rest);
                 format!(
@@ -564,6 +564,14 @@ impl AgentConfig {
                         .replace("spec.", "")
                 )
             })?;
+            // A VM has no ConfigMaps or Secrets to read templates from.
+            if let Some(source) = plan.template_sources.first() {
+                return Err(format!(
+                    "{at}: {}: {} sources need a cluster; use templateFrom[].literal or template.data on a VM",
+                    source.field.replace("spec.target.template", "template"),
+                    source.kind
+                ));
+            }
         }
         Ok(())
     }
@@ -835,6 +843,15 @@ outputs:
 
         let e = err(&GOOD.replace("vault: hybridops", "vault: other"));
         assert!(e.contains("outputs[0] (netbox-db): vault: no vault named"), "{e}");
+
+        let e = err(&GOOD.replace(
+            "    onChange:",
+            "    template:\n      templateFrom:\n        - configMap: {name: tpl, items: [{key: k}]}\n    onChange:",
+        ));
+        assert_eq!(
+            e,
+            "agent.yaml: outputs[0] (netbox-db): template.templateFrom[0].configMap: ConfigMap sources need a cluster; use templateFrom[].literal or template.data on a VM"
+        );
 
         let e = err(&GOOD
             .replace("format: env", "")

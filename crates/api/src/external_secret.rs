@@ -211,7 +211,8 @@ pub struct ExternalSecretTemplate {
     /// Secret keys and the templates that produce them. `{{ .name }}` refers to a fetched key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
-    /// Further templates, from literals (ConfigMap and Secret sources are not supported yet).
+    /// Further templates: from keys of a ConfigMap or Secret in the ExternalSecret's namespace, or
+    /// inline (`literal`). Applied in order, before `data`, which wins on a shared key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub template_from: Vec<TemplateFrom>,
 }
@@ -247,14 +248,18 @@ pub struct TemplateMetadata {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A source of templates.
+/// A source of templates. One entry may set several sources; they apply in the order `configMap`,
+/// `secret`, `literal` (as ESO).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateFrom {
-    /// Templates from a ConfigMap's keys (not supported by keyferry yet; rejected with a clear error).
+    /// Templates held in keys of a ConfigMap (its `data`) in the ExternalSecret's namespace. Editing
+    /// the ConfigMap re-renders the Secret. A missing ConfigMap or key fails the sync (the Secret
+    /// keeps what it holds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map: Option<TemplateRef>,
-    /// Templates from a Secret's keys (not supported by keyferry yet; rejected with a clear error).
+    /// Templates held in keys of a Secret in the ExternalSecret's namespace (for templates that
+    /// themselves hold secrets). Errors about these templates never quote their text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<TemplateRef>,
     /// Where the rendered output goes: `Data` (default), `Annotations` or `Labels`.
@@ -282,10 +287,22 @@ pub struct TemplateRef {
 pub struct TemplateRefItem {
     /// The key holding a template.
     pub key: String,
-    /// `Values` (default): the key's rendered value becomes one Secret key. `KeysAndValues`: the output
-    /// is YAML key/value pairs.
+    /// `Values` (default): the key's content is a template; its output is written under the same key
+    /// (of the `target`). `KeysAndValues`: the key's content is a template whose output is YAML
+    /// `key: value` pairs, each written to the `target`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template_as: Option<String>,
+    pub template_as: Option<TemplateScope>,
+}
+
+/// How an item's content is used: `Values` (default) renders it and writes the output under the
+/// item's key; `KeysAndValues` renders it and writes each `key: value` pair of the (YAML) output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TemplateScope {
+    /// The key's rendered content becomes the value of that same key.
+    #[default]
+    Values,
+    /// The key's rendered content is YAML `key: value` pairs.
+    KeysAndValues,
 }
 
 /// Where rendered `templateFrom` output goes.

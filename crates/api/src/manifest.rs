@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde::de::DeserializeOwned;
 
 use crate::{ClusterExternalSecret, ClusterSecretStore, ExternalSecret, GROUP, SecretStore};
@@ -47,6 +47,8 @@ pub enum Manifest {
     /// A core `v1` Secret (store credentials for `render`, or a committed plaintext Secret for
     /// `validate` to flag).
     Secret(Box<Secret>),
+    /// A core `v1` ConfigMap (`templateFrom[].configMap` templates for `render`).
+    ConfigMap(Box<ConfigMap>),
     /// Any other kind; callers decide whether that is an error.
     Other {
         /// `apiVersion` of the document.
@@ -65,6 +67,7 @@ impl Manifest {
             Manifest::ClusterSecretStore(_) => "ClusterSecretStore",
             Manifest::ClusterExternalSecret(_) => "ClusterExternalSecret",
             Manifest::Secret(_) => "Secret",
+            Manifest::ConfigMap(_) => "ConfigMap",
             Manifest::Other { kind, .. } => kind,
         }
     }
@@ -257,6 +260,7 @@ pub fn parse_document(origin: Origin, doc: &str) -> Result<Manifest, ManifestErr
         ("ClusterSecretStore", _) => Manifest::ClusterSecretStore(typed(value).parse()?),
         ("ClusterExternalSecret", _) => Manifest::ClusterExternalSecret(typed(value).parse()?),
         ("Secret", "v1") => Manifest::Secret(typed(value).parse()?),
+        ("ConfigMap", "v1") => Manifest::ConfigMap(typed(value).parse()?),
         _ => Manifest::Other { api_version, kind },
     })
 }

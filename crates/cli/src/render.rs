@@ -10,7 +10,7 @@ use keyferry_api::external_secret::{SecretStoreRef, StoreKind};
 use keyferry_api::manifest::{Located, Manifest};
 use keyferry_api::secret_store::ClusterSecretStoreCondition;
 use keyferry_api::store_conditions::{Admission, cluster_store_admits};
-use keyferry_sync::{DesiredSecret, ResolveError, StoreResolver as _};
+use keyferry_sync::{DesiredSecret, ResolveError, StoreResolver as _, TemplateSources};
 
 use crate::inputs;
 use crate::stores::{StoreArgs, Stores};
@@ -18,7 +18,8 @@ use crate::stores::{StoreArgs, Stores};
 /// Arguments of `keyferry render`.
 #[derive(Debug, clap::Args)]
 pub struct RenderArgs {
-    /// Files or directories of YAML manifests: ExternalSecrets and the stores they use.
+    /// Files or directories of YAML manifests: ExternalSecrets, the stores they use and the ConfigMaps
+    /// their `templateFrom[].configMap` names (`templateFrom[].secret` Secrets come with --credentials).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Print secret values instead of `<redacted: N bytes>`.
@@ -75,12 +76,14 @@ pub async fn run(args: RenderArgs) -> ExitCode {
                     admitted(&conditions, store, &namespace)?;
                     inner.resolve(store)
                 };
-                match keyferry_sync::sync(es, &resolver).await {
+                let templates = template_sources(&inputs.documents, &settings.credentials, &namespace);
+                match keyferry_sync::sync_with(es, &resolver, templates).await {
                     Ok(desired) => rendered.push((doc.origin.file.clone(), desired)),
                     Err(e) => failures.push(format!("{}: {e}", doc.origin)),
                 }
             }
-            Manifest::SecretStore(_) | Manifest::ClusterSecretStore(_) => {}
+            // ConfigMaps serve as templateFrom[].configMap sources of the ExternalSecrets.
+            Manifest::SecretStore(_) | Manifest::ClusterSecretStore(_) | Manifest::ConfigMap(_) => {}
             Manifest::Secret(_) => failures.push(format!(
                 "{}: a Secret among the inputs; pass store credentials with --credentials instead (and keep them out of Git)",
                 doc.origin
@@ -121,6 +124,34 @@ pub async fn run(args: RenderArgs) -> ExitCode {
         eprintln!("rendered {} Secret(s), {} failed", rendered.len(), failures.len());
         ExitCode::from(1)
     }
+}
+
+/// The `templateFrom` sources `render` can see for ExternalSecrets of `namespace`: ConfigMaps among the
+/// manifests (as the cluster would hold them once applied) and Secrets from `--credentials` (Secrets
+/// among the manifests are refused: they would be plaintext in Git). Objects given without a
+/// namespace count for every namespace; a namespaced one of the same name wins.
+fn template_sources(
+    documents: &[Located<Manifest>],
+    credentials: &crate::stores::Credentials,
+    namespace: &str,
+) -> TemplateSources {
+    let mut sources = TemplateSources::new(
+        "among the inputs (render reads ConfigMaps from the given manifests and Secrets from --credentials)",
+    );
+    for ns in ["", namespace] {
+        for doc in documents {
+            if let Manifest::ConfigMap(cm) = &doc.value
+                && cm.metadata.namespace.as_deref().unwrap_or_default() == ns
+            {
+                let name = cm.metadata.name.clone().unwrap_or_default();
+                sources.insert_config_map(&name, cm.data.clone().unwrap_or_default());
+            }
+        }
+    }
+    for (name, data) in credentials.in_namespace(namespace) {
+        sources.insert_secret(name, data.clone());
+    }
+    sources
 }
 
 /// `spec.conditions` of every ClusterSecretStore among the inputs, by name.

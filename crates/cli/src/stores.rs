@@ -24,7 +24,8 @@ pub struct StoreArgs {
     /// Serve every store from an in-memory vault seeded from FILE (offline; see examples/vault/seed.yaml).
     #[arg(long, value_name = "FILE")]
     pub seed: Option<PathBuf>,
-    /// Secret manifests holding store credentials (referenced by `authSecretRef`). Never commit them.
+    /// Secret manifests holding store credentials (referenced by `authSecretRef`) and, for `render`,
+    /// `templateFrom[].secret` templates. Never commit them.
     #[arg(long = "credentials", value_name = "FILE")]
     pub credentials: Vec<PathBuf>,
     /// Extra CA certificates (PEM) to trust for vault and token endpoints; `SSL_CERT_FILE` also works.
@@ -366,6 +367,21 @@ impl Credentials {
 
     fn is_empty(&self) -> bool {
         self.secrets.is_empty()
+    }
+
+    /// Every Secret of `namespace` (and those given without a namespace, which would land wherever
+    /// they are applied; a namespaced one of the same name wins): `render`'s `templateFrom[].secret`
+    /// sources.
+    pub fn in_namespace(&self, namespace: &str) -> BTreeMap<&str, &BTreeMap<String, SecretValue>> {
+        let mut out = BTreeMap::new();
+        for ns in ["", namespace] {
+            for ((n, name), data) in &self.secrets {
+                if n == ns {
+                    out.insert(name.as_str(), data);
+                }
+            }
+        }
+        out
     }
 
     fn get(&self, sel: &SecretKeySelector, default_ns: &str, field: &str) -> Result<SecretValue, String> {

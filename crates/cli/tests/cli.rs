@@ -228,6 +228,72 @@ fn render_failures_are_one_line_each_and_exit_1() {
     }
 }
 
+/// `templateFrom` sources in `render`: ConfigMaps come from the manifests given, Secrets from
+/// `--credentials`; a missing one is a one-line error naming the field and where render looked.
+#[test]
+fn render_reads_template_sources_from_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let es = |name: &str, template_from: &str| {
+        format!(
+            "apiVersion: external-secrets.io/v1\nkind: ExternalSecret\nmetadata: {{name: {name}, namespace: netbox}}\nspec:\n  secretStoreRef: {{kind: ClusterSecretStore, name: akv-hybridops}}\n  target:\n    template:\n      templateFrom:\n{template_from}  data:\n    - {{secretKey: token, remoteRef: {{key: netbox-api-token}}}}\n"
+        )
+    };
+    std::fs::write(
+        dir.path().join("tpl.yaml"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: tpl, namespace: netbox}}\ndata:\n  config.ini: \"token={{{{ .token | len }}}}\"\n---\n{}---\n{}",
+            es("from-cm", "        - configMap: {name: tpl, items: [{key: config.ini}]}\n"),
+            es(
+                "from-secret",
+                "        - secret: {name: tpl-secret, items: [{key: pairs, templateAs: KeysAndValues}]}\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let creds = dir.path().join("creds.yaml");
+    std::fs::write(
+        &creds,
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: tpl-secret, namespace: netbox}\nstringData:\n  pairs: \"a: x{{ .token | len }}\"\n",
+    )
+    .unwrap();
+    let tpl = dir.path().join("tpl.yaml");
+    let args = |with_creds: bool| {
+        let mut a = vec![
+            "render",
+            "examples/platform",
+            tpl.to_str().unwrap(),
+            "--seed",
+            "examples/vault/seed.yaml",
+            "--reveal",
+        ];
+        if with_creds {
+            a.extend(["--credentials", creds.to_str().unwrap()]);
+        }
+        a
+    };
+    let o = keyferry(&args(true));
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // The seed's netbox-api-token is "demo-netbox-api-token" (21 bytes); only its length is rendered.
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    assert!(out.contains(&format!("config.ini: {}", b64("token=21"))), "{out}");
+    assert!(out.contains(&format!("a: {}", b64("x21"))), "{out}");
+
+    // Without --credentials the Secret source is missing: one line naming the field.
+    let o = keyferry(&args(false));
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains(
+            "spec.target.template.templateFrom[0].secret.name: Secret tpl-secret not found among the inputs"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn render_usage_errors_exit_2() {
     let o = keyferry(&["render", "does/not/exist"]);

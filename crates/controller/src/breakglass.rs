@@ -602,8 +602,12 @@ async fn serve(
     }
     // A secret missing from the bundle is a failure here, never "remote gone": deletionPolicy
     // does not apply to what a bundle lacks.
+    let templates = crate::externalsecret::sources::read(ctx, ns, &v.plan).await?;
     let desired = match keyferry_sync::fetch(&v.plan, &resolved).await {
-        Ok(fetched) => keyferry_sync::shape_blocking(es, &v.plan, &fetched).await,
+        Ok(mut fetched) => {
+            fetched.templates = templates;
+            keyferry_sync::shape_blocking(es, &v.plan, &fetched).await
+        }
         Err(e) => Err(e),
     }
     .map_err(|e| ServeError::Sync(Box::new(e)))?;

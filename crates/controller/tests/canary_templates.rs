@@ -1,7 +1,8 @@
 //! Canary values through templates: a value that a template puts into a label the apiserver would
 //! refuse, into an annotation, or into a function that fails on it (`fromJson`, `b64dec`) appears in
 //! the target Secret where the template puts it and nowhere else — not in the controller's logs,
-//! Events, ExternalSecret status or `/metrics`.
+//! Events, ExternalSecret status or `/metrics`. Templates held in a Secret (`templateFrom[].secret`)
+//! leak neither the values nor their own text.
 
 mod common;
 
@@ -16,6 +17,9 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
 /// Spaces make it an invalid label value; it is a fine Secret value.
 const CANARY: &str = "kf canary tpl 91b7e0";
+
+/// Text of a template held in a Secret, shaped to be quoted by template errors (a function name).
+const TEXT_CANARY: &str = "kfCanaryTplText91b7";
 
 fn templated(ns: &str, name: &str, template: &str) -> ExternalSecret {
     yaml(&format!(
@@ -49,7 +53,28 @@ fn template_paths_never_leak_values() {
             ),
             ("from-json", "      data: {x: \"{{ .v | fromJson }}\"}\n"),
             ("b64dec", "      data: {x: \"{{ .v | b64dec }}\"}\n"),
+            // templates held in a Secret: values through failing functions, and the template's own
+            // text (which may hold secrets) in places template errors quote
+            (
+                "from-secret-json",
+                "      templateFrom:\n        - secret: {name: tpl-src, items: [{key: json}]}\n",
+            ),
+            (
+                "from-secret-text",
+                "      templateFrom:\n        - secret: {name: tpl-src, items: [{key: text}]}\n",
+            ),
+            (
+                "from-secret-label",
+                "      templateFrom:\n        - target: Labels\n          secret: {name: tpl-src, items: [{key: label}]}\n",
+            ),
         ];
+        apply(
+            &Api::namespaced(client.clone(), &n),
+            &yaml::<Secret>(&format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: tpl-src, namespace: {n}}}\nstringData:\n  json: '{{{{ .v | fromJson }}}}'\n  text: '{{{{ \"{CANARY}\" | {TEXT_CANARY} }}}}'\n  label: '{{{{ .v }}}}'\n"
+            )),
+        )
+        .await;
         for (name, template) in failing {
             apply(&ess, &templated(&n, name, template)).await;
         }
@@ -121,7 +146,7 @@ fn template_paths_never_leak_values() {
             ("status", statuses),
             ("metrics", env.metrics().await),
         ] {
-            for needle in [CANARY, dashed.as_str(), &CANARY.to_uppercase()] {
+            for needle in [CANARY, dashed.as_str(), &CANARY.to_uppercase(), TEXT_CANARY] {
                 assert!(!text.contains(needle), "canary {needle:?} leaked into {what}");
             }
         }

@@ -1397,3 +1397,72 @@ fn eso_metric_names_are_exported_per_object_and_dropped_with_it() {
         fx.cleanup().await;
     });
 }
+
+/// `templateFrom` ConfigMap and Secret sources: the Secret is rendered from them; editing the
+/// ConfigMap re-renders it within seconds (the refresh is hourly); a key the ExternalSecret needs
+/// going missing gives Ready=False naming the field and leaves the Secret as it was; putting the key
+/// back recovers at once (no backoff holds the fix).
+#[test]
+fn template_from_config_map_and_secret_render_and_follow_edits() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    run(async {
+        let fx = Fixture::new("tplfrom").await;
+        fx.fake_store("vault", &[("user", "app"), ("password", "pw-1")])
+            .await;
+        let config_map = |data: &str| {
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app-tpl}}\ndata:\n{data}")
+        };
+        fx.apply_yaml::<ConfigMap>(&config_map(
+            "  app.properties: \"db.user={{ .user }}\\ndb.password={{ .password }}\"\n",
+        ))
+        .await;
+        fx.apply_yaml::<Secret>(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: creds-tpl}\nstringData:\n  pairs: \"conn: '{{ .user }}@db'\"\n",
+        )
+        .await;
+        fx.es("app")
+            .refresh("1h")
+            .key("user", "user")
+            .key("password", "password")
+            .spec(json!({"target": {"template": {"templateFrom": [
+                {"configMap": {"name": "app-tpl", "items": [{"key": "app.properties"}]}},
+                {"secret": {"name": "creds-tpl", "items": [{"key": "pairs", "templateAs": "KeysAndValues"}]}}
+            ]}}}))
+            .apply()
+            .await;
+        fx.wait_value("app", "app.properties", "db.user=app\ndb.password=pw-1")
+            .await;
+        let s = fx.wait_value("app", "conn", "app@db").await;
+        let keys: Vec<&String> = s.data.as_ref().map(|d| d.keys().collect()).unwrap_or_default();
+        assert_eq!(keys, ["app.properties", "conn"], "only the templated keys");
+
+        // An edit of the ConfigMap re-renders the Secret without waiting for the hourly refresh.
+        fx.apply_yaml::<ConfigMap>(&config_map("  app.properties: \"user={{ .user }}\"\n"))
+            .await;
+        fx.wait_value("app", "app.properties", "user=app").await;
+
+        // The key goes missing: Ready=False naming the field; the Secret keeps what it holds.
+        fx.apply_yaml::<ConfigMap>(&config_map("  other: \"x\"\n")).await;
+        let message = fx.ready_message("app", "False", "SecretSyncedError").await;
+        assert!(
+            message.contains("spec.target.template.templateFrom[0].configMap.items[0].key")
+                && message.contains("ConfigMap app-tpl has no key \"app.properties\""),
+            "{message}"
+        );
+        assert!(!message.contains('\n'), "{message}");
+        assert_eq!(
+            fx.secret_data("app")
+                .await
+                .and_then(|d| d.get("app.properties").cloned()),
+            Some(b"user=app".to_vec()),
+            "a missing template key must never blank or change the Secret"
+        );
+
+        // The key is back: synced again at once.
+        fx.apply_yaml::<ConfigMap>(&config_map("  app.properties: \"back={{ .user }}\"\n"))
+            .await;
+        fx.wait_value("app", "app.properties", "back=app").await;
+        fx.wait_ready("app", "True", "SecretSynced").await;
+        fx.cleanup().await;
+    });
+}

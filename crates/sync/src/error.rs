@@ -6,6 +6,7 @@ use std::fmt;
 use keyferry_api::ExternalSecret;
 use keyferry_providers::ProviderError;
 
+use crate::sources::SourceKind;
 use crate::template::TemplateError;
 
 /// Identifies the ExternalSecret an error is about: `ExternalSecret <namespace>/<name>`.
@@ -107,6 +108,34 @@ pub enum SyncError {
         field: String,
         /// The feature.
         what: String,
+    },
+    /// A `templateFrom` ConfigMap or Secret was not found.
+    #[error("{es}: {field}: {kind} {name} not found{}", looked_in_suffix(looked_in))]
+    TemplateSourceMissing {
+        /// The ExternalSecret.
+        es: EsRef,
+        /// The name field, e.g. `spec.target.template.templateFrom[0].configMap.name`.
+        field: String,
+        /// ConfigMap or Secret.
+        kind: SourceKind,
+        /// Its name.
+        name: String,
+        /// Where the caller looked (see [`crate::TemplateSources::looked_in`]).
+        looked_in: String,
+    },
+    /// A `templateFrom` ConfigMap or Secret lacks a key its `items` name.
+    #[error("{es}: {field}: {kind} {name} has no key {key:?}")]
+    TemplateSourceKeyMissing {
+        /// The ExternalSecret.
+        es: EsRef,
+        /// The item's key field, e.g. `spec.target.template.templateFrom[0].configMap.items[1].key`.
+        field: String,
+        /// ConfigMap or Secret.
+        kind: SourceKind,
+        /// Its name.
+        name: String,
+        /// The missing key (a key name from the spec, not a value).
+        key: String,
     },
     /// A template failed to parse or to render.
     #[error("{es}: {field}: {source}")]
@@ -239,6 +268,9 @@ impl SyncError {
             | SyncError::KeyCollision { .. }
             | SyncError::InvalidKey { .. } => "invalid_spec",
             SyncError::Unsupported { .. } => "unsupported",
+            SyncError::TemplateSourceMissing { .. } | SyncError::TemplateSourceKeyMissing { .. } => {
+                "template_source"
+            }
             SyncError::Template { .. } => "template",
             SyncError::Store { .. } => "store",
             SyncError::Fetch { source, .. } => source.category(),
@@ -280,6 +312,8 @@ impl SyncError {
             | SyncError::InvalidSpec { es, .. }
             | SyncError::Unsupported { es, .. }
             | SyncError::Template { es, .. }
+            | SyncError::TemplateSourceMissing { es, .. }
+            | SyncError::TemplateSourceKeyMissing { es, .. }
             | SyncError::Store { es, .. }
             | SyncError::Fetch { es, .. }
             | SyncError::RemoteMissing { es, .. }
@@ -290,5 +324,13 @@ impl SyncError {
             | SyncError::InvalidKey { es, .. }
             | SyncError::KeyCollision { es, .. } => es,
         }
+    }
+}
+
+fn looked_in_suffix(looked_in: &str) -> String {
+    if looked_in.is_empty() {
+        " (no ConfigMaps or Secrets are available here)".to_owned()
+    } else {
+        format!(" {looked_in}")
     }
 }

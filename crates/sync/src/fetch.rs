@@ -10,6 +10,7 @@ use keyferry_providers::{ProviderError, RemoteValue, SecretValue, SecretsClient}
 
 use crate::error::{ResolveError, SyncError};
 use crate::plan::Plan;
+use crate::sources::TemplateSources;
 
 /// How many reads one ExternalSecret runs at once by default. Small on purpose: the vault cache
 /// below the providers dedupes and budgets across ExternalSecrets; this only bounds one sync's burst.
@@ -70,6 +71,10 @@ pub struct Fetched {
     pub reads: Vec<ReadOutcome>,
     /// One map (secret name → value) per [`Plan::finds`] entry.
     pub finds: Vec<BTreeMap<String, SecretValue>>,
+    /// The `templateFrom` ConfigMaps and Secrets ([`Plan::template_sources`]) the caller found. Not
+    /// filled by [`fetch()`], which reads only vaults: the caller reads them where it can (the
+    /// controller from the cluster, `render` from its inputs) and sets this before `shape`.
+    pub templates: TemplateSources,
 }
 
 /// `SecretStore/name` or `ClusterSecretStore/name`, for messages.
@@ -196,5 +201,6 @@ pub async fn fetch_with(
     Ok(Fetched {
         reads: reads.into_iter().flatten().collect(),
         finds: finds.into_iter().flatten().collect(),
+        templates: TemplateSources::default(),
     })
 }

@@ -12,7 +12,8 @@
 //!   provider error fails the fetch.
 //! * [`shape()`] applies property paths, decoding, `dataFrom` extract/find, rewrites and templates,
 //!   and returns the [`DesiredSecret`].
-//! * [`sync()`] runs the three in a row.
+//! * [`sync()`] runs the three in a row; [`sync_with()`] also hands `shape` the `templateFrom`
+//!   ConfigMaps and Secrets the caller read ([`TemplateSources`]).
 //!
 //! No error message and no `Debug` output of this crate contains a secret value: values live in
 //! [`SecretValue`], which cannot be printed, and errors name fields, keys and positions only.
@@ -30,6 +31,7 @@ pub mod metadata;
 pub mod plan;
 pub mod property;
 pub mod shape;
+pub mod sources;
 pub mod template;
 
 pub use desired::{DesiredSecret, REDACTED_PREFIX};
@@ -38,15 +40,27 @@ pub use fetch::{DEFAULT_CONCURRENCY, Fetched, ReadOutcome, SingleStore, StoreRes
 pub use keyferry_providers::SecretValue;
 pub use plan::{DataFromPlan, DataFromSource, DataPlan, FindRead, Plan, Read, plan};
 pub use shape::{shape, shape_blocking};
+pub use sources::{SourceKind, SourceRef, TemplateSources};
 
 use keyferry_api::ExternalSecret;
 
-/// Runs the whole pipeline: [`plan()`], [`fetch()`], [`shape()`].
+/// Runs the whole pipeline: [`plan()`], [`fetch()`], [`shape()`]. No `templateFrom` ConfigMap or
+/// Secret is available (an ExternalSecret using one fails naming the field): see [`sync_with()`].
 pub async fn sync(
     es: &ExternalSecret,
     stores: &(impl StoreResolver + ?Sized),
 ) -> Result<DesiredSecret, SyncError> {
+    sync_with(es, stores, TemplateSources::default()).await
+}
+
+/// [`sync()`] with the `templateFrom` ConfigMaps and Secrets the caller read.
+pub async fn sync_with(
+    es: &ExternalSecret,
+    stores: &(impl StoreResolver + ?Sized),
+    templates: TemplateSources,
+) -> Result<DesiredSecret, SyncError> {
     let plan = plan(es)?;
-    let fetched = fetch(&plan, stores).await?;
+    let mut fetched = fetch(&plan, stores).await?;
+    fetched.templates = templates;
     shape_blocking(es, &plan, &fetched).await
 }

@@ -12,11 +12,13 @@ use std::time::Duration;
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::{
     ConversionStrategy, CreationPolicy, DecodingStrategy, DeletionPolicy, ExternalSecretTemplate, FindRef,
-    MetadataPolicy, NullBytePolicy, RemoteRef, Rewrite, SecretStoreRef, SourceRef, TemplateTarget,
+    MetadataPolicy, NullBytePolicy, RemoteRef, Rewrite, SecretStoreRef, SourceRef, TemplateRef,
+    TemplateScope, TemplateTarget,
 };
 use regex::Regex;
 
 use crate::error::{EsRef, SyncError};
+use crate::sources::{SourceKind, SourceRef as TemplateSourceRef};
 use crate::template::Template;
 
 /// What to read and how to shape it: the output of [`plan()`]. Cheap enough to build per sync, and
@@ -37,6 +39,10 @@ pub struct Plan {
     pub data_from: Vec<DataFromPlan>,
     /// The compiled `spec.target.template`, if any.
     pub(crate) template: Option<TemplatePlan>,
+    /// The ConfigMaps and Secrets `templateFrom` reads (distinct, in spec order), in the
+    /// ExternalSecret's namespace: the caller reads them and passes their content to `shape` in
+    /// [`crate::Fetched::templates`].
+    pub template_sources: Vec<TemplateSourceRef>,
 }
 
 /// One remote read.
@@ -146,8 +152,9 @@ pub(crate) enum RewriteStep {
 pub(crate) struct TemplatePlan {
     /// `template.data`: Secret key → template.
     pub data: Vec<(String, Template)>,
-    /// `templateFrom[i].literal`: index, target, template.
-    pub literals: Vec<(usize, TemplateTarget, Template)>,
+    /// `templateFrom[]`, in the order ESO applies them: entry by entry, and within one entry
+    /// `configMap`, `secret`, `literal`.
+    pub from: Vec<FromStep>,
     /// `template.metadata.labels`: label → template.
     pub labels: Vec<(String, Template)>,
     /// `template.metadata.annotations`: annotation → template.
@@ -167,11 +174,39 @@ impl Plan {
     }
 }
 
+/// One step of `templateFrom`.
+#[derive(Clone, Debug)]
+pub(crate) enum FromStep {
+    /// `templateFrom[index].literal`.
+    Literal {
+        index: usize,
+        target: TemplateTarget,
+        template: Template,
+    },
+    /// `templateFrom[index].configMap` or `.secret`: compiled in `shape`, once the content is known.
+    Source {
+        /// `spec.target.template.templateFrom[i].configMap` (or `.secret`).
+        field: String,
+        kind: SourceKind,
+        name: String,
+        target: TemplateTarget,
+        /// `items[]`: key and scope.
+        items: Vec<(String, TemplateScope)>,
+    },
+}
+
 impl TemplatePlan {
     /// Whether the template produces Secret data (otherwise the fetched data passes through, as in
-    /// ESO, and the template only sets type and metadata).
+    /// ESO, and the template only sets type and metadata). Only Data-target `templateFrom` entries
+    /// count: ESO counts every entry, so a Labels/Annotations-only `templateFrom` empties its Secret,
+    /// which we take for an accident (crates/sync/README.md).
     pub fn produces_data(&self) -> bool {
-        !self.data.is_empty() || self.literals.iter().any(|(_, t, _)| *t == TemplateTarget::Data)
+        !self.data.is_empty()
+            || self.from.iter().any(|step| match step {
+                FromStep::Literal { target, .. } | FromStep::Source { target, .. } => {
+                    *target == TemplateTarget::Data
+                }
+            })
     }
 }
 
@@ -179,8 +214,8 @@ impl TemplatePlan {
 ///
 /// Rejects: neither `data` nor `dataFrom`; an empty or invalid or duplicate `secretKey`; an empty
 /// remote key; a `dataFrom` entry with neither or both of `extract`/`find`; an invalid `find` or
-/// `rewrite` regexp; an invalid `refreshInterval`; a template that does not parse; `templateFrom`
-/// ConfigMap/Secret sources (not supported yet); ESO's unsafe policy pairs (`deletionPolicy: Delete`
+/// `rewrite` regexp; an invalid `refreshInterval`; a template that does not parse; a `templateFrom`
+/// entry without a source, or a source without a name or with an empty item key; ESO's unsafe policy pairs (`deletionPolicy: Delete`
 /// with `creationPolicy` Merge or None, `deletionPolicy: Merge` with `creationPolicy: None`); an entry
 /// without a store (no `sourceRef.storeRef` and no `spec.secretStoreRef`).
 pub fn plan(es: &ExternalSecret) -> Result<Plan, SyncError> {
@@ -309,6 +344,22 @@ pub fn plan(es: &ExternalSecret) -> Result<Plan, SyncError> {
         Some(t) => Some(compile_template(t, &esr)?),
         None => None,
     };
+    let mut template_sources: Vec<TemplateSourceRef> = Vec::new();
+    for step in template.iter().flat_map(|t| &t.from) {
+        if let FromStep::Source {
+            field, kind, name, ..
+        } = step
+            && !template_sources
+                .iter()
+                .any(|s| s.kind == *kind && s.name == *name)
+        {
+            template_sources.push(TemplateSourceRef {
+                kind: *kind,
+                name: name.clone(),
+                field: field.clone(),
+            });
+        }
+    }
 
     Ok(Plan {
         es: esr,
@@ -318,6 +369,7 @@ pub fn plan(es: &ExternalSecret) -> Result<Plan, SyncError> {
         data,
         data_from,
         template,
+        template_sources,
     })
 }
 
@@ -500,7 +552,7 @@ fn compile_template(t: &ExternalSecretTemplate, esr: &EsRef) -> Result<TemplateP
     };
     let mut plan = TemplatePlan {
         data: Vec::new(),
-        literals: Vec::new(),
+        from: Vec::new(),
         labels: Vec::new(),
         annotations: Vec::new(),
     };
@@ -517,32 +569,34 @@ fn compile_template(t: &ExternalSecretTemplate, esr: &EsRef) -> Result<TemplateP
     }
     for (i, tf) in t.template_from.iter().enumerate() {
         let field = format!("spec.target.template.templateFrom[{i}]");
-        if tf.config_map.is_some() {
-            return Err(SyncError::Unsupported {
-                es: esr.clone(),
-                field: format!("{field}.configMap"),
-                what: "templateFrom from a ConfigMap".to_owned(),
-            });
-        }
-        if tf.secret.is_some() {
-            return Err(SyncError::Unsupported {
-                es: esr.clone(),
-                field: format!("{field}.secret"),
-                what: "templateFrom from a Secret".to_owned(),
-            });
-        }
-        let Some(literal) = &tf.literal else {
+        let target = tf.target.unwrap_or_default();
+        if tf.config_map.is_none() && tf.secret.is_none() && tf.literal.is_none() {
             return Err(SyncError::InvalidSpec {
                 es: esr.clone(),
                 field,
-                reason: "set literal".to_owned(),
+                reason: "set configMap, secret or literal".to_owned(),
             });
-        };
-        plan.literals.push((
-            i,
-            tf.target.unwrap_or_default(),
-            parse(format!("{field}.literal"), literal)?,
-        ));
+        }
+        // ESO's order within one entry.
+        for (kind, source) in [
+            (SourceKind::ConfigMap, &tf.config_map),
+            (SourceKind::Secret, &tf.secret),
+        ] {
+            if let Some(r) = source {
+                let f = match kind {
+                    SourceKind::ConfigMap => format!("{field}.configMap"),
+                    SourceKind::Secret => format!("{field}.secret"),
+                };
+                plan.from.push(source_step(r, kind, f, target, esr)?);
+            }
+        }
+        if let Some(literal) = &tf.literal {
+            plan.from.push(FromStep::Literal {
+                index: i,
+                target,
+                template: parse(format!("{field}.literal"), literal)?,
+            });
+        }
     }
     if let Some(meta) = &t.metadata {
         for (k, src) in &meta.labels {
@@ -559,6 +613,41 @@ fn compile_template(t: &ExternalSecretTemplate, esr: &EsRef) -> Result<TemplateP
         }
     }
     Ok(plan)
+}
+
+/// A `configMap`/`secret` source: checked here, compiled by `shape` once its content is known.
+fn source_step(
+    r: &TemplateRef,
+    kind: SourceKind,
+    field: String,
+    target: TemplateTarget,
+    esr: &EsRef,
+) -> Result<FromStep, SyncError> {
+    if r.name.is_empty() {
+        return Err(SyncError::InvalidSpec {
+            es: esr.clone(),
+            field: format!("{field}.name"),
+            reason: format!("is empty: name the {kind}"),
+        });
+    }
+    let mut items = Vec::with_capacity(r.items.len());
+    for (j, item) in r.items.iter().enumerate() {
+        if item.key.is_empty() {
+            return Err(SyncError::InvalidSpec {
+                es: esr.clone(),
+                field: format!("{field}.items[{j}].key"),
+                reason: "is empty".to_owned(),
+            });
+        }
+        items.push((item.key.clone(), item.template_as.unwrap_or_default()));
+    }
+    Ok(FromStep::Source {
+        field,
+        kind,
+        name: r.name.clone(),
+        target,
+        items,
+    })
 }
 
 #[cfg(test)]

@@ -14,10 +14,15 @@
 //! 2. `spec.data`, in order: property path, decoding, NUL check. A `data` key that a `dataFrom` entry
 //!    also produced is an error naming both entries (ESO silently lets `data` win; a collision is
 //!    nearly always a mistake).
-//! 3. `spec.target.template`, if any: `templateFrom[].literal` outputs first, then `template.data`
-//!    (later writes win). With `mergePolicy: Replace` (default) the Secret holds only templated keys;
-//!    with `Merge`, templated keys are laid over the fetched ones. A template that sets only `type`
-//!    or `metadata` leaves the fetched data as it is (as ESO does).
+//! 3. `spec.target.template`, if any, in ESO's order: `templateFrom[]` entry by entry (within one
+//!    entry `configMap`, then `secret`, then `literal`), then `template.data`, then the templated
+//!    `metadata` labels and annotations; later writes win. `configMap`/`secret` items render their
+//!    key's content (`Values`: under that key; `KeysAndValues`: as YAML `key: value` pairs), the
+//!    content coming from [`Fetched::templates`] (a missing object or key is an error naming the
+//!    field). With `mergePolicy: Replace` (default) the Secret holds only templated keys; with
+//!    `Merge`, templated keys are laid over the fetched ones. A template with neither `data` nor a
+//!    Data-target `templateFrom` entry leaves the fetched data as it is (ESO does this only when
+//!    `templateFrom` is empty; see `crates/sync/README.md`).
 //!
 //! Every resulting key must be a valid Secret key (`[-._a-zA-Z0-9]+`). Keys are ordered (BTreeMap).
 //!
@@ -29,7 +34,8 @@ use std::collections::BTreeMap;
 
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::{
-    ConversionStrategy, DecodingStrategy, DeletionPolicy, NullBytePolicy, TemplateMergePolicy, TemplateTarget,
+    ConversionStrategy, DecodingStrategy, DeletionPolicy, NullBytePolicy, TemplateMergePolicy, TemplateScope,
+    TemplateTarget,
 };
 use keyferry_providers::{RemoteValue, SecretValue};
 
@@ -37,8 +43,9 @@ use crate::decode::decode;
 use crate::desired::DesiredSecret;
 use crate::error::{EsRef, SyncError};
 use crate::fetch::{Fetched, ReadOutcome, store_label};
-use crate::plan::{DataFromSource, Plan, Read, RewriteStep, TemplatePlan};
+use crate::plan::{DataFromSource, FromStep, Plan, Read, RewriteStep, TemplatePlan};
 use crate::property::{self, PropertyError};
+use crate::sources::{SourceKind, TemplateSources};
 use crate::template::{Template, TemplateError, Value, secrets_value};
 
 pub use keyferry_api::names::is_valid_secret_key;
@@ -75,16 +82,22 @@ pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<Desi
     }
 
     let template = target.template.as_ref();
-    let (data, labels, annotations) = match &plan.template {
-        None => (
+    let Shaped {
+        data,
+        labels,
+        annotations,
+        templated,
+    } = match &plan.template {
+        None => Shaped {
             data,
-            copied_metadata(&es.metadata.labels),
-            copied_metadata(&es.metadata.annotations),
-        ),
+            labels: copied_metadata(&es.metadata.labels),
+            annotations: copied_metadata(&es.metadata.annotations),
+            templated: Default::default(),
+        },
         Some(tp) => {
             let merge =
                 template.and_then(|t| t.merge_policy).unwrap_or_default() == TemplateMergePolicy::Merge;
-            apply_template(esr, tp, data, merge)?
+            apply_template(esr, tp, data, &fetched.templates, merge)?
         }
     };
     let type_ = template
@@ -100,14 +113,7 @@ pub fn shape(es: &ExternalSecret, plan: &Plan, fetched: &Fetched) -> Result<Desi
         annotations,
         target.immutable.unwrap_or(false),
     );
-    if let Some(tp) = &plan.template {
-        desired.templated_metadata = tp
-            .labels
-            .iter()
-            .map(|(k, _)| format!("labels/{k}"))
-            .chain(tp.annotations.iter().map(|(k, _)| format!("annotations/{k}")))
-            .collect();
-    }
+    desired.templated_metadata = templated;
     desired.versions = plan
         .reads
         .iter()
@@ -460,114 +466,228 @@ fn template_error(esr: &EsRef, field: &str, source: TemplateError) -> SyncError 
     }
 }
 
-type Shaped = (
-    BTreeMap<String, SecretValue>,
-    BTreeMap<String, String>,
-    BTreeMap<String, String>,
-);
+struct Shaped {
+    data: BTreeMap<String, SecretValue>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    /// `labels/<k>` and `annotations/<k>` rendered from templates (redacted by `render`).
+    templated: std::collections::BTreeSet<String>,
+}
 
+/// Applies the template in ESO's order (`applyTemplate` in ESO's controller): the base data (the
+/// fetched keys with `mergePolicy: Merge` or when the template produces no data, see
+/// [`TemplatePlan::produces_data`]), then `templateFrom[]` in order, then `template.data`, then the
+/// templated labels and annotations; later writes win.
 fn apply_template(
     esr: &EsRef,
     tp: &TemplatePlan,
     fetched: BTreeMap<String, SecretValue>,
+    sources: &TemplateSources,
     merge: bool,
 ) -> Result<Shaped, SyncError> {
     let input = secrets_value(&fetched);
     let run = |field: &str, tpl: &Template| tpl.execute(&input).map_err(|e| template_error(esr, field, e));
-    let text = |field: &str, out: Vec<u8>| {
-        String::from_utf8(out).map_err(|_| {
-            template_error(
-                esr,
+    let mut out = Shaped {
+        data: if merge || !tp.produces_data() {
+            fetched.clone()
+        } else {
+            BTreeMap::new()
+        },
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+        templated: Default::default(),
+    };
+    for step in &tp.from {
+        match step {
+            FromStep::Literal {
+                index,
+                target,
+                template,
+            } => {
+                let f = format!("spec.target.template.templateFrom[{index}].literal");
+                let rendered = run(&f, template)?;
+                for (n, (k, v)) in yaml_map(esr, &f, &rendered)?.into_iter().enumerate() {
+                    out.put(esr, &f, *target, OutKey::Numbered(n, k), SecretValue::from(v))?;
+                }
+            }
+            FromStep::Source {
                 field,
-                TemplateError {
-                    pos: Default::default(),
-                    message: "output is not UTF-8 text".to_owned(),
-                },
-            )
-        })
-    };
-    let mut labels = BTreeMap::new();
-    let mut annotations = BTreeMap::new();
-    // Checked here with the apiserver's rules, so a bad rendered value never reaches the apiserver
-    // (whose 422 would quote it back); the error names the key, never the value.
-    let bad = |f: &str, why: String| {
-        template_error(
-            esr,
-            f,
-            TemplateError {
-                pos: Default::default(),
-                message: why,
-            },
-        )
-    };
-    for (k, tpl) in &tp.labels {
-        let f = format!("spec.target.template.metadata.labels.{k}");
-        let v = text(&f, run(&f, tpl)?)?;
-        crate::metadata::check_key(k).map_err(|why| bad(&f, format!("label key: {why}")))?;
-        crate::metadata::check_label_value(&v)
-            .map_err(|why| bad(&f, format!("rendered label value ({} bytes) {why}", v.len())))?;
-        labels.insert(k.clone(), v);
-    }
-    let mut total = 0usize;
-    for (k, tpl) in &tp.annotations {
-        let f = format!("spec.target.template.metadata.annotations.{k}");
-        let v = text(&f, run(&f, tpl)?)?;
-        crate::metadata::check_key(k).map_err(|why| bad(&f, format!("annotation key: {why}")))?;
-        total = total.saturating_add(k.len()).saturating_add(v.len());
-        if total > crate::metadata::MAX_ANNOTATIONS_SIZE {
-            return Err(bad(
-                &f,
-                format!(
-                    "annotations exceed {} bytes in total",
-                    crate::metadata::MAX_ANNOTATIONS_SIZE
-                ),
-            ));
-        }
-        annotations.insert(k.clone(), v);
-    }
-    let mut data = if merge || !tp.produces_data() {
-        fetched.clone()
-    } else {
-        BTreeMap::new()
-    };
-    for (i, target, tpl) in &tp.literals {
-        let f = format!("spec.target.template.templateFrom[{i}].literal");
-        let out = run(&f, tpl)?;
-        for (n, (k, v)) in yaml_map(esr, &f, &out)?.into_iter().enumerate() {
-            match target {
-                TemplateTarget::Data => {
-                    if !is_valid_secret_key(&k) {
-                        // The key came out of a template over values: describe it, do not quote it.
-                        let message = format!(
-                            "output key #{} ({} bytes) is not a valid Secret key",
-                            n + 1,
-                            k.len()
-                        );
-                        return Err(template_error(
-                            esr,
-                            &f,
-                            TemplateError {
-                                pos: Default::default(),
-                                message,
-                            },
-                        ));
+                kind,
+                name,
+                target,
+                items,
+            } => {
+                let content = sources
+                    .get(*kind, name)
+                    .ok_or_else(|| SyncError::TemplateSourceMissing {
+                        es: esr.clone(),
+                        field: format!("{field}.name"),
+                        kind: *kind,
+                        name: name.clone(),
+                        looked_in: sources.looked_in.clone(),
+                    })?;
+                // A template held in a Secret may itself hold secrets: its errors quote none of it.
+                let secret = *kind == SourceKind::Secret;
+                let scrub = |e: SyncError| match e {
+                    SyncError::Template {
+                        es,
+                        field,
+                        mut source,
+                    } if secret => {
+                        source.message = crate::sources::redact_quoted(&source.message);
+                        SyncError::Template { es, field, source }
                     }
-                    data.insert(k, SecretValue::from(v));
-                }
-                TemplateTarget::Labels => {
-                    labels.insert(k, v);
-                }
-                TemplateTarget::Annotations => {
-                    annotations.insert(k, v);
+                    other => other,
+                };
+                for (j, (key, scope)) in items.iter().enumerate() {
+                    let f = format!("{field}.items[{j}]");
+                    let text = content
+                        .get(key)
+                        .ok_or_else(|| SyncError::TemplateSourceKeyMissing {
+                            es: esr.clone(),
+                            field: format!("{f}.key"),
+                            kind: *kind,
+                            name: name.clone(),
+                            key: key.clone(),
+                        })?
+                        .expose_str()
+                        .ok_or_else(|| {
+                            template_error(
+                                esr,
+                                &f,
+                                TemplateError {
+                                    pos: Default::default(),
+                                    message: format!("{kind} {name} key {key:?} is not UTF-8 text"),
+                                },
+                            )
+                        })?;
+                    let template = Template::parse(text).map_err(|e| scrub(template_error(esr, &f, e)))?;
+                    let rendered = run(&f, &template).map_err(scrub)?;
+                    match scope {
+                        TemplateScope::Values => {
+                            out.put(
+                                esr,
+                                &f,
+                                *target,
+                                OutKey::Named(key.clone()),
+                                SecretValue::new(rendered),
+                            )?;
+                        }
+                        TemplateScope::KeysAndValues => {
+                            for (n, (k, v)) in yaml_map(esr, &f, &rendered)?.into_iter().enumerate() {
+                                out.put(esr, &f, *target, OutKey::Numbered(n, k), SecretValue::from(v))?;
+                            }
+                        }
+                    }
                 }
             }
         }
     }
     for (k, tpl) in &tp.data {
         let f = format!("spec.target.template.data.{k}");
-        data.insert(k.clone(), SecretValue::new(run(&f, tpl)?));
+        out.data.insert(k.clone(), SecretValue::new(run(&f, tpl)?));
     }
-    Ok((data, labels, annotations))
+    for (k, tpl) in &tp.labels {
+        let f = format!("spec.target.template.metadata.labels.{k}");
+        out.put(
+            esr,
+            &f,
+            TemplateTarget::Labels,
+            OutKey::Named(k.clone()),
+            SecretValue::new(run(&f, tpl)?),
+        )?;
+    }
+    for (k, tpl) in &tp.annotations {
+        let f = format!("spec.target.template.metadata.annotations.{k}");
+        out.put(
+            esr,
+            &f,
+            TemplateTarget::Annotations,
+            OutKey::Named(k.clone()),
+            SecretValue::new(run(&f, tpl)?),
+        )?;
+    }
+    Ok(out)
+}
+
+/// An output key: named in the spec (quoted in errors), or the `n`th key of a template's YAML output
+/// (numbered in errors: it came out of a template over values).
+enum OutKey {
+    Named(String),
+    Numbered(usize, String),
+}
+
+impl OutKey {
+    fn describe(&self) -> String {
+        match self {
+            OutKey::Named(k) => format!("key {k:?}"),
+            OutKey::Numbered(n, k) => format!("output key #{} ({} bytes)", n + 1, k.len()),
+        }
+    }
+}
+
+impl Shaped {
+    /// Writes one rendered value to its target. Labels and annotations are checked with the
+    /// apiserver's rules here, so a bad rendered value never reaches the apiserver (whose 422 would
+    /// quote it back); the error names the key, never the value.
+    fn put(
+        &mut self,
+        esr: &EsRef,
+        field: &str,
+        target: TemplateTarget,
+        key: OutKey,
+        value: SecretValue,
+    ) -> Result<(), SyncError> {
+        let bad = |message: String| {
+            template_error(
+                esr,
+                field,
+                TemplateError {
+                    pos: Default::default(),
+                    message,
+                },
+            )
+        };
+        let what = key.describe();
+        let k = match key {
+            OutKey::Named(k) | OutKey::Numbered(_, k) => k,
+        };
+        if target == TemplateTarget::Data {
+            if !is_valid_secret_key(&k) {
+                return Err(bad(format!("{what} is not a valid Secret key")));
+            }
+            self.data.insert(k, value);
+            return Ok(());
+        }
+        let len = value.len();
+        let v = String::from_utf8(value.expose().to_vec())
+            .map_err(|_| bad("output is not UTF-8 text".to_owned()))?;
+        let kind = if target == TemplateTarget::Labels {
+            "label"
+        } else {
+            "annotation"
+        };
+        crate::metadata::check_key(&k).map_err(|why| bad(format!("{kind} {what}: {why}")))?;
+        if target == TemplateTarget::Labels {
+            crate::metadata::check_label_value(&v)
+                .map_err(|why| bad(format!("rendered label value ({len} bytes) {why}")))?;
+            self.templated.insert(format!("labels/{k}"));
+            self.labels.insert(k, v);
+        } else {
+            self.templated.insert(format!("annotations/{k}"));
+            self.annotations.insert(k, v);
+            let total = self.annotations.iter().fold(0usize, |t, (k, v)| {
+                t.saturating_add(k.len()).saturating_add(v.len())
+            });
+            if total > crate::metadata::MAX_ANNOTATIONS_SIZE {
+                return Err(bad(format!(
+                    "annotations exceed {} bytes in total",
+                    crate::metadata::MAX_ANNOTATIONS_SIZE
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Parses a `templateFrom` literal's output as a YAML map of scalars. Errors give the position only:

@@ -147,3 +147,70 @@ async fn no_error_or_debug_output_contains_a_value() {
             .contains(&base64::engine::general_purpose::STANDARD.encode(CANARY))
     );
 }
+
+/// Shaped to be quoted by template errors (an identifier), held in a template Secret's text.
+const TEXT_CANARY: &str = "kfCanaryText7f3a";
+
+/// Templates held in a Secret (`templateFrom[].secret`): the Secret's text may itself hold secrets,
+/// so neither a fetched value nor the template's own text appears in an error or `Debug`.
+#[tokio::test]
+async fn templates_from_a_secret_never_leak_values_or_their_text() {
+    use keyferry_sync::{SecretValue, TemplateSources, sync_with};
+    let s = store(&[("plain", CANARY)]);
+    let mut sources = TemplateSources::new("in namespace team-a");
+    sources.insert_secret(
+        "tpl",
+        [
+            // the template's own text holds canaries, in places the parser and evaluator quote
+            ("unknown-func", format!("{{{{ \"{CANARY}\" | {TEXT_CANARY} }}}}")),
+            ("bad-var", format!("{{{{ ${TEXT_CANARY} }}}}")),
+            ("bad-char", format!("{{{{ 'x' ; \"{CANARY}\" }}}}")),
+            ("bad-num", format!("{{{{ 7f{TEXT_CANARY} }}}}")),
+            ("bad-field", format!("{{{{ .a.{TEXT_CANARY} }}}}")),
+            ("missing-key", format!("{CANARY} {{{{ .{TEXT_CANARY} }}}}")),
+            // values through functions that fail on them
+            ("from-json", "{{ .a | fromJson }}".to_owned()),
+            ("b64dec", "{{ .a | b64dec }}".to_owned()),
+            ("printf", "{{ printf \"%d\" .a }}".to_owned()),
+            // values and text as keys, labels and YAML
+            ("bad-key", format!("\"{{{{ .a }}}}\": x\n\"{CANARY}/x\": y\n")),
+            ("not-yaml", format!("k: {{{{ .a }}}}: [\n{CANARY}: [")),
+            ("label", "{{ .a }}".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), SecretValue::from(v)))
+        .collect(),
+    );
+    let failing = [
+        ("unknown-func", "Values", "Data"),
+        ("bad-var", "Values", "Data"),
+        ("bad-char", "Values", "Data"),
+        ("bad-num", "Values", "Data"),
+        ("bad-field", "Values", "Data"),
+        ("missing-key", "Values", "Data"),
+        ("from-json", "Values", "Data"),
+        ("b64dec", "Values", "Data"),
+        ("printf", "Values", "Data"),
+        ("bad-key", "KeysAndValues", "Data"),
+        ("bad-key", "KeysAndValues", "Labels"),
+        ("not-yaml", "KeysAndValues", "Annotations"),
+        ("label", "Values", "Labels"),
+    ];
+    for (key, scope, target) in failing {
+        let spec = format!(
+            "{STORE}data:\n- {{secretKey: a, remoteRef: {{key: plain}}}}\ntarget:\n  template:\n    templateFrom:\n    - target: {target}\n      secret: {{name: tpl, items: [{{key: {key}, templateAs: {scope}}}]}}\n"
+        );
+        let e = es(&spec);
+        let err = sync_with(&e, &SingleStore::new(s.clone()), sources.clone())
+            .await
+            .expect_err(&format!("{key}/{scope}/{target} should fail"));
+        let shown = format!("{err}\n{err:?}\n{err:#?}");
+        assert_clean(&format!("{key}/{scope}/{target}"), &shown);
+        assert!(
+            !shown.contains(TEXT_CANARY),
+            "{key}: quotes the template's text: {shown}"
+        );
+        assert!(!err.to_string().contains('\n'), "not one line: {err}");
+    }
+    assert_clean("Debug of the sources", &format!("{sources:?}\n{sources:#?}"));
+}

@@ -72,13 +72,53 @@ fn invalid_refresh_interval() {
 }
 
 #[test]
-fn template_from_config_map_is_not_supported_yet() {
+fn template_from_sources_are_listed_for_the_caller() {
     let spec = format!(
-        "{STORE}data:\n- {{secretKey: A, remoteRef: {{key: x}}}}\ntarget:\n  template:\n    templateFrom:\n    - configMap: {{name: tpl, items: [{{key: k}}]}}\n"
+        "{STORE}data:\n- {{secretKey: A, remoteRef: {{key: x}}}}\ntarget:\n  template:\n    templateFrom:\n    - configMap: {{name: tpl, items: [{{key: k}}]}}\n      secret: {{name: s, items: [{{key: k, templateAs: KeysAndValues}}]}}\n    - configMap: {{name: tpl, items: [{{key: j}}]}}\n"
+    );
+    let p = plan(&es(&spec)).unwrap();
+    let listed: Vec<(String, &str, &str)> = p
+        .template_sources
+        .iter()
+        .map(|s| (s.kind.to_string(), s.name.as_str(), s.field.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                "ConfigMap".to_owned(),
+                "tpl",
+                "spec.target.template.templateFrom[0].configMap"
+            ),
+            (
+                "Secret".to_owned(),
+                "s",
+                "spec.target.template.templateFrom[0].secret"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn template_from_sources_need_a_name_and_keys() {
+    let base = format!(
+        "{STORE}data:\n- {{secretKey: A, remoteRef: {{key: x}}}}\ntarget:\n  template:\n    templateFrom:\n"
     );
     assert_eq!(
-        plan_err(&spec),
-        "ExternalSecret team-a/app: spec.target.template.templateFrom[0].configMap: templateFrom from a ConfigMap is not supported yet"
+        plan_err(&format!(
+            "{base}    - configMap: {{name: '', items: [{{key: k}}]}}\n"
+        )),
+        "ExternalSecret team-a/app: spec.target.template.templateFrom[0].configMap.name: is empty: name the ConfigMap"
+    );
+    assert_eq!(
+        plan_err(&format!(
+            "{base}    - literal: 'a: b'\n    - secret: {{name: s, items: [{{key: ok}}, {{key: ''}}]}}\n"
+        )),
+        "ExternalSecret team-a/app: spec.target.template.templateFrom[1].secret.items[1].key: is empty"
+    );
+    assert_eq!(
+        plan_err(&format!("{base}    - target: Labels\n")),
+        "ExternalSecret team-a/app: spec.target.template.templateFrom[0]: set configMap, secret or literal"
     );
 }
 

@@ -4,7 +4,7 @@
 //! | step | module | client? |
 //! |---|---|---|
 //! | validate: plan the sync, check the target | [`validate`] | no |
-//! | dereference: target Secret state, stores (isolation, flood gate) | [`dereference`], [`crate::stores::resolve`] | yes |
+//! | dereference: target Secret state, stores (isolation, flood gate), `templateFrom` sources | [`dereference`], [`crate::stores::resolve`], [`sources`] | yes |
 //! | schedule: sync now or later (refreshInterval/Policy, jitter, force-sync) | [`crate::refresh`] | no |
 //! | build: fetch + shape through the resolved stores, then the apply object | [`build`] | vault only |
 //! | apply: server-side apply / deletionPolicy | [`apply`] | yes |
@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod build;
 pub mod dereference;
+pub mod sources;
 pub mod status;
 pub mod targets;
 pub mod validate;
@@ -176,10 +177,19 @@ async fn reconcile_inner(es: &ExternalSecret, ctx: &Context) -> Result<Action, R
             Err(e) => return fail(ctx, es, &meta, e.into()).await,
         };
 
+    // dereference: the templateFrom ConfigMaps and Secrets (a missing one fails in shape, by field)
+    let templates = match sources::read(ctx, &target.namespace, &validated.plan).await {
+        Ok(t) => t,
+        Err(e) => return fail(ctx, es, &meta, e).await,
+    };
+
     // build: read the vault and shape the desired Secret
     let t = Instant::now();
     let synced = match keyferry_sync::fetch(&validated.plan, &stores).await {
-        Ok(fetched) => keyferry_sync::shape_blocking(es, &validated.plan, &fetched).await,
+        Ok(mut fetched) => {
+            fetched.templates = templates;
+            keyferry_sync::shape_blocking(es, &validated.plan, &fetched).await
+        }
         Err(e) => Err(e),
     };
     ctx.metrics.synced(reason.as_str(), t.elapsed());
@@ -707,6 +717,12 @@ pub async fn run(
                 Api::all(client.clone()),
             ),
         };
+    // Metadata only: template ConfigMaps are read with a GET at each sync, never cached here.
+    let cm_api: Api<kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::ConfigMap>> =
+        match &opts.namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
     let mut es_cfg = watcher::Config::default().any_semantic();
     if let Some(sel) = &opts.label_selector {
         es_cfg = es_cfg.labels(sel);
@@ -738,6 +754,7 @@ pub async fn run(
     // Which ExternalSecrets write which Secret, for the Secret watch (kept from the same events).
     let targets = targets::TargetIndex::default();
     let targets_writer = targets.clone();
+    let template_users = targets.clone();
     let es_stream = kube::runtime::WatchStreamExt::reflect(
         kube::runtime::WatchStreamExt::modify(
             kube::runtime::WatchStreamExt::default_backoff(decoded),
@@ -773,7 +790,7 @@ pub async fn run(
     let by_store = reader.clone();
     let mut controller = controller
         .watches(secret_api, secret_cfg, {
-            let ctx = ctx.clone();
+            let (ctx, store) = (ctx.clone(), reader.clone());
             move |s: Secret| {
                 let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
                 // The echo of keyferry's own apply needs no reconcile (see crate::echo).
@@ -785,7 +802,18 @@ pub async fn run(
                 ) {
                     return Vec::new();
                 }
-                targets.writers(&ns, &name)
+                let mut woken = targets.writers(&ns, &name);
+                // A managed Secret may hold another ExternalSecret's templates (templateFrom[].secret):
+                // its users sync now, as on a remote change.
+                for r in targets.source_users(keyferry_sync::SourceKind::Secret, &ns, &name) {
+                    if let Some(es) = store.get(&r) {
+                        let uid = es.uid().unwrap_or_default();
+                        ctx.retries().reset(&uid);
+                        ctx.mark_dirty(&uid);
+                    }
+                    woken.push(r);
+                }
+                woken
             }
         })
         .watches(
@@ -878,6 +906,14 @@ pub async fn run(
     if let Some(router) = &opts.events {
         router.attach(ctx.clone(), reader.clone(), wake_tx.clone());
     }
+    // Template ConfigMaps that change re-render their ExternalSecrets.
+    let config_maps = tokio::spawn(sources::watch_config_maps(
+        ctx.clone(),
+        cm_api,
+        reader.clone(),
+        template_users,
+        wake_tx.clone(),
+    ));
     let (feed_stop_tx, feed_stop_rx) = futures::channel::oneshot::channel::<()>();
     let feed = if opts.change_feed_interval.is_zero() {
         drop(wake_tx);
@@ -908,6 +944,7 @@ pub async fn run(
     }
     pruner.abort();
     census.abort();
+    config_maps.abort();
     invalid_reporter.abort();
     let _ = feed_stop_tx.send(());
     if let Some(feed) = feed {

@@ -1,4 +1,5 @@
-//! ExternalSecrets by the Secret they write, kept from the ExternalSecret watch.
+//! ExternalSecrets by the Secret they write and by the ConfigMaps/Secrets their templates live in,
+//! kept from the ExternalSecret watch.
 //!
 //! Every event of a managed Secret asks "which ExternalSecrets write this Secret?". Scanning the
 //! whole ExternalSecret cache for each event is O(N) per event and O(N²) for a first sync (each of
@@ -10,52 +11,76 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use keyferry_api::ExternalSecret;
+use keyferry_sync::SourceKind;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
-/// `(namespace, Secret name)`.
-type TargetKey = (String, String);
+/// What an ExternalSecret refers to, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Ref {
+    /// The Secret it writes.
+    Target(String, String),
+    /// A `templateFrom` source.
+    Source(SourceKind, String, String),
+}
 
 /// ExternalSecrets by the Secret they write (`spec.target.name`, else their own name, in their
-/// namespace). Cheap to clone: clones share one index.
+/// namespace) and by their `templateFrom` sources. Cheap to clone: clones share one index.
 #[derive(Clone, Default)]
 pub struct TargetIndex(Arc<RwLock<Index>>);
 
 #[derive(Default)]
 struct Index {
-    writers: HashMap<TargetKey, HashSet<ObjectRef<ExternalSecret>>>,
-    target_of: HashMap<ObjectRef<ExternalSecret>, TargetKey>,
+    users: HashMap<Ref, HashSet<ObjectRef<ExternalSecret>>>,
+    refs_of: HashMap<ObjectRef<ExternalSecret>, Vec<Ref>>,
     /// During a re-listing: the objects it has carried so far (the others go at its end).
     relisted: Option<HashSet<ObjectRef<ExternalSecret>>>,
 }
 
 impl Index {
     fn upsert(&mut self, es: &ExternalSecret) {
-        let key = (es.namespace().unwrap_or_default(), es.target_secret_name());
+        let ns = es.namespace().unwrap_or_default();
+        let mut refs = vec![Ref::Target(ns.clone(), es.target_secret_name())];
+        refs.extend(
+            super::sources::sources_of(es)
+                .into_iter()
+                .map(|(kind, name)| Ref::Source(kind, ns.clone(), name)),
+        );
         let obj = ObjectRef::from_obj(es);
         if let Some(relisted) = &mut self.relisted {
             relisted.insert(obj.clone());
         }
-        match self.target_of.get(&obj) {
-            Some(old) if *old == key => return,
+        match self.refs_of.get(&obj) {
+            Some(old) if *old == refs => return,
             Some(_) => self.remove(&obj),
             None => {}
         }
-        self.writers.entry(key.clone()).or_default().insert(obj.clone());
-        self.target_of.insert(obj, key);
+        for r in &refs {
+            self.users.entry(r.clone()).or_default().insert(obj.clone());
+        }
+        self.refs_of.insert(obj, refs);
     }
 
     fn remove(&mut self, obj: &ObjectRef<ExternalSecret>) {
-        let Some(key) = self.target_of.remove(obj) else {
+        let Some(refs) = self.refs_of.remove(obj) else {
             return;
         };
-        if let Some(set) = self.writers.get_mut(&key) {
-            set.remove(obj);
-            if set.is_empty() {
-                self.writers.remove(&key);
+        for r in refs {
+            if let Some(set) = self.users.get_mut(&r) {
+                set.remove(obj);
+                if set.is_empty() {
+                    self.users.remove(&r);
+                }
             }
         }
+    }
+
+    fn lookup(&self, r: &Ref) -> Vec<ObjectRef<ExternalSecret>> {
+        self.users
+            .get(r)
+            .map(|set| set.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -71,7 +96,7 @@ impl TargetIndex {
                 // Objects the re-listing did not carry were deleted while the watch was down.
                 if let Some(relisted) = index.relisted.take() {
                     let gone: Vec<_> = index
-                        .target_of
+                        .refs_of
                         .keys()
                         .filter(|o| !relisted.contains(*o))
                         .cloned()
@@ -87,11 +112,18 @@ impl TargetIndex {
     /// The ExternalSecrets that write Secret `namespace/name`.
     pub fn writers(&self, namespace: &str, name: &str) -> Vec<ObjectRef<ExternalSecret>> {
         let index = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        index
-            .writers
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .map(|set| set.iter().cloned().collect())
-            .unwrap_or_default()
+        index.lookup(&Ref::Target(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// The ExternalSecrets whose `templateFrom` names ConfigMap or Secret `namespace/name`.
+    pub fn source_users(
+        &self,
+        kind: SourceKind,
+        namespace: &str,
+        name: &str,
+    ) -> Vec<ObjectRef<ExternalSecret>> {
+        let index = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        index.lookup(&Ref::Source(kind, namespace.to_owned(), name.to_owned()))
     }
 
     /// How many ExternalSecrets the index holds.
@@ -99,7 +131,7 @@ impl TargetIndex {
         self.0
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .target_of
+            .refs_of
             .len()
     }
 
@@ -169,5 +201,37 @@ mod tests {
         assert_eq!(names(idx.writers("a", "kept")), ["kept"]);
         assert!(idx.writers("a", "deleted-while-down").is_empty());
         assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn template_sources_are_indexed_and_follow_changes() {
+        let idx = TargetIndex::default();
+        let mut a = es("a", "app", None);
+        a.spec.target = Some(
+            serde_json::from_value(serde_json::json!({"template": {"templateFrom": [
+                {"configMap": {"name": "tpl", "items": [{"key": "k"}]}},
+                {"secret": {"name": "tpl-secret", "items": [{"key": "k"}]}}
+            ]}}))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        idx.apply(&watcher::Event::Apply(a.clone()));
+        assert_eq!(
+            names(idx.source_users(SourceKind::ConfigMap, "a", "tpl")),
+            ["app"]
+        );
+        assert_eq!(
+            names(idx.source_users(SourceKind::Secret, "a", "tpl-secret")),
+            ["app"]
+        );
+        assert!(
+            idx.source_users(SourceKind::Secret, "a", "tpl").is_empty(),
+            "kinds do not mix"
+        );
+        assert!(idx.source_users(SourceKind::ConfigMap, "b", "tpl").is_empty());
+        assert_eq!(names(idx.writers("a", "app")), ["app"]);
+        // The templates go away: so do the entries.
+        idx.apply(&watcher::Event::Apply(es("a", "app", None)));
+        assert!(idx.source_users(SourceKind::ConfigMap, "a", "tpl").is_empty());
+        assert_eq!(names(idx.writers("a", "app")), ["app"]);
     }
 }
