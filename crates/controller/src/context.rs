@@ -67,8 +67,6 @@ pub struct Context {
     pub hmac: crate::drift::HmacKey,
     /// Opened break-glass bundles.
     pub break_glass: crate::breakglass::BreakGlassState,
-    /// The versions keyferry's own writes left, so their watch echoes trigger no reconcile.
-    pub own_writes: crate::echo::OwnWrites,
     retries: RetryTracker,
     seen: Mutex<HashSet<String>>,
     /// Pending wake-ups (by uid): ExternalSecrets whose remote secrets the change feed saw change,
@@ -113,7 +111,6 @@ impl Context {
             cluster_stores,
             hmac: crate::drift::HmacKey::generate(),
             break_glass: crate::breakglass::BreakGlassState::default(),
-            own_writes: crate::echo::OwnWrites::default(),
             retries: RetryTracker::default(),
             seen: Mutex::new(HashSet::new()),
             dirty: WakeUps::default(),

@@ -21,7 +21,6 @@ pub mod clusterexternalsecret;
 pub mod conditions;
 pub mod context;
 pub mod drift;
-pub mod echo;
 pub mod error;
 pub mod eso_metrics;
 pub mod events;

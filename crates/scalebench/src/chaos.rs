@@ -132,27 +132,12 @@ async fn slow_vault(
         )
         .context("cannot install the latency fault")?;
     let before = emulator.counters();
-    let config = bench.keyferry_config(
-        Some((
-            emulator.ca_file().to_path_buf(),
-            emulator.authority_host().to_owned(),
-        )),
-        w,
-        bench.log_dir.join(format!("controller-{}.log", w.run)),
-    );
+    let config = emulator_controller(bench, &emulator, w);
     let started = Instant::now();
     let mut controller = ControllerProcess::start(&config).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let early = crate::procfs::memory(controller.pid())?.rss_kib;
-    let ready = wait_all_ready(
-        &bench.client,
-        &w.run,
-        w.es,
-        &mut controller,
-        Duration::from_secs(1),
-        Duration::from_secs(args.ready_timeout_secs),
-    )
-    .await?;
+    let ready = wait_ready(bench, w, &mut controller).await?;
     let memory = crate::procfs::memory(controller.pid())?;
     let counts = crate::vault::VaultCounts::between(&before, &emulator.counters());
     controller.stop();
@@ -269,14 +254,7 @@ async fn throttle_storm(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> R
                 .retry_after_secs(1),
         )
         .context("cannot install the throttle fault")?;
-    let mut config = bench.keyferry_config(
-        Some((
-            emulator.ca_file().to_path_buf(),
-            emulator.authority_host().to_owned(),
-        )),
-        w,
-        bench.log_dir.join(format!("controller-{}.log", w.run)),
-    );
+    let mut config = emulator_controller(bench, &emulator, w);
     config.extra_args.extend([
         "--vault-requests-per-second".to_owned(),
         rate.to_string(),
@@ -300,15 +278,7 @@ async fn throttle_storm(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> R
     };
     let started = Instant::now();
     let mut controller = ControllerProcess::start(&config).await?;
-    let ready = wait_all_ready(
-        &bench.client,
-        &w.run,
-        w.es,
-        &mut controller,
-        Duration::from_secs(1),
-        Duration::from_secs(args.ready_timeout_secs),
-    )
-    .await;
+    let ready = wait_ready(bench, w, &mut controller).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = sampler.await.unwrap_or_default();
     let after = emulator.counters();
@@ -325,6 +295,35 @@ async fn throttle_storm(bench: &Bench, w: &Workload, cleanup: &mut Cleanup) -> R
         busiest: busiest_windows(&samples, &[0.5, 1.0, 2.0, 5.0], rate, burst),
         samples: samples.len(),
     })
+}
+
+/// How keyferry is started against `emulator` for workload `w` (its CA and authority host).
+fn emulator_controller(
+    bench: &Bench,
+    emulator: &Emulator,
+    w: &Workload,
+) -> crate::controller::ControllerConfig {
+    bench.keyferry_config(
+        Some((
+            emulator.ca_file().to_path_buf(),
+            emulator.authority_host().to_owned(),
+        )),
+        w,
+        bench.log_dir.join(format!("controller-{}.log", w.run)),
+    )
+}
+
+/// Waits until all of `w`'s ExternalSecrets are Ready (polled every second, the bench's timeout).
+async fn wait_ready(bench: &Bench, w: &Workload, controller: &mut ControllerProcess) -> Result<Instant> {
+    wait_all_ready(
+        &bench.client,
+        &w.run,
+        w.es,
+        controller,
+        Duration::from_secs(1),
+        Duration::from_secs(bench.args.ready_timeout_secs),
+    )
+    .await
 }
 
 /// Every value each vault secret ever held (by index), recorded *before* it is written.
@@ -369,15 +368,9 @@ async fn scenario(bench: &Bench, w: &Workload, kills: usize, cleanup: &mut Clean
         allowed.clone(),
         stop.clone(),
     ));
-    let config = |k: usize| {
-        bench.keyferry_config(
-            Some((
-                emulator.ca_file().to_path_buf(),
-                emulator.authority_host().to_owned(),
-            )),
-            w,
-            bench.log_dir.join(format!("controller-{}-{k}.log", w.run)),
-        )
+    let config = |k: usize| crate::controller::ControllerConfig {
+        log_file: bench.log_dir.join(format!("controller-{}-{k}.log", w.run)),
+        ..emulator_controller(bench, &emulator, w)
     };
     let mut rotations = 0;
     for k in 0..kills {
@@ -400,15 +393,7 @@ async fn scenario(bench: &Bench, w: &Workload, kills: usize, cleanup: &mut Clean
     rotations += rotate_some(&emulator, w, &allowed, 2)?;
     let last_start = Instant::now();
     let mut controller = ControllerProcess::start(&config(kills)).await?;
-    wait_all_ready(
-        &bench.client,
-        &w.run,
-        w.es,
-        &mut controller,
-        Duration::from_secs(1),
-        Duration::from_secs(args.ready_timeout_secs),
-    )
-    .await?;
+    wait_ready(bench, w, &mut controller).await?;
     wait_converged(
         &bench.client,
         w,

@@ -40,12 +40,6 @@ pub async fn apply_secret(
         )
         .await
         .map_err(|e| ReconcileError::kube(format!("applying Secret {ns}/{name}"), &e))?;
-    ctx.own_writes.record(
-        crate::echo::Written::Secret,
-        &ns,
-        &name,
-        applied.resource_version().as_deref(),
-    );
     Ok(Applied {
         changed: applied.resource_version().as_deref() != previous_resource_version,
         data_hash: super::dereference::TargetState::from_secret(&applied).data_hash,
@@ -121,15 +115,7 @@ pub async fn write_status(
         "status": status,
     });
     match crate::error::apply_status(&api, &name, &PatchParams::apply(FIELD_MANAGER).force(), &body).await {
-        Ok(written) => {
-            ctx.own_writes.record(
-                crate::echo::Written::ExternalSecretStatus,
-                &ns,
-                &name,
-                written.resource_version().as_deref(),
-            );
-            Ok(true)
-        }
+        Ok(_) => Ok(true),
         // Deleted meanwhile: nothing to report on.
         Err(e) if is_not_found(&e) => Ok(false),
         Err(e) => Err(ReconcileError::kube(

@@ -772,20 +772,10 @@ pub async fn run(
             listed_tx.send_replace(true);
         }
     });
-    // The echo of keyferry's own status write triggers nothing (see crate::echo).
-    let trigger_ctx = ctx.clone();
-    let triggers = kube::runtime::WatchStreamExt::applied_objects(es_stream).filter(move |r| {
-        let echo = matches!(r, Ok(es) if trigger_ctx.own_writes.is_echo(
-            crate::echo::Written::ExternalSecretStatus,
-            &es.namespace().unwrap_or_default(),
-            &es.name_any(),
-            es.resource_version().as_deref(),
-        ));
-        futures::future::ready(!echo)
-    });
-    let controller = Controller::for_stream(triggers, reader)
-        .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
-        .reconcile_on(wake_rx);
+    let controller =
+        Controller::for_stream(kube::runtime::WatchStreamExt::applied_objects(es_stream), reader)
+            .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
+            .reconcile_on(wake_rx);
     let reader = controller.store();
     let by_store = reader.clone();
     let mut controller = controller
@@ -793,15 +783,6 @@ pub async fn run(
             let (ctx, store) = (ctx.clone(), reader.clone());
             move |s: Secret| {
                 let (ns, name) = (s.namespace().unwrap_or_default(), s.name_any());
-                // The echo of keyferry's own apply needs no reconcile (see crate::echo).
-                if ctx.own_writes.is_echo(
-                    crate::echo::Written::Secret,
-                    &ns,
-                    &name,
-                    s.resource_version().as_deref(),
-                ) {
-                    return Vec::new();
-                }
                 let mut woken = targets.writers(&ns, &name);
                 // A managed Secret may hold another ExternalSecret's templates (templateFrom[].secret):
                 // its users sync now, as on a remote change.
