@@ -79,12 +79,6 @@ pub fn sources_of(es: &ExternalSecret) -> Vec<(SourceKind, String)> {
     out
 }
 
-/// Whether an ExternalSecret's `templateFrom` names this object (in its own namespace).
-pub fn uses_source(es: &ExternalSecret, kind: SourceKind, namespace: &str, name: &str) -> bool {
-    es.namespace().as_deref() == Some(namespace)
-        && sources_of(es).iter().any(|(k, n)| *k == kind && n == name)
-}
-
 /// Wakes the users of a changed source: a wake-up makes the next reconcile sync now (reading the
 /// vault through the shared cache), and a backoff left by an earlier failure — say, the very key
 /// that was missing — does not hold back the fix.
@@ -151,6 +145,12 @@ pub async fn watch_config_maps(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether an ExternalSecret's `templateFrom` names this object (in its own namespace).
+    pub fn uses_source(es: &ExternalSecret, kind: SourceKind, namespace: &str, name: &str) -> bool {
+        es.namespace().as_deref() == Some(namespace)
+            && sources_of(es).iter().any(|(k, n)| *k == kind && n == name)
+    }
 
     fn es(ns: &str, template_from: &str) -> ExternalSecret {
         serde_yaml_ng::from_str(&format!(
