@@ -137,6 +137,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "KEYFERRY_BREAK_GLASS_GRACE", default_value_t = 300)]
     pub break_glass_grace_secs: u64,
 
+    /// Seconds syncs still running when the controller stops (SIGTERM, leadership lost) get to
+    /// finish; after that they are cancelled (the next leader syncs them again). Keep it below the
+    /// pod's `terminationGracePeriodSeconds` (30 by default).
+    #[arg(long, env = "KEYFERRY_SHUTDOWN_GRACE", default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+
     /// Sustained request rate allowed to each vault from this process (token bucket shared by every
     /// store of the vault; retries and paging count). 0 disables the budget.
     #[arg(long, env = "KEYFERRY_VAULT_REQUESTS_PER_SECOND", default_value_t = 200.0)]
@@ -232,6 +238,7 @@ impl Default for ControllerArgs {
             cache_max_age_secs: 600,
             min_refresh_interval_secs: 10,
             break_glass_grace_secs: 300,
+            shutdown_grace_secs: 20,
             vault_requests_per_second: 200.0,
             vault_burst: 50,
             rollout_restarts: true,

@@ -43,6 +43,8 @@ pub struct Settings {
     /// `--break-glass-grace-secs`: how long a store's vault fails validation before a store with
     /// `keyferry.io/break-glass: auto` serves from its bundle.
     pub break_glass_grace: Duration,
+    /// `--shutdown-grace-secs`: how long syncs in flight may run on after a stop.
+    pub shutdown_grace: Duration,
 }
 
 /// Shared reconciler state.
@@ -67,6 +69,8 @@ pub struct Context {
     pub hmac: crate::drift::HmacKey,
     /// Opened break-glass bundles.
     pub break_glass: crate::breakglass::BreakGlassState,
+    /// The reconciles running now (named in the warning when a stop has to cancel them).
+    pub in_flight: crate::shutdown::InFlight,
     retries: RetryTracker,
     seen: Mutex<HashSet<String>>,
     /// Pending wake-ups (by uid): ExternalSecrets whose remote secrets the change feed saw change,
@@ -111,6 +115,7 @@ impl Context {
             cluster_stores,
             hmac: crate::drift::HmacKey::generate(),
             break_glass: crate::breakglass::BreakGlassState::default(),
+            in_flight: crate::shutdown::InFlight::default(),
             retries: RetryTracker::default(),
             seen: Mutex::new(HashSet::new()),
             dirty: WakeUps::default(),

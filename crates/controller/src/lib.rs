@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod refresh;
 pub mod rollout;
 pub mod secretstore;
+pub mod shutdown;
 pub mod stores;
 pub mod telemetry;
 
@@ -250,6 +251,7 @@ pub async fn run_with_client(
         honor_reloader_annotations: args.honor_reloader_annotations,
         min_refresh_interval: std::time::Duration::from_secs(args.min_refresh_interval_secs),
         break_glass_grace: std::time::Duration::from_secs(args.break_glass_grace_secs),
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_secs),
     };
     // The HMAC key, shared by every replica through a Secret in the controller's namespace.
     let key_ns = lease_namespace(&args);

@@ -649,19 +649,27 @@ fn a_broken_store_shows_on_the_store_and_blocks_its_external_secrets() {
     });
 }
 
-/// A second controller, scoped with --namespace and --controller-class and without leader election,
-/// handles exactly the stores of its class; the main controller leaves them alone.
-#[test]
-fn a_scoped_controller_class_runs_beside_the_main_one() {
-    run(async {
-        let fx = Fixture::new("solo").await;
+/// A second controller in the test process, scoped to the test's namespace and one controller class,
+/// without leader election.
+struct ScopedController {
+    port: u16,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), keyferry_controller::RunError>>,
+}
+
+impl ScopedController {
+    fn start(
+        fx: &Fixture,
+        class: &str,
+        tweak: impl FnOnce(&mut keyferry_controller::ControllerArgs),
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("{e}"));
-        let args = keyferry_controller::ControllerArgs {
+        let mut args = keyferry_controller::ControllerArgs {
             namespace: Some(fx.name().to_owned()),
-            controller_class: Some("solo".into()),
+            controller_class: Some(class.into()),
             leader_election: false,
             enable_cluster_stores: false,
             enable_cluster_external_secrets: false,
@@ -669,19 +677,45 @@ fn a_scoped_controller_class_runs_beside_the_main_one() {
             skip_logging_init: true,
             ..keyferry_controller::ControllerArgs::default()
         };
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let solo = tokio::spawn(keyferry_controller::run_with_client(
+        tweak(&mut args);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(keyferry_controller::run_with_client(
             args,
             fx.client.clone(),
             stop_rx,
         ));
+        ScopedController { port, stop, task }
+    }
+
+    async fn metrics(&self) -> String {
+        common::http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
+    }
+
+    /// Stops the controller and waits for it; a hang fails the test here.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let stopped = tokio::time::timeout(Duration::from_secs(120), self.task).await;
+        assert!(
+            matches!(stopped, Ok(Ok(Ok(())))),
+            "the scoped controller stops cleanly: {stopped:?}"
+        );
+    }
+}
+
+/// A second controller, scoped with --namespace and --controller-class and without leader election,
+/// handles exactly the stores of its class; the main controller leaves them alone.
+#[test]
+fn a_scoped_controller_class_runs_beside_the_main_one() {
+    run(async {
+        let fx = Fixture::new("solo").await;
+        let solo = ScopedController::start(&fx, "solo", |_| {});
 
         let mut store = common::fake_store(fx.name(), "vault", &[("k", "from-solo")]);
         store.spec.controller = Some("solo".into());
         fx.apply(&store).await;
         fx.es("solo").key("k", "k").apply().await;
         fx.wait_value("solo", "k", "from-solo").await;
-        let solo_metrics = common::http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+        let solo_metrics = solo.metrics().await;
         assert!(
             solo_metrics.contains(&format!(
                 "vault=\"fake:{}/vault\",operation=\"get_secret\",status=\"ok\"",
@@ -696,20 +730,66 @@ fn a_scoped_controller_class_runs_beside_the_main_one() {
                 .contains(&format!("fake:{}/vault", fx.name())),
             "the main controller must not touch another class's store"
         );
+        solo.stop().await;
+        fx.cleanup().await;
+    });
+}
 
-        let _ = stop_tx.send(true);
-        // Shutdown waits for in-flight reconciles; a hang still fails here.
-        let stopped = tokio::time::timeout(Duration::from_secs(120), solo).await;
+/// A sync stuck on a vault request that does not answer does not hold up a stop (SIGTERM, lost
+/// leadership): after `--shutdown-grace-secs` it is cancelled and named in a warning, and the
+/// controller returns cleanly instead of waiting for the request.
+#[test]
+fn a_stuck_sync_is_cancelled_after_the_shutdown_grace() {
+    use keyferry_emulator::{FaultKind, FaultSpec, Operation};
+    run(async {
+        let _emulator = common::EMULATOR.lock().await;
+        let fx = Fixture::new("stuck").await;
+        let env = fx.env;
+        let stuck = ScopedController::start(&fx, "stuck", |args| {
+            args.shutdown_grace_secs = 1;
+            args.ca_file = Some(env.emulator.ca_file().to_path_buf());
+            args.azure_authority_host = Some(env.emulator.authority_host().to_owned());
+        });
+        fx.emulator_store_of_class("vault", "stuck").await;
+        let secret = fx.vault_secret("slow", "v1");
+        // Only this secret's reads hang (5 minutes, longer than the test may run).
+        let fault = env
+            .emulator
+            .inject_fault(
+                FaultSpec::new(FaultKind::Latency)
+                    .latency(Duration::from_secs(300))
+                    .operation(Operation::GetSecret)
+                    .secret(&secret),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        fx.es("stuck").key("k", &secret).apply().await;
+        let hit = eventually(Duration::from_secs(60), || async {
+            env.emulator
+                .faults()
+                .iter()
+                .any(|f| f.id == fault && f.hits > 0)
+                .then_some(())
+        })
+        .await;
+        assert!(hit.is_some(), "the sync never reached the vault");
+
+        stuck.stop().await;
+        env.emulator.remove_fault(fault);
+        let logs = env.logs();
+        let warning = logs.lines().find(|l| {
+            l.contains("shutdown grace passed") && l.contains(&format!("ExternalSecret {}/stuck", fx.name()))
+        });
         assert!(
-            matches!(stopped, Ok(Ok(Ok(())))),
-            "the scoped controller stops cleanly: {stopped:?}"
+            warning.is_some(),
+            "the cancelled sync is named in a warning; logs with 'shutdown grace': {:?}",
+            logs.lines()
+                .filter(|l| l.contains("shutdown grace"))
+                .collect::<Vec<_>>()
         );
         fx.cleanup().await;
     });
 }
 
-/// deletionPolicy acts only on a confirmed "gone": Delete removes the Secret, Retain keeps it and
-/// says so.
 #[test]
 fn deletion_policy_applies_when_the_remote_secret_is_gone() {
     run(async {

@@ -36,6 +36,11 @@ pub struct FaultSpec {
     /// (the token and managed-identity endpoints are only hit when named explicitly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<Operation>,
+    /// Only requests that name this secret (get, set, update, delete, versions, recover, purge,
+    /// backup); `None` means requests for any secret and listings. Lets a test fault one secret
+    /// while every other client of the emulator goes on undisturbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// Apply to the next N matching requests, then expire.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
@@ -62,6 +67,7 @@ impl FaultSpec {
         Self {
             fault,
             operation: None,
+            secret: None,
             count: None,
             duration_secs: None,
             probability: None,
@@ -113,6 +119,13 @@ impl FaultSpec {
         self
     }
 
+    /// Limits the rule to requests that name `secret`.
+    #[must_use]
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+
     /// Sets the latency of a latency fault.
     #[must_use]
     pub fn latency(mut self, d: Duration) -> Self {
@@ -150,7 +163,8 @@ impl FaultSpec {
 }
 
 /// Parses the `--fault` flag syntax: `KIND[,key=value...]`, for example
-/// `throttle,count=3,retry_after=2,op=get_secret` or `latency,ms=200,for=30` or `drop,p=0.1`.
+/// `throttle,count=3,retry_after=2,op=get_secret` or `latency,ms=200,for=30` or `drop,p=0.1` or
+/// `unavailable,secret=db-password`.
 impl FromStr for FaultSpec {
     type Err = String;
 
@@ -182,6 +196,7 @@ impl FromStr for FaultSpec {
             };
             match k {
                 "op" | "operation" => spec.operation = Some(v.parse()?),
+                "secret" => spec.secret = Some(v.to_owned()),
                 "count" | "n" => spec.count = Some(num(v)?),
                 "for" | "duration" | "duration_secs" => spec.duration_secs = Some(float(v)?),
                 "p" | "probability" => spec.probability = Some(float(v)?),
@@ -311,11 +326,18 @@ impl Faults {
         rules.iter().map(|r| r.active.clone()).collect()
     }
 
-    /// Decides the fault (if any) for one request; the first matching rule wins.
-    pub(crate) fn decide(&self, op: Operation) -> Option<FaultAction> {
+    /// Decides the fault (if any) for one request; the first matching rule wins. `secret` names
+    /// the secret the request is for (asked only when a rule filters by secret).
+    pub(crate) fn decide(
+        &self,
+        op: Operation,
+        secret: impl FnOnce() -> Option<String>,
+    ) -> Option<FaultAction> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
+        let mut secret = Some(secret);
+        let mut named: Option<Option<String>> = None;
         let mut rules = self.rules();
         let now = Instant::now();
         rules.retain(|r| r.until.is_none_or(|u| u > now));
@@ -327,7 +349,16 @@ impl Faults {
                 Some(target) => target == op,
                 None => op.is_vault(),
             };
-            if !matches || spec.probability.is_some_and(|p| rand::random::<f64>() >= p) {
+            if !matches {
+                continue;
+            }
+            if let Some(wanted) = &spec.secret {
+                let name = named.get_or_insert_with(|| secret.take().and_then(|f| f()));
+                if name.as_deref() != Some(wanted.as_str()) {
+                    continue;
+                }
+            }
+            if spec.probability.is_some_and(|p| rand::random::<f64>() >= p) {
                 continue;
             }
             action = Some(match spec.fault {
@@ -389,10 +420,16 @@ mod tests {
                     .operation(Operation::ListSecrets),
             )
             .unwrap();
-        assert_eq!(faults.decide(Operation::GetSecret), None);
-        assert_eq!(faults.decide(Operation::ListSecrets), Some(FaultAction::Drop));
-        assert_eq!(faults.decide(Operation::ListSecrets), Some(FaultAction::Drop));
-        assert_eq!(faults.decide(Operation::ListSecrets), None);
+        assert_eq!(faults.decide(Operation::GetSecret, || None), None);
+        assert_eq!(
+            faults.decide(Operation::ListSecrets, || None),
+            Some(FaultAction::Drop)
+        );
+        assert_eq!(
+            faults.decide(Operation::ListSecrets, || None),
+            Some(FaultAction::Drop)
+        );
+        assert_eq!(faults.decide(Operation::ListSecrets, || None), None);
         assert!(faults.list().is_empty());
     }
 
@@ -400,7 +437,26 @@ mod tests {
     fn unscoped_rules_skip_identity_endpoints() {
         let faults = Faults::new();
         faults.add(FaultSpec::new(FaultKind::Unavailable)).unwrap();
-        assert_eq!(faults.decide(Operation::Token), None);
-        assert!(faults.decide(Operation::SetSecret).is_some());
+        assert_eq!(faults.decide(Operation::Token, || None), None);
+        assert!(faults.decide(Operation::SetSecret, || None).is_some());
+    }
+
+    #[test]
+    fn secret_scoped_rules_fault_only_that_secret() {
+        let faults = Faults::new();
+        let spec: FaultSpec = "unavailable,secret=db,count=1".parse().unwrap();
+        assert_eq!(spec, FaultSpec::new(FaultKind::Unavailable).secret("db").count(1));
+        faults.add(spec).unwrap();
+        assert_eq!(faults.decide(Operation::ListSecrets, || None), None);
+        assert_eq!(faults.decide(Operation::GetSecret, || Some("other".into())), None);
+        assert!(
+            faults
+                .decide(Operation::GetSecret, || Some("db".into()))
+                .is_some()
+        );
+        assert!(
+            faults.list().is_empty(),
+            "count=1 used up by the matching request only"
+        );
     }
 }

@@ -147,6 +147,22 @@ pub(crate) enum Route {
 }
 
 impl Route {
+    /// The secret this request names, if any (for faults aimed at one secret).
+    pub(crate) fn secret_name(self) -> Option<String> {
+        match self {
+            Route::GetSecret { name, .. }
+            | Route::SetSecret { name }
+            | Route::UpdateSecret { name, .. }
+            | Route::DeleteSecret { name }
+            | Route::ListVersions { name }
+            | Route::GetDeleted { name }
+            | Route::Recover { name }
+            | Route::Purge { name }
+            | Route::Backup { name } => Some(name),
+            Route::ListSecrets | Route::ListDeleted | Route::Restore => None,
+        }
+    }
+
     /// The counter / fault operation of this route.
     pub(crate) fn operation(&self) -> Operation {
         match self {

@@ -123,7 +123,11 @@ where
         // Paths carry secret names, never values.
         let log = tracing::enabled!(tracing::Level::DEBUG).then(|| (req.method().clone(), path.to_owned()));
         app.counters.request(op);
-        let fault = app.faults.decide(op);
+        let fault = app.faults.decide(op, || {
+            route::parse(req.method(), path)
+                .ok()
+                .and_then(|r| r.secret_name())
+        });
         Box::pin(async move {
             let response = match fault {
                 Some(FaultAction::Drop) => {

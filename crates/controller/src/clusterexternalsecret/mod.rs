@@ -133,6 +133,9 @@ pub fn next_status(
 async fn reconcile(ces: Arc<ClusterExternalSecret>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let uid = ces.uid().unwrap_or_default();
+    let _running = ctx
+        .in_flight
+        .enter(format!("ClusterExternalSecret {}", ces.name_any()));
     let result = reconcile_inner(&ces, &ctx).await;
     match &result {
         Ok(_) => ctx.retries().reset(&uid),
@@ -292,16 +295,18 @@ async fn reconcile_inner(ces: &ClusterExternalSecret, ctx: &Context) -> Result<A
 pub async fn run(
     ctx: Arc<Context>,
     concurrency: u16,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let client = ctx.client.clone();
+    let grace = ctx.settings.shutdown_grace;
+    let lifecycle = ctx.clone();
     let controller = Controller::new(
         Api::<ClusterExternalSecret>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
     .with_config(kube::runtime::controller::Config::default().concurrency(concurrency.max(1)));
     let reader = controller.store();
-    controller
+    let work = controller
         // A new or relabelled namespace is picked up at once, not at the next refresh.
         .watches(
             Api::<Namespace>::all(client),
@@ -314,7 +319,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(
             reconcile,
             |c: Arc<ClusterExternalSecret>, _e: &ReconcileError, ctx: Arc<Context>| {
@@ -327,8 +332,15 @@ pub async fn run(
             },
             ctx,
         )
-        .for_each(|_| async {})
-        .await;
+        .for_each(|_| async {});
+    crate::shutdown::drain_within(
+        "ClusterExternalSecret",
+        work,
+        shutdown,
+        grace,
+        &lifecycle.in_flight,
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -51,6 +51,11 @@ pub const KIND: &str = "ExternalSecret";
 /// Reconciles one ExternalSecret. Records metrics and per-object backoff; the outcome is in status.
 pub async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
+    let _running = ctx.in_flight.enter(format!(
+        "ExternalSecret {}/{}",
+        es.namespace().unwrap_or_default(),
+        es.name_any()
+    ));
     let result = reconcile_inner(&es, &ctx).await;
     let uid = es.uid().unwrap_or_default();
     match &result {
@@ -701,7 +706,7 @@ pub struct ControllerOptions {
 pub async fn run(
     ctx: Arc<Context>,
     opts: ControllerOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let client = ctx.client.clone();
     let (es_api, secret_api, ss_api): (Api<Guarded<ExternalSecret>>, Api<Secret>, Api<SecretStore>) =
@@ -911,15 +916,17 @@ pub async fn run(
             },
         )))
     };
-    controller
-        .graceful_shutdown_on(shutdown)
+    let grace = ctx.settings.shutdown_grace;
+    let lifecycle = ctx.clone();
+    let work = controller
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "ExternalSecret controller event");
             }
-        })
-        .await;
+        });
+    crate::shutdown::drain_within("ExternalSecret", work, shutdown, grace, &lifecycle.in_flight).await;
     if let Some(router) = &opts.events {
         router.detach();
     }

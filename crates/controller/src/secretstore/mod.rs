@@ -90,6 +90,7 @@ async fn reconcile_store(store: StoreObject, ctx: Arc<Context>) -> Result<Action
     };
     let started = Instant::now();
     let uid = store.uid();
+    let _running = ctx.in_flight.enter(format!("{kind} {}", store.label()));
     let result = reconcile_inner(&store, &ctx).await;
     match &result {
         Ok(_) => ctx.retries().reset(&uid),
@@ -256,6 +257,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + Clone + 'static,
 ) {
     let client = ctx.client.clone();
+    let (grace, lifecycle) = (ctx.settings.shutdown_grace, ctx.clone());
     let ss_api: Api<SecretStore> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -278,7 +280,7 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         )
         .with_config(cfg)
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(
             |s: Arc<ClusterSecretStore>, ctx: Arc<Context>| reconcile_store(StoreObject::Cluster(s), ctx),
             |s: Arc<ClusterSecretStore>, _e: &ReconcileError, ctx: Arc<Context>| {
@@ -287,9 +289,12 @@ pub async fn run(
             ctx,
         )
         .for_each(|_| async {});
-        futures::join!(namespaced, cluster);
+        let stores = async {
+            futures::join!(namespaced, cluster);
+        };
+        crate::shutdown::drain_within("SecretStore", stores, shutdown, grace, &lifecycle.in_flight).await;
     } else {
-        namespaced.await;
+        crate::shutdown::drain_within("SecretStore", namespaced, shutdown, grace, &lifecycle.in_flight).await;
     }
 }
 

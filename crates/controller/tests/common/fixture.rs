@@ -111,6 +111,12 @@ impl Fixture {
         super::emulator_store(self.env, self.name(), name, wait_feed).await;
     }
 
+    /// [`Fixture::emulator_store`] for the controllers of `class` only (`spec.controller`).
+    pub async fn emulator_store_of_class(&self, name: &str, class: &str) {
+        self.talks_to_the_emulator();
+        super::emulator_store_of_class(self.env, self.name(), name, false, Some(class)).await;
+    }
+
     /// Writes a new version of the emulator secret `<namespace>-<suffix>` (names stay unique per
     /// test) and returns the secret's name.
     pub fn vault_secret(&self, suffix: &str, value: &str) -> String {

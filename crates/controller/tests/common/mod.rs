@@ -358,15 +358,21 @@ pub fn repo_file(path: &str) -> String {
 /// A SecretStore on the shared emulator (service principal from a Secret in the namespace), waited
 /// for until Ready (and, with `wait_feed`, until its change feed reports `ChangeFeed`).
 pub async fn emulator_store(env: &Env, ns: &str, name: &str, wait_feed: bool) {
+    emulator_store_of_class(env, ns, name, wait_feed, None).await;
+}
+
+/// [`emulator_store`] with `spec.controller: <class>` (handled only by a controller of that class).
+pub async fn emulator_store_of_class(env: &Env, ns: &str, name: &str, wait_feed: bool, class: Option<&str>) {
     let client = env.client();
     let creds: Secret = yaml(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-sp\n  namespace: {ns}\nstringData:\n  client-id: keyferry-e2e-{name}\n  client-secret: {ns}\n"
     ));
     apply(&Api::namespaced(client.clone(), ns), &creds).await;
     let store: keyferry_api::SecretStore = yaml(&format!(
-        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: {name}-sp, key: client-id}}\n        clientSecret: {{name: {name}-sp, key: client-secret}}\n",
+        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  controller: {class}\n  provider:\n    azurekv:\n      vaultUrl: {url}\n      tenantId: {tenant}\n      authSecretRef:\n        clientId: {{name: {name}-sp, key: client-id}}\n        clientSecret: {{name: {name}-sp, key: client-secret}}\n",
         url = env.emulator.vault_url(),
         tenant = env.emulator.tenant_id(),
+        class = class.map_or_else(|| "null".to_owned(), |c| format!("{c:?}")),
     ));
     let stores: Api<keyferry_api::SecretStore> = Api::namespaced(client.clone(), ns);
     apply(&stores, &store).await;
