@@ -129,8 +129,13 @@ async fn client_from(path: &Path) -> Result<Client, HarnessError> {
 }
 
 fn repo_root() -> PathBuf {
-    // crates/testkit → repository root.
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    // `cargo test` names the running test's package (crates/<name>) at run time; prefer it to the
+    // path baked in at build time, which is another checkout's when a target dir is shared.
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("../../scripts/testenv").exists())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("../..")
 }
 
 async fn start_testenv() -> Result<(PathBuf, Option<PathBuf>), HarnessError> {
