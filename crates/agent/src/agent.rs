@@ -17,6 +17,8 @@ use keyferry_sync::ResolveError;
 
 use crate::auth::VaultClient;
 use crate::breakglass;
+use crate::events::EventPull;
+use keyferry_providers::azure::vault_events::{VaultEvent, VaultEventKind, same_vault};
 use crate::config::{AgentConfig, ConfigError, OutputConfig};
 use crate::state::{AgentState, OutputState, now};
 use crate::write::{OnDisk, on_disk, remove_stale_temps, resolve_ownership, write_atomic};
@@ -563,6 +565,71 @@ impl Agent {
         }
     }
 
+    /// Handles a batch of Key Vault events: syncs the outputs that read a secret with a new version
+    /// (one vault read per secret, shared through the cache, which also tells the change feed the
+    /// version so its next round does not read it again), and warns once per output that reads a
+    /// secret about to expire or expired.
+    pub async fn on_events(&mut self, events: &[VaultEvent]) {
+        for e in events {
+            self.metrics.vault_event(e.kind.label());
+        }
+        let mut to_sync: BTreeSet<String> = BTreeSet::new();
+        for v in self.config.vaults.clone() {
+            if v.hashicorp_vault.is_some() {
+                continue;
+            }
+            let mine: Vec<&VaultEvent> = events.iter().filter(|e| same_vault(&v.vault_url, e)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let outputs: Vec<OutputConfig> = self
+                .config
+                .outputs
+                .iter()
+                .filter(|o| o.vault == v.name)
+                .cloned()
+                .collect();
+            let mut changed = BTreeSet::new();
+            for e in mine {
+                if e.kind == VaultEventKind::NewVersion {
+                    if let Some(client) = self.vaults.get(&v.name) {
+                        client.cached.note_new_version(&e.secret, e.version.as_deref(), e.time);
+                    }
+                    changed.insert(e.secret.clone());
+                    continue;
+                }
+                let one = BTreeSet::from([e.secret.clone()]);
+                let verb = if e.kind == VaultEventKind::Expired {
+                    "expired"
+                } else {
+                    "expires soon"
+                };
+                let expires = e
+                    .expires
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_default();
+                for o in outputs.iter().filter(|o| pipeline::affected(o, &one)) {
+                    self.metrics.secret_expiry_event(e.kind.label());
+                    tracing::warn!(output = %o.name, vault = %v.name, secret = %e.secret, %expires, "vault secret {verb}; rotate it in the vault");
+                }
+            }
+            to_sync.extend(
+                outputs
+                    .iter()
+                    .filter(|o| pipeline::affected(o, &changed))
+                    .map(|o| o.name.clone()),
+            );
+        }
+        for name in &to_sync {
+            self.sync_output(name).await;
+        }
+        if !to_sync.is_empty() {
+            self.save_state();
+        }
+        tracing::debug!(events = events.len(), synced = to_sync.len(), "vault events handled");
+    }
+
     /// `--once`: sync every output, write the state, return the exit code.
     pub async fn once(&mut self) -> u8 {
         self.clean_stale_temps();
@@ -586,6 +653,9 @@ impl Agent {
         // Signals interrupt only at await points; a file write has none, so a stop never leaves a
         // temp file behind.
         self.clean_stale_temps();
+        // Receiving starts before the baseline, so a version written during the first sync arrives
+        // as an event (or, failing that, through the change feed's next round).
+        let mut pull = EventPull::start(&self.config, &self.connect, self.metrics.clone());
         let start = async {
             self.baseline().await;
             let failed = self.sync_all().await;
@@ -610,10 +680,12 @@ impl Agent {
             enum Next {
                 Round,
                 Reload,
+                Events(Vec<VaultEvent>),
                 Stop,
             }
             let next = tokio::select! {
                 _ = ticks.tick() => Next::Round,
+                batch = next_batch(&mut pull) => Next::Events(batch),
                 _ = hup.recv() => Next::Reload,
                 _ = term.recv() => Next::Stop,
                 _ = int.recv() => Next::Stop,
@@ -621,10 +693,12 @@ impl Agent {
             if matches!(next, Next::Stop) {
                 break;
             }
+            let reloading = matches!(next, Next::Reload);
             let work = async {
                 match next {
                     Next::Round => self.round().await,
                     Next::Reload => self.reload().await,
+                    Next::Events(batch) => self.on_events(&batch).await,
                     Next::Stop => {}
                 }
             };
@@ -633,9 +707,22 @@ impl Agent {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
+            if reloading && pull.as_ref().map(|p| &p.config) != self.config.events.as_ref() {
+                pull = EventPull::start(&self.config, &self.connect, self.metrics.clone());
+            }
         }
         self.save_state();
         tracing::info!("stopping");
         Ok(())
     }
+}
+
+/// The next batch of events, or never when events are off (or their task ended).
+async fn next_batch(pull: &mut Option<EventPull>) -> Vec<VaultEvent> {
+    if let Some(p) = pull
+        && let Some(batch) = p.batches.recv().await
+    {
+        return batch;
+    }
+    std::future::pending().await
 }

@@ -83,72 +83,12 @@ impl VaultClient {
             vault: vault.name.clone(),
             detail,
         };
-        let read = |field: &'static str, path: &Path| {
-            std::fs::read(path)
-                .map(SecretValue::new)
-                .map_err(|e| AuthError::CredentialFile {
-                    vault: vault.name.clone(),
-                    field,
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })
-        };
-        let tenant = vault.tenant_id.clone().unwrap_or_default();
-        let mut spec = AzureKvProvider {
+        let (creds, auth_type, credential_file) = azure_credentials(vault, connect)?;
+        let spec = AzureKvProvider {
             vault_url: vault.vault_url.clone(),
             tenant_id: vault.tenant_id.clone(),
+            auth_type: Some(auth_type),
             ..AzureKvProvider::default()
-        };
-        let mut credential_file = None;
-        let creds = if let Some(sp) = &vault.auth.service_principal {
-            spec.auth_type = Some(AzureAuthType::ServicePrincipal);
-            if let Some(path) = &sp.client_secret_file {
-                let value = read("auth.servicePrincipal.clientSecretFile", path)?;
-                credential_file = Some((path.clone(), value.clone()));
-                let text = value
-                    .expose_str()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        provider_err(format!(
-                            "auth.servicePrincipal.clientSecretFile: {} is empty or not UTF-8",
-                            path.display()
-                        ))
-                    })?;
-                AzureCredentials::ClientSecret {
-                    tenant_id: tenant,
-                    client_id: sp.client_id.clone(),
-                    secret: SecretValue::from(text),
-                }
-            } else if let Some(path) = &sp.client_certificate_file {
-                let value = read("auth.servicePrincipal.clientCertificateFile", path)?;
-                credential_file = Some((path.clone(), value.clone()));
-                AzureCredentials::ClientCertificate {
-                    tenant_id: tenant,
-                    client_id: sp.client_id.clone(),
-                    pem: value,
-                }
-            } else {
-                return Err(provider_err(
-                    "auth.servicePrincipal: set clientSecretFile or clientCertificateFile".into(),
-                ));
-            }
-        } else if let Some(wi) = &vault.auth.workload_identity {
-            spec.auth_type = Some(AzureAuthType::WorkloadIdentity);
-            AzureCredentials::WorkloadIdentity {
-                tenant_id: tenant,
-                client_id: wi.client_id.clone(),
-                token_file: wi.token_file.clone(),
-            }
-        } else if let Some(mi) = &vault.auth.managed_identity {
-            spec.auth_type = Some(AzureAuthType::ManagedIdentity);
-            let credential = HostIdentityCredential::new(mi, connect).map_err(provider_err)?;
-            AzureCredentials::Custom {
-                identity: credential.describe(),
-                credential: Arc::new(credential),
-            }
-        } else {
-            return Err(provider_err("auth: no method set".into()));
         };
         let provider = AzureProvider::new(&spec, creds, connect).map_err(|e| provider_err(e.to_string()))?;
         let client: Arc<dyn SecretsClient> = Arc::new(provider);
@@ -498,3 +438,109 @@ impl TokenCredential for HostIdentityCredential {
         Ok(token)
     }
 }
+/// The Entra credentials of an Azure Key Vault entry (the vault client and the event pull use the
+/// same identity), its auth type, and the credential file read (to notice its rotation).
+#[allow(clippy::type_complexity)]
+fn azure_credentials(
+    vault: &VaultConfig,
+    connect: &ConnectOptions,
+) -> Result<(AzureCredentials, AzureAuthType, Option<(PathBuf, SecretValue)>), AuthError> {
+        let provider_err = |detail: String| AuthError::Provider {
+            vault: vault.name.clone(),
+            detail,
+        };
+        let read = |field: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map(SecretValue::new)
+                .map_err(|e| AuthError::CredentialFile {
+                    vault: vault.name.clone(),
+                    field,
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })
+        };
+        let tenant = vault.tenant_id.clone().unwrap_or_default();
+        let mut credential_file = None;
+        let auth_type;
+        let creds = if let Some(sp) = &vault.auth.service_principal {
+            auth_type = AzureAuthType::ServicePrincipal;
+            if let Some(path) = &sp.client_secret_file {
+                let value = read("auth.servicePrincipal.clientSecretFile", path)?;
+                credential_file = Some((path.clone(), value.clone()));
+                let text = value
+                    .expose_str()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| {
+                        provider_err(format!(
+                            "auth.servicePrincipal.clientSecretFile: {} is empty or not UTF-8",
+                            path.display()
+                        ))
+                    })?;
+                AzureCredentials::ClientSecret {
+                    tenant_id: tenant,
+                    client_id: sp.client_id.clone(),
+                    secret: SecretValue::from(text),
+                }
+            } else if let Some(path) = &sp.client_certificate_file {
+                let value = read("auth.servicePrincipal.clientCertificateFile", path)?;
+                credential_file = Some((path.clone(), value.clone()));
+                AzureCredentials::ClientCertificate {
+                    tenant_id: tenant,
+                    client_id: sp.client_id.clone(),
+                    pem: value,
+                }
+            } else {
+                return Err(provider_err(
+                    "auth.servicePrincipal: set clientSecretFile or clientCertificateFile".into(),
+                ));
+            }
+        } else if let Some(wi) = &vault.auth.workload_identity {
+            auth_type = AzureAuthType::WorkloadIdentity;
+            AzureCredentials::WorkloadIdentity {
+                tenant_id: tenant,
+                client_id: wi.client_id.clone(),
+                token_file: wi.token_file.clone(),
+            }
+        } else if let Some(mi) = &vault.auth.managed_identity {
+            auth_type = AzureAuthType::ManagedIdentity;
+            let credential = HostIdentityCredential::new(mi, connect).map_err(provider_err)?;
+            AzureCredentials::Custom {
+                identity: credential.describe(),
+                credential: Arc::new(credential),
+            }
+        } else {
+            return Err(provider_err("auth: no method set".into()));
+        };
+        Ok((creds, auth_type, credential_file))
+}
+
+/// The Event Grid pull client of `events:`, authenticated as the vault it names.
+pub fn event_pull(
+    events: &crate::config::EventsConfig,
+    vaults: &[VaultConfig],
+    connect: &ConnectOptions,
+) -> Result<keyferry_providers::azure::eventgrid::EventGridPull, AuthError> {
+    let provider_err = |detail: String| AuthError::Provider {
+        vault: events.credentials_from.clone(),
+        detail,
+    };
+    let vault = vaults
+        .iter()
+        .find(|v| v.name == events.credentials_from)
+        .ok_or_else(|| provider_err("events.credentialsFrom: no such vault".into()))?;
+    let (creds, _, _) = azure_credentials(vault, connect)?;
+    let target = keyferry_providers::azure::eventgrid::PullTarget {
+        endpoint: events.endpoint.clone(),
+        topic: events.topic.clone(),
+        subscription: events.subscription.clone(),
+    };
+    keyferry_providers::azure::eventgrid::EventGridPull::new(
+        &target,
+        creds,
+        &connect.authority_or_public(),
+        connect,
+    )
+    .map_err(|e| provider_err(format!("events: {e}")))
+}
+

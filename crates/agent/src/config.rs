@@ -55,6 +55,32 @@ pub struct AgentConfig {
     pub vaults: Vec<VaultConfig>,
     /// The files the agent writes.
     pub outputs: Vec<OutputConfig>,
+    /// Event-driven rotation: Key Vault's `SecretNewVersionCreated` events, pulled from an Event
+    /// Grid namespace-topic subscription, sync the outputs that read the secret about a second after
+    /// the write. The change feed stays the safety net for lost events. Unset: change feed only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsConfig>,
+}
+
+/// Where the agent pulls Key Vault events from (Event Grid namespace topic, pull delivery: no
+/// inbound endpoint on the VM).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsConfig {
+    /// The Event Grid namespace's HTTPS endpoint, e.g.
+    /// `https://ns.westeurope-1.eventgrid.azure.net`.
+    pub endpoint: String,
+    /// The namespace topic the vault's events are routed to.
+    pub topic: String,
+    /// This agent's event subscription on the topic (delivery mode `Queue`). Give each VM its own:
+    /// agents sharing one subscription would take each other's events.
+    pub subscription: String,
+    /// The Azure Key Vault (by `name`) whose Entra identity receives the events (it needs the
+    /// `EventGrid Data Receiver` role on the topic).
+    pub credentials_from: String,
+    /// Longest wait of one receive (long poll), 1–120 seconds. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_seconds: Option<u64>,
 }
 
 /// One secret store and how to authenticate to it: an Azure Key Vault (`vaultUrl`, `tenantId`,
@@ -501,6 +527,9 @@ impl AgentConfig {
                 ));
             }
         }
+        if let Some(ev) = &self.events {
+            validate_events(ev, &self.vaults).map_err(|e| format!("events: {e}"))?;
+        }
         let mut names = BTreeSet::new();
         let mut paths = BTreeSet::new();
         for (i, o) in self.outputs.iter().enumerate() {
@@ -585,6 +614,35 @@ impl AgentConfig {
     pub fn vault(&self, name: &str) -> Option<&VaultConfig> {
         self.vaults.iter().find(|v| v.name == name)
     }
+}
+
+fn validate_events(ev: &EventsConfig, vaults: &[VaultConfig]) -> Result<(), String> {
+    let url = url::Url::parse(ev.endpoint.trim())
+        .map_err(|e| format!("endpoint: {:?} is not a URL: {e}", ev.endpoint))?;
+    if url.scheme() != "https" {
+        return Err(format!("endpoint: must be https://, got {:?}", ev.endpoint));
+    }
+    for (field, v) in [("topic", &ev.topic), ("subscription", &ev.subscription)] {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(format!("{field}: {v:?}: letters, digits and '-' only"));
+        }
+    }
+    match vaults.iter().find(|v| v.name == ev.credentials_from) {
+        None => return Err(format!("credentialsFrom: no vault named {:?}", ev.credentials_from)),
+        Some(v) if v.hashicorp_vault.is_some() => {
+            return Err(format!(
+                "credentialsFrom: vault {:?} is a HashiCorp Vault; events need an Azure Key Vault's Entra identity",
+                ev.credentials_from
+            ));
+        }
+        Some(_) => {}
+    }
+    if let Some(w) = ev.max_wait_seconds
+        && !(1..=120).contains(&w)
+    {
+        return Err(format!("maxWaitSeconds: must be 1–120, got {w}"));
+    }
+    Ok(())
 }
 
 fn validate_break_glass(bg: &BreakGlassConfig) -> Result<(), String> {
@@ -733,6 +791,31 @@ outputs:
         AgentConfig::parse("agent.yaml", text)
             .expect_err("should fail")
             .to_string()
+    }
+
+    #[test]
+    fn events_need_an_https_endpoint_plain_names_and_an_azure_identity() {
+        let with = |events: &str| format!("{GOOD}events:\n{events}");
+        let good = "  endpoint: https://ns.westeurope-1.eventgrid.azure.net\n  topic: keyvault\n  subscription: web01\n  credentialsFrom: hybridops\n";
+        let c = AgentConfig::parse("agent.yaml", &with(good)).expect("valid");
+        assert_eq!(c.events.as_ref().map(|e| e.subscription.as_str()), Some("web01"));
+        assert_eq!(
+            err(&with(&good.replace("https://", "http://"))),
+            "agent.yaml: events: endpoint: must be https://, got \"http://ns.westeurope-1.eventgrid.azure.net\""
+        );
+        assert_eq!(
+            err(&with(&good.replace("web01", "web_01"))),
+            "agent.yaml: events: subscription: \"web_01\": letters, digits and '-' only"
+        );
+        assert_eq!(
+            err(&with(&good.replace("credentialsFrom: hybridops", "credentialsFrom: nope"))),
+            "agent.yaml: events: credentialsFrom: no vault named \"nope\""
+        );
+        assert_eq!(
+            err(&with(&format!("{good}  maxWaitSeconds: 0\n"))),
+            "agent.yaml: events: maxWaitSeconds: must be 1–120, got 0"
+        );
+        assert!(err(&with(&format!("{good}  queue: x\n"))).contains("unknown field `queue`"));
     }
 
     #[test]

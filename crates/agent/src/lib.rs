@@ -14,6 +14,7 @@ pub mod agent;
 pub mod auth;
 pub mod breakglass;
 pub mod config;
+pub mod events;
 pub mod format;
 pub mod hooks;
 pub mod metrics;

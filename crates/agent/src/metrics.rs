@@ -19,6 +19,13 @@ pub struct ResultOnly {
     pub result: String,
 }
 
+/// `kind` label of Key Vault events.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventKind {
+    /// `new_version`, `near_expiry`, `expired` or `ignored`.
+    pub kind: String,
+}
+
 /// `ready` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
@@ -38,6 +45,9 @@ pub struct Metrics {
     writes: Counter,
     hooks: Family<ResultOnly, Counter>,
     outputs: Family<ReadyLabels, Gauge>,
+    event_receives: Family<ResultOnly, Counter>,
+    vault_events: Family<EventKind, Counter>,
+    expiry_events: Family<EventKind, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,6 +83,9 @@ impl Metrics {
             writes: Counter::default(),
             hooks: Family::default(),
             outputs: Family::default(),
+            event_receives: Family::default(),
+            vault_events: Family::default(),
+            expiry_events: Family::default(),
         };
         registry.register(
             "change_feed_polls",
@@ -119,6 +132,21 @@ impl Metrics {
             "Outputs by whether their last sync succeeded",
             m.outputs.clone(),
         );
+        registry.register(
+            "agent_event_receives",
+            "Event Grid receive calls (long polls) by result",
+            m.event_receives.clone(),
+        );
+        registry.register(
+            "agent_vault_events",
+            "Key Vault events received, by kind (ignored: not a Key Vault secret event)",
+            m.vault_events.clone(),
+        );
+        registry.register(
+            "agent_secret_expiry_events",
+            "SecretNearExpiry / SecretExpired events for secrets an output reads, per output",
+            m.expiry_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -145,6 +173,18 @@ impl Metrics {
         self.cache_hits.set(g(hits));
         self.cache_misses.set(g(misses));
         self.cache_invalidations.set(g(invalidations));
+    }
+    /// An Event Grid receive call finished.
+    pub fn event_receive(&self, ok: bool) {
+        self.event_receives.get_or_create(&result(ok)).inc();
+    }
+    /// A Key Vault event of `kind` arrived.
+    pub fn vault_event(&self, kind: &str) {
+        self.vault_events.get_or_create(&EventKind { kind: kind.into() }).inc();
+    }
+    /// An expiry event concerned one output.
+    pub fn secret_expiry_event(&self, kind: &str) {
+        self.expiry_events.get_or_create(&EventKind { kind: kind.into() }).inc();
     }
     /// Outputs ready / failing.
     pub fn outputs(&self, ready: usize, failing: usize) {

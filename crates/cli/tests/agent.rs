@@ -811,3 +811,114 @@ async fn a_failed_on_change_is_reported_and_retried_until_it_succeeds() {
     assert_eq!(hooks_run(&s), 1);
     assert!(status_json(&emu, &s)["outputs"]["netbox-db-password"]["lastError"].is_null());
 }
+
+/// Event-driven rotation on a VM: with the change feed at an hour, only a Key Vault event pulled
+/// from Event Grid can deliver a new version within the test's waits. Both outputs reading the
+/// rotated secret are rewritten from ONE vault read; a version close to expiry warns per output
+/// that reads it; no value reaches the log or the metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn pulled_events_deliver_rotations_with_one_read_and_warn_of_expiry() {
+    let emu = emulator().await;
+    emu.add_event_pull_subscription("keyvault", "web01").unwrap();
+    let s = setup(&emu, auth_sp);
+    let cfg = format!(
+        "{}changeFeedIntervalSeconds: 3600\nevents:\n  endpoint: {}\n  topic: keyvault\n  subscription: web01\n  credentialsFrom: hybridops\n  maxWaitSeconds: 5\n",
+        read(&s.config),
+        emu.event_grid_endpoint()
+    );
+    std::fs::write(&s.config, cfg).unwrap();
+    let log = std::fs::File::create(s.path("agent.log")).unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = command(&emu)
+        .args(["agent", "--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--config")
+        .arg(&s.config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let (pw, env) = (s.path("out/netbox-db-password"), s.path("out/netbox.env"));
+    wait_for("first sync", Duration::from_secs(60), || {
+        read(&pw) == CANARY_1 && read(&env).contains(TOKEN_CANARY)
+    })
+    .await;
+    wait_for("the first receive", Duration::from_secs(30), || {
+        http_get(metrics_port, "/metrics").contains("keyferry_agent_event_receives_total{result=\"ok\"}")
+    })
+    .await;
+
+    let (gets, lists) = (
+        emu.counters().requests(Operation::GetSecret),
+        emu.counters().requests(Operation::ListSecrets),
+    );
+    emu.set_secret("netbox-db-password", CANARY_2).unwrap();
+    wait_for("the rotation through the event", Duration::from_secs(30), || {
+        read(&pw) == CANARY_2 && read(&env).contains(CANARY_2)
+    })
+    .await;
+    wait_for("the hook", Duration::from_secs(30), || hooks_run(&s) == 2).await;
+    assert_eq!(
+        emu.counters().requests(Operation::GetSecret) - gets,
+        1,
+        "one vault read for the two outputs reading the rotated secret"
+    );
+    assert_eq!(
+        emu.counters().requests(Operation::ListSecrets),
+        lists,
+        "no change-feed round delivered it (the interval is an hour)"
+    );
+
+    // A new version of the API token expiring in a week: synced through its event, and a
+    // SecretNearExpiry warning for netbox-env (the only output reading it).
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 7 * 24 * 3600;
+    emu.set_secret_with(
+        "netbox-api-token",
+        keyferry_emulator::NewVersion {
+            value: CANARY_3.into(),
+            expires: i64::try_from(exp).ok(),
+            ..keyferry_emulator::NewVersion::default()
+        },
+    )
+    .unwrap();
+    wait_for("the token rotation", Duration::from_secs(30), || {
+        read(&env).contains(CANARY_3)
+    })
+    .await;
+    wait_for("the expiry warning", Duration::from_secs(30), || {
+        read(&s.path("agent.log")).contains("expires soon")
+    })
+    .await;
+    let log = read(&s.path("agent.log"));
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("expires soon")).collect();
+    assert_eq!(warnings.len(), 1, "one output reads the token: {warnings:?}");
+    assert!(warnings[0].contains("netbox-env"), "{}", warnings[0]);
+    let metrics = http_get(metrics_port, "/metrics");
+    for name in [
+        "keyferry_agent_vault_events_total{kind=\"new_version\"} 2",
+        "keyferry_agent_vault_events_total{kind=\"near_expiry\"} 1",
+        "keyferry_agent_secret_expiry_events_total{kind=\"near_expiry\"} 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+
+    sigterm(&child);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "agent did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert_no_canary("agent log", &read(&s.path("agent.log")));
+    assert_no_canary("metrics", &metrics);
+}

@@ -28,6 +28,7 @@ pub mod eventgrid;
 pub mod fuzzing;
 mod retry;
 pub mod store_auth;
+pub mod vault_events;
 pub(crate) mod transport;
 
 use std::path::Path;
