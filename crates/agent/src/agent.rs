@@ -17,12 +17,12 @@ use keyferry_sync::ResolveError;
 
 use crate::auth::VaultClient;
 use crate::breakglass;
-use crate::events::EventPull;
-use keyferry_providers::azure::vault_events::{VaultEvent, VaultEventKind, same_vault};
 use crate::config::{AgentConfig, ConfigError, OutputConfig};
+use crate::events::EventPull;
 use crate::state::{AgentState, OutputState, now};
 use crate::write::{OnDisk, on_disk, remove_stale_temps, resolve_ownership, write_atomic};
 use crate::{format, hooks, pipeline};
+use keyferry_providers::azure::vault_events::{VaultEvent, VaultEventKind, same_vault};
 use keyferry_providers::breakglass::BreakGlassClient;
 
 /// Default seconds between change-feed rounds.
@@ -593,7 +593,9 @@ impl Agent {
             for e in mine {
                 if e.kind == VaultEventKind::NewVersion {
                     if let Some(client) = self.vaults.get(&v.name) {
-                        client.cached.note_new_version(&e.secret, e.version.as_deref(), e.time);
+                        client
+                            .cached
+                            .note_new_version(&e.secret, e.version.as_deref(), e.time);
                     }
                     changed.insert(e.secret.clone());
                     continue;
@@ -627,7 +629,11 @@ impl Agent {
         if !to_sync.is_empty() {
             self.save_state();
         }
-        tracing::debug!(events = events.len(), synced = to_sync.len(), "vault events handled");
+        tracing::debug!(
+            events = events.len(),
+            synced = to_sync.len(),
+            "vault events handled"
+        );
     }
 
     /// `--once`: sync every output, write the state, return the exit code.

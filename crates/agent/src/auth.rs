@@ -445,74 +445,74 @@ fn azure_credentials(
     vault: &VaultConfig,
     connect: &ConnectOptions,
 ) -> Result<(AzureCredentials, AzureAuthType, Option<(PathBuf, SecretValue)>), AuthError> {
-        let provider_err = |detail: String| AuthError::Provider {
-            vault: vault.name.clone(),
-            detail,
-        };
-        let read = |field: &'static str, path: &Path| {
-            std::fs::read(path)
-                .map(SecretValue::new)
-                .map_err(|e| AuthError::CredentialFile {
-                    vault: vault.name.clone(),
-                    field,
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })
-        };
-        let tenant = vault.tenant_id.clone().unwrap_or_default();
-        let mut credential_file = None;
-        let auth_type;
-        let creds = if let Some(sp) = &vault.auth.service_principal {
-            auth_type = AzureAuthType::ServicePrincipal;
-            if let Some(path) = &sp.client_secret_file {
-                let value = read("auth.servicePrincipal.clientSecretFile", path)?;
-                credential_file = Some((path.clone(), value.clone()));
-                let text = value
-                    .expose_str()
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        provider_err(format!(
-                            "auth.servicePrincipal.clientSecretFile: {} is empty or not UTF-8",
-                            path.display()
-                        ))
-                    })?;
-                AzureCredentials::ClientSecret {
-                    tenant_id: tenant,
-                    client_id: sp.client_id.clone(),
-                    secret: SecretValue::from(text),
-                }
-            } else if let Some(path) = &sp.client_certificate_file {
-                let value = read("auth.servicePrincipal.clientCertificateFile", path)?;
-                credential_file = Some((path.clone(), value.clone()));
-                AzureCredentials::ClientCertificate {
-                    tenant_id: tenant,
-                    client_id: sp.client_id.clone(),
-                    pem: value,
-                }
-            } else {
-                return Err(provider_err(
-                    "auth.servicePrincipal: set clientSecretFile or clientCertificateFile".into(),
-                ));
-            }
-        } else if let Some(wi) = &vault.auth.workload_identity {
-            auth_type = AzureAuthType::WorkloadIdentity;
-            AzureCredentials::WorkloadIdentity {
+    let provider_err = |detail: String| AuthError::Provider {
+        vault: vault.name.clone(),
+        detail,
+    };
+    let read = |field: &'static str, path: &Path| {
+        std::fs::read(path)
+            .map(SecretValue::new)
+            .map_err(|e| AuthError::CredentialFile {
+                vault: vault.name.clone(),
+                field,
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+    };
+    let tenant = vault.tenant_id.clone().unwrap_or_default();
+    let mut credential_file = None;
+    let auth_type;
+    let creds = if let Some(sp) = &vault.auth.service_principal {
+        auth_type = AzureAuthType::ServicePrincipal;
+        if let Some(path) = &sp.client_secret_file {
+            let value = read("auth.servicePrincipal.clientSecretFile", path)?;
+            credential_file = Some((path.clone(), value.clone()));
+            let text = value
+                .expose_str()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    provider_err(format!(
+                        "auth.servicePrincipal.clientSecretFile: {} is empty or not UTF-8",
+                        path.display()
+                    ))
+                })?;
+            AzureCredentials::ClientSecret {
                 tenant_id: tenant,
-                client_id: wi.client_id.clone(),
-                token_file: wi.token_file.clone(),
+                client_id: sp.client_id.clone(),
+                secret: SecretValue::from(text),
             }
-        } else if let Some(mi) = &vault.auth.managed_identity {
-            auth_type = AzureAuthType::ManagedIdentity;
-            let credential = HostIdentityCredential::new(mi, connect).map_err(provider_err)?;
-            AzureCredentials::Custom {
-                identity: credential.describe(),
-                credential: Arc::new(credential),
+        } else if let Some(path) = &sp.client_certificate_file {
+            let value = read("auth.servicePrincipal.clientCertificateFile", path)?;
+            credential_file = Some((path.clone(), value.clone()));
+            AzureCredentials::ClientCertificate {
+                tenant_id: tenant,
+                client_id: sp.client_id.clone(),
+                pem: value,
             }
         } else {
-            return Err(provider_err("auth: no method set".into()));
-        };
-        Ok((creds, auth_type, credential_file))
+            return Err(provider_err(
+                "auth.servicePrincipal: set clientSecretFile or clientCertificateFile".into(),
+            ));
+        }
+    } else if let Some(wi) = &vault.auth.workload_identity {
+        auth_type = AzureAuthType::WorkloadIdentity;
+        AzureCredentials::WorkloadIdentity {
+            tenant_id: tenant,
+            client_id: wi.client_id.clone(),
+            token_file: wi.token_file.clone(),
+        }
+    } else if let Some(mi) = &vault.auth.managed_identity {
+        auth_type = AzureAuthType::ManagedIdentity;
+        let credential = HostIdentityCredential::new(mi, connect).map_err(provider_err)?;
+        AzureCredentials::Custom {
+            identity: credential.describe(),
+            credential: Arc::new(credential),
+        }
+    } else {
+        return Err(provider_err("auth: no method set".into()));
+    };
+    Ok((creds, auth_type, credential_file))
 }
 
 /// The Event Grid pull client of `events:`, authenticated as the vault it names.
@@ -543,4 +543,3 @@ pub fn event_pull(
     )
     .map_err(|e| provider_err(format!("events: {e}")))
 }
-

@@ -628,7 +628,12 @@ fn validate_events(ev: &EventsConfig, vaults: &[VaultConfig]) -> Result<(), Stri
         }
     }
     match vaults.iter().find(|v| v.name == ev.credentials_from) {
-        None => return Err(format!("credentialsFrom: no vault named {:?}", ev.credentials_from)),
+        None => {
+            return Err(format!(
+                "credentialsFrom: no vault named {:?}",
+                ev.credentials_from
+            ));
+        }
         Some(v) if v.hashicorp_vault.is_some() => {
             return Err(format!(
                 "credentialsFrom: vault {:?} is a HashiCorp Vault; events need an Azure Key Vault's Entra identity",
@@ -808,7 +813,9 @@ outputs:
             "agent.yaml: events: subscription: \"web_01\": letters, digits and '-' only"
         );
         assert_eq!(
-            err(&with(&good.replace("credentialsFrom: hybridops", "credentialsFrom: nope"))),
+            err(&with(
+                &good.replace("credentialsFrom: hybridops", "credentialsFrom: nope")
+            )),
             "agent.yaml: events: credentialsFrom: no vault named \"nope\""
         );
         assert_eq!(

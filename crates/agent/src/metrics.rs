@@ -180,11 +180,15 @@ impl Metrics {
     }
     /// A Key Vault event of `kind` arrived.
     pub fn vault_event(&self, kind: &str) {
-        self.vault_events.get_or_create(&EventKind { kind: kind.into() }).inc();
+        self.vault_events
+            .get_or_create(&EventKind { kind: kind.into() })
+            .inc();
     }
     /// An expiry event concerned one output.
     pub fn secret_expiry_event(&self, kind: &str) {
-        self.expiry_events.get_or_create(&EventKind { kind: kind.into() }).inc();
+        self.expiry_events
+            .get_or_create(&EventKind { kind: kind.into() })
+            .inc();
     }
     /// Outputs ready / failing.
     pub fn outputs(&self, ready: usize, failing: usize) {

@@ -28,8 +28,8 @@ pub mod eventgrid;
 pub mod fuzzing;
 mod retry;
 pub mod store_auth;
-pub mod vault_events;
 pub(crate) mod transport;
+pub mod vault_events;
 
 use std::path::Path;
 use std::sync::Arc;
