@@ -15,6 +15,7 @@
 //! The CLI wires `keyferry controller` to [`run`] with [`ControllerArgs`].
 
 pub mod args;
+pub mod backoff;
 pub mod breakglass;
 pub mod changefeed;
 pub mod clusterexternalsecret;

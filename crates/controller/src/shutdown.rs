@@ -103,18 +103,21 @@ pub async fn drain_within(
             "stopping: draining syncs in flight"
         );
         tokio::time::sleep(grace).await;
+        // Taken here: once `select!` picks this branch it drops `work`, and the reconciles it
+        // aborts leave the set on other threads.
+        (in_flight.len(), in_flight.longest(5))
     };
     tokio::select! {
         () = work => {
             tracing::debug!(controller = what, "stopped");
             Stopped::Drained
         }
-        () = deadline => {
+        (running, longest) = deadline => {
             tracing::warn!(
                 controller = what,
                 grace_secs = grace.as_secs_f64(),
-                running = in_flight.len(),
-                longest = %in_flight.longest(5).join(", "),
+                running,
+                longest = %longest.join(", "),
                 "shutdown grace passed with syncs still running; cancelling them (the next leader syncs them again)"
             );
             Stopped::Cancelled

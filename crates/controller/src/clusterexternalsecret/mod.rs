@@ -304,7 +304,8 @@ pub async fn run(
         Api::<ClusterExternalSecret>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency.max(1)));
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency.max(1)))
+    .trigger_backoff(crate::backoff::TriggerBackoff::default());
     let reader = controller.store();
     let work = controller
         // A new or relabelled namespace is picked up at once, not at the next refresh.

@@ -89,6 +89,13 @@ pub async fn reconcile(es: Arc<ExternalSecret>, ctx: Arc<Context>) -> Result<Act
         started.elapsed(),
         result.as_ref().err().map(ReconcileError::category),
     );
+    tracing::debug!(
+        namespace = %es.namespace().unwrap_or_default(),
+        name = %es.name_any(),
+        ok = result.is_ok(),
+        millis = started.elapsed().as_millis(),
+        "reconciled"
+    );
     result
 }
 
@@ -780,6 +787,7 @@ pub async fn run(
     let controller =
         Controller::for_stream(kube::runtime::WatchStreamExt::applied_objects(es_stream), reader)
             .with_config(kube::runtime::controller::Config::default().concurrency(opts.concurrency.max(1)))
+            .trigger_backoff(crate::backoff::TriggerBackoff::default())
             .reconcile_on(wake_rx);
     let reader = controller.store();
     let by_store = reader.clone();

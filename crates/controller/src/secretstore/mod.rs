@@ -265,6 +265,7 @@ pub async fn run(
     let cfg = kube::runtime::controller::Config::default().concurrency(concurrency.max(1));
     let namespaced = Controller::new(ss_api, watcher::Config::default().any_semantic())
         .with_config(cfg.clone())
+        .trigger_backoff(crate::backoff::TriggerBackoff::default())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |s: Arc<SecretStore>, ctx: Arc<Context>| reconcile_store(StoreObject::Namespaced(s), ctx),
@@ -280,6 +281,7 @@ pub async fn run(
             watcher::Config::default().any_semantic(),
         )
         .with_config(cfg)
+        .trigger_backoff(crate::backoff::TriggerBackoff::default())
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |s: Arc<ClusterSecretStore>, ctx: Arc<Context>| reconcile_store(StoreObject::Cluster(s), ctx),
