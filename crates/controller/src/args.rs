@@ -181,9 +181,36 @@ pub struct ControllerArgs {
     /// schema or CloudEvents 1.0). Every delivery must carry one of the secrets in this file (one a
     /// line; a mounted Kubernetes Secret key, re-read at each delivery) in the
     /// `X-Keyferry-Webhook-Secret` header (or `Authorization: Bearer`); set it as a secret delivery
-    /// attribute of the Event Grid subscription. Unset: no webhook (see docs/events.md).
+    /// attribute of the Event Grid subscription. Unset, and no `--events-webhook-entra-tenant-id`: no
+    /// webhook (see docs/events.md).
     #[arg(long, env = "KEYFERRY_EVENTS_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub events_webhook_secret_file: Option<PathBuf>,
+
+    /// Also accept webhook deliveries authenticated with Microsoft Entra (Event Grid's "Use
+    /// Microsoft Entra authentication"): tokens of this tenant, RS256-verified against its published
+    /// keys (fetched from the authority host). Needs `--events-webhook-entra-audience`; serves the
+    /// webhook even without a secret file.
+    #[arg(long, env = "KEYFERRY_EVENTS_WEBHOOK_ENTRA_TENANT_ID", value_name = "TENANT")]
+    pub events_webhook_entra_tenant_id: Option<String>,
+
+    /// The audience Entra tokens must carry: the application ID URI and/or client id of the Entra
+    /// app named in the Event Grid subscription (comma separated).
+    #[arg(
+        long,
+        env = "KEYFERRY_EVENTS_WEBHOOK_ENTRA_AUDIENCE",
+        value_delimiter = ',',
+        value_name = "AUDIENCE"
+    )]
+    pub events_webhook_entra_audience: Vec<String>,
+
+    /// The application Entra tokens must be issued to (`azp`/`appid`). Default: Event Grid's.
+    #[arg(
+        long,
+        env = "KEYFERRY_EVENTS_WEBHOOK_ENTRA_APP_ID",
+        default_value = keyferry_providers::azure::entra_tokens::EVENT_GRID_APP_ID,
+        value_name = "APP_ID"
+    )]
+    pub events_webhook_entra_app_id: String,
 
     /// Pull Key Vault events from this Event Grid namespace endpoint (e.g.
     /// `https://ns.westeurope-1.eventgrid.azure.net`) with the controller's own Azure identity
@@ -247,6 +274,9 @@ impl Default for ControllerArgs {
             enable_cluster_stores: true,
             enable_cluster_external_secrets: true,
             events_webhook_secret_file: None,
+            events_webhook_entra_tenant_id: None,
+            events_webhook_entra_audience: Vec::new(),
+            events_webhook_entra_app_id: keyferry_providers::azure::entra_tokens::EVENT_GRID_APP_ID.into(),
             events_pull_endpoint: None,
             events_pull_topic: None,
             events_pull_subscription: None,

@@ -33,6 +33,7 @@ use futures::channel::mpsc::UnboundedSender;
 use keyferry_api::ExternalSecret;
 use keyferry_api::external_secret::StoreKind;
 use keyferry_api::secret_store::ProviderKind;
+use keyferry_providers::azure::entra_tokens::{EntraTokenError, EntraTokenVerifier};
 use keyferry_providers::azure::eventgrid::EventGridPull;
 use kube::Resource as _;
 use kube::runtime::events::EventType;
@@ -60,11 +61,13 @@ pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
     da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Where the webhook's shared secrets come from.
+/// How webhook deliveries are authenticated: a shared secret, Entra tokens, or both.
 #[derive(Clone, Debug)]
 pub struct WebhookAuth {
-    /// A file of accepted secrets, one a line (a mounted Kubernetes Secret key).
-    pub secret_file: PathBuf,
+    /// A file of accepted shared secrets, one a line (a mounted Kubernetes Secret key).
+    pub secret_file: Option<PathBuf>,
+    /// Entra tokens (Event Grid's "Use Microsoft Entra authentication").
+    pub entra: Option<Arc<EntraTokenVerifier>>,
 }
 
 /// Why a delivery was refused.
@@ -72,16 +75,51 @@ pub struct WebhookAuth {
 enum AuthOutcome {
     Allowed,
     Refused,
-    /// The secret file could not be read: refuse everything, say why once in the log.
+    /// Nothing can be verified now (secret file unreadable, tenant key set unreachable): refuse
+    /// with 503 so Event Grid retries, and say why once in the log.
     Unconfigured(String),
 }
 
+/// Whether a bearer value has the shape of a JWT (three base64url parts), i.e. is meant as an
+/// Entra token rather than a shared secret.
+fn jwt_shaped(value: &[u8]) -> bool {
+    value.iter().filter(|b| **b == b'.').count() == 2
+        && value.len() > 20
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 impl WebhookAuth {
-    fn check(&self, headers: &HeaderMap) -> AuthOutcome {
-        let text = match std::fs::read(&self.secret_file) {
+    async fn check(&self, headers: &HeaderMap) -> AuthOutcome {
+        let bearer = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(<[u8]>::trim_ascii);
+        if let Some(verifier) = &self.entra
+            && let Some(token) = bearer.filter(|t| jwt_shaped(t))
+        {
+            let token = std::str::from_utf8(token).unwrap_or_default();
+            return match verifier.verify(token).await {
+                Ok(()) => AuthOutcome::Allowed,
+                Err(e @ EntraTokenError::KeySet { .. }) => AuthOutcome::Unconfigured(e.to_string()),
+                Err(e) => {
+                    tracing::debug!(reason = %e, "webhook delivery with a refused Entra token");
+                    AuthOutcome::Refused
+                }
+            };
+        }
+        let Some(secret_file) = &self.secret_file else {
+            return if self.entra.is_some() {
+                AuthOutcome::Refused
+            } else {
+                AuthOutcome::Unconfigured("no webhook authentication configured".into())
+            };
+        };
+        let text = match std::fs::read(secret_file) {
             Ok(t) => t,
             Err(e) => {
-                return AuthOutcome::Unconfigured(format!("{}: {e}", self.secret_file.display()));
+                return AuthOutcome::Unconfigured(format!("{}: {e}", secret_file.display()));
             }
         };
         let accepted: Vec<&[u8]> = text
@@ -90,19 +128,12 @@ impl WebhookAuth {
             .filter(|l| !l.is_empty())
             .collect();
         if accepted.is_empty() {
-            return AuthOutcome::Unconfigured(format!(
-                "{}: no secret in the file",
-                self.secret_file.display()
-            ));
+            return AuthOutcome::Unconfigured(format!("{}: no secret in the file", secret_file.display()));
         }
         let presented = headers
             .get(SECRET_HEADER)
             .map(HeaderValue::as_bytes)
-            .or_else(|| {
-                headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            })
+            .or(bearer)
             .map(<[u8]>::trim_ascii);
         let Some(presented) = presented else {
             return AuthOutcome::Refused;
@@ -344,20 +375,20 @@ async fn hook(State(s): State<HookState>, headers: HeaderMap, body: Bytes) -> Re
             Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
         };
     }
-    match s.auth.check(&headers) {
+    match s.auth.check(&headers).await {
         AuthOutcome::Allowed => {
             s.warned.store(false, std::sync::atomic::Ordering::Relaxed);
         }
         AuthOutcome::Refused => {
             s.metrics.vault_event_refused("unauthenticated");
-            return (StatusCode::UNAUTHORIZED, "missing or wrong webhook secret\n").into_response();
+            return (StatusCode::UNAUTHORIZED, "missing or wrong webhook credentials\n").into_response();
         }
         AuthOutcome::Unconfigured(why) => {
             if !s.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(reason = %why, "webhook secret unreadable; refusing every delivery");
+                tracing::warn!(reason = %why, "webhook credentials cannot be checked; refusing deliveries (Event Grid retries)");
             }
             s.metrics.vault_event_refused("unconfigured");
-            return (StatusCode::SERVICE_UNAVAILABLE, "webhook secret not configured\n").into_response();
+            return (StatusCode::SERVICE_UNAVAILABLE, "webhook credentials cannot be checked now\n").into_response();
         }
     }
     let parsed = if cloud {
@@ -434,15 +465,16 @@ pub async fn run_pull(
 mod tests {
     use super::*;
 
-    #[test]
-    fn shared_secrets_compare_exactly() {
+    #[tokio::test]
+    async fn shared_secrets_compare_exactly() {
         assert!(secrets_equal(b"s3cret", b"s3cret"));
         assert!(!secrets_equal(b"s3cret", b"s3cre"));
         assert!(!secrets_equal(b"", b"x"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let file = dir.path().join("secret");
         let auth = WebhookAuth {
-            secret_file: file.clone(),
+            secret_file: Some(file.clone()),
+            entra: None,
         };
         let with = |name: &'static str, value: &str| {
             let mut h = HeaderMap::new();
@@ -453,25 +485,66 @@ mod tests {
             h
         };
         assert!(matches!(
-            auth.check(&HeaderMap::new()),
+            auth.check(&HeaderMap::new()).await,
             AuthOutcome::Unconfigured(_)
         ));
         std::fs::write(&file, "old-secret\nnew-secret\n").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            auth.check(&with(SECRET_HEADER, "new-secret")),
+            auth.check(&with(SECRET_HEADER, "new-secret")).await,
             AuthOutcome::Allowed
         );
         assert_eq!(
-            auth.check(&with(SECRET_HEADER, "old-secret")),
+            auth.check(&with(SECRET_HEADER, "old-secret")).await,
             AuthOutcome::Allowed,
             "rotation overlap"
         );
         assert_eq!(
-            auth.check(&with("authorization", "Bearer new-secret")),
+            auth.check(&with("authorization", "Bearer new-secret")).await,
             AuthOutcome::Allowed
         );
-        assert_eq!(auth.check(&with(SECRET_HEADER, "guess")), AuthOutcome::Refused);
-        assert_eq!(auth.check(&HeaderMap::new()), AuthOutcome::Refused);
+        assert_eq!(auth.check(&with(SECRET_HEADER, "guess")).await, AuthOutcome::Refused);
+        assert_eq!(auth.check(&HeaderMap::new()).await, AuthOutcome::Refused);
+    }
+
+    #[tokio::test]
+    async fn jwt_shaped_bearers_go_to_entra_and_others_to_the_shared_secret() {
+        assert!(jwt_shaped(b"eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2ln"));
+        assert!(!jwt_shaped(b"hook-secret"));
+        assert!(!jwt_shaped(b"a.b.c"), "too short to be a token");
+        let verifier = EntraTokenVerifier::new(
+            keyferry_providers::azure::entra_tokens::EntraTokenPolicy {
+                tenant_id: "tenant".into(),
+                audiences: vec!["api://hook".into()],
+                application_id: keyferry_providers::azure::entra_tokens::EVENT_GRID_APP_ID.into(),
+            },
+            // Nothing listens here: fetching the key set fails at once.
+            "https://127.0.0.1:9",
+            &keyferry_providers::azure::ConnectOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let auth = WebhookAuth {
+            secret_file: None,
+            entra: Some(Arc::new(verifier)),
+        };
+        let bearer = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                axum::http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {v}")).unwrap_or_else(|e| panic!("{e}")),
+            );
+            h
+        };
+        assert_eq!(auth.check(&HeaderMap::new()).await, AuthOutcome::Refused);
+        assert_eq!(auth.check(&bearer("hook-secret")).await, AuthOutcome::Refused);
+        // A token whose key set cannot be fetched: 503, so Event Grid retries.
+        let token = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJhdWQiOiJhcGk6Ly9ob29rIn0.c2lnbmF0dXJl";
+        assert!(matches!(
+            auth.check(&bearer(token)).await,
+            AuthOutcome::Unconfigured(why) if why.contains("key set")
+        ));
+        // An HS256 token is refused before any fetch.
+        let hs = "eyJhbGciOiJIUzI1NiIsImtpZCI6ImsxIn0.eyJhdWQiOiJhcGk6Ly9ob29rIn0.c2lnbmF0dXJl";
+        assert_eq!(auth.check(&bearer(hs)).await, AuthOutcome::Refused);
     }
 
     /// One Event Grid schema notification (the schema's parsing is tested in keyferry-providers).
@@ -488,7 +561,10 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let app = webhook_router(
             Arc::new(EventRouter::default()),
-            WebhookAuth { secret_file: file },
+            WebhookAuth {
+                secret_file: Some(file),
+                entra: None,
+            },
             metrics.clone(),
         );
         let call = |req: axum::http::Request<axum::body::Body>| {

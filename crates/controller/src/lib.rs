@@ -76,6 +76,9 @@ pub enum RunError {
     /// The Event Grid pull client could not be built.
     #[error("--events-pull-endpoint: {0}")]
     EventPull(keyferry_providers::ProviderError),
+    /// The webhook's Entra authentication is misconfigured.
+    #[error("Event Grid webhook: {0}")]
+    EventWebhook(String),
     /// Leadership was lost; the process should exit and restart.
     #[error(transparent)]
     LeadershipLost(#[from] leader::LeadershipLost),
@@ -128,12 +131,19 @@ pub async fn run_with_client(
     let stopped = stop_future(stop.clone());
     // Events reach the ExternalSecret controller through the router once this replica leads.
     let event_router = Arc::new(events::EventRouter::default());
-    let webhook = args.events_webhook_secret_file.as_ref().map(|file| {
-        tracing::info!(path = events::WEBHOOK_PATH, "serving the Event Grid webhook");
+    let entra = webhook_entra_verifier(&args, &connect)?;
+    let webhook = (args.events_webhook_secret_file.is_some() || entra.is_some()).then(|| {
+        tracing::info!(
+            path = events::WEBHOOK_PATH,
+            shared_secret = args.events_webhook_secret_file.is_some(),
+            entra = entra.is_some(),
+            "serving the Event Grid webhook"
+        );
         events::webhook_router(
             event_router.clone(),
             events::WebhookAuth {
-                secret_file: file.clone(),
+                secret_file: args.events_webhook_secret_file.clone(),
+                entra,
             },
             metrics.clone(),
         )
@@ -365,6 +375,45 @@ pub async fn run_with_client(
     futures::join!(es, stores, ces, watches, break_glass, pull);
     ctx.metrics.set_leader(false);
     finish(elector_task, http_task).await
+}
+
+/// The webhook's Entra token verifier, when `--events-webhook-entra-tenant-id` is set.
+fn webhook_entra_verifier(
+    args: &ControllerArgs,
+    connect: &ConnectOptions,
+) -> Result<Option<Arc<keyferry_providers::azure::entra_tokens::EntraTokenVerifier>>, RunError> {
+    use keyferry_providers::azure::entra_tokens::{EntraTokenPolicy, EntraTokenVerifier};
+    let audiences: Vec<String> = args
+        .events_webhook_entra_audience
+        .iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    let tenant = args
+        .events_webhook_entra_tenant_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    match (tenant, audiences.is_empty()) {
+        (None, true) => Ok(None),
+        (None, false) => Err(RunError::EventWebhook(
+            "--events-webhook-entra-audience needs --events-webhook-entra-tenant-id".into(),
+        )),
+        (Some(_), true) => Err(RunError::EventWebhook(
+            "--events-webhook-entra-tenant-id needs --events-webhook-entra-audience (the webhook app's application ID URI or client id)".into(),
+        )),
+        (Some(tenant), false) => EntraTokenVerifier::new(
+            EntraTokenPolicy {
+                tenant_id: tenant.to_owned(),
+                audiences,
+                application_id: args.events_webhook_entra_app_id.trim().to_owned(),
+            },
+            &connect.authority_or_public(),
+            connect,
+        )
+        .map(|v| Some(Arc::new(v)))
+        .map_err(|e| RunError::EventWebhook(e.to_string())),
+    }
 }
 
 /// Retries inside one vault call are short: the reconciler requeues failed objects with its own

@@ -111,6 +111,8 @@ fn cases() -> Vec<Case> {
                 "controller.events.pull.topic=keyvault",
                 "controller.events.pull.subscription=keyferry",
                 "controller.events.webhook.secretName=keyferry-webhook",
+                "controller.events.webhook.entra.tenantId=00000000-0000-0000-0000-000000000000",
+                "controller.events.webhook.entra.audience=api://keyferry-events",
             ],
         ),
     ]

@@ -62,6 +62,8 @@ struct EventController {
 enum Delivery<'a> {
     Pull,
     Push { secret_file: &'a std::path::Path },
+    /// Push authenticated with Entra tokens of the vault's tenant for `audience`.
+    PushEntra { audience: &'a str },
 }
 
 impl EventController {
@@ -99,6 +101,10 @@ impl EventController {
             }
             Delivery::Push { secret_file } => {
                 args.events_webhook_secret_file = Some(secret_file.to_path_buf());
+            }
+            Delivery::PushEntra { audience } => {
+                args.events_webhook_entra_tenant_id = Some(vault.tenant_id().to_owned());
+                args.events_webhook_entra_audience = vec![audience.to_owned()];
             }
         }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -355,6 +361,7 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
                 endpoint: hook.clone(),
                 schema: EventSchema::CloudEventSchemaV10,
                 headers: Default::default(),
+                entra_audience: None,
             })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -371,6 +378,7 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
                     endpoint: hook.clone(),
                     schema,
                     headers: headers(),
+                    entra_audience: None,
                 })
                 .await
                 .unwrap_or_else(|e| panic!("handshake in {schema:?}: {e}"));
@@ -406,5 +414,113 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
         controller.stop().await;
         ns.cleanup().await;
         vault.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+    });
+}
+
+/// Push with Entra authentication: Event Grid's deliveries carry an RS256 token of the tenant for
+/// the webhook app's audience, and the controller verifies it against the tenant's published keys
+/// (fetched from the emulator's authority, as from login.microsoftonline.com). Tokens for another
+/// audience, signed by another tenant's keys or shared secrets in their place are refused.
+#[test]
+fn push_with_entra_tokens_delivers_and_refuses_tokens_for_another_audience_or_issuer() {
+    run(async {
+        const AUDIENCE: &str = "api://keyferry-events-hook";
+        let env = env().await;
+        let client = env.client();
+        let vault = Emulator::start(EmulatorConfig {
+            vault_name: "events-entra".into(),
+            ..EmulatorConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        // Another tenant's Entra (its own signing key), pushing to the same hook.
+        let stranger = Emulator::start(EmulatorConfig {
+            vault_name: "events-entra".into(),
+            ..EmulatorConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let ns = TestNamespace::create(&client, "eventra", &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let class = format!("events-{}", ns.name);
+        store(&client, &vault, &ns.name, &class).await;
+        let controller = EventController::start(
+            env,
+            &vault,
+            &ns.name,
+            &class,
+            Delivery::PushEntra { audience: AUDIENCE },
+        );
+        let remotes = [("shared", "s1")];
+        first_versions(&vault, &remotes);
+        first_versions(&stranger, &remotes);
+        initial(&client, &ns.name, &remotes, &[("a", 0)]).await;
+        let hook = format!("{}/events/keyvault", controller.base);
+        let subscribe = |emu: &Emulator, name: &str, audience: &str| {
+            emu.add_event_push_subscription(PushSubscription {
+                name: name.into(),
+                endpoint: hook.clone(),
+                schema: EventSchema::CloudEventSchemaV10,
+                headers: Default::default(),
+                entra_audience: Some(audience.into()),
+            })
+        };
+        // Deliveries that must be refused: wrong audience, another tenant's signature.
+        subscribe(&vault, "wrong-audience", "api://someone-else")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        subscribe(&stranger, "stranger", AUDIENCE)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refused = |m: &str| {
+            m.lines()
+                .find(|l| l.starts_with("keyferry_vault_events_refused_total{reason=\"unauthenticated\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        stranger
+            .set_secret("shared", &canary("stranger"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let wrong = canary("wrong");
+        vault.set_secret("shared", &wrong).unwrap_or_else(|e| panic!("{e}"));
+        let both_refused = keyferry_testkit::eventually(Duration::from_secs(30), || async {
+            (refused(&controller.metrics().await) >= 2.0).then_some(())
+        })
+        .await;
+        assert!(
+            both_refused.is_some(),
+            "the wrong-audience and the other tenant's deliveries were refused: {}",
+            controller.metrics().await
+        );
+        let m = controller.metrics().await;
+        assert!(
+            !m.contains("keyferry_vault_events_total{source=\"push\",kind=\"new_version\"}"),
+            "no refused delivery was handed on: {m}"
+        );
+        assert!(
+            vault.remove_event_push_subscription("wrong-audience"),
+            "the wrong-audience subscription existed"
+        );
+
+        // The right audience from the right tenant: delivered, one GET.
+        subscribe(&vault, "keyferry", AUDIENCE)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let before = gets(&vault);
+        let value = canary("entra");
+        vault.set_secret("shared", &value).unwrap_or_else(|e| panic!("{e}"));
+        wait_secret_value(&client, &ns.name, "a", "value", &value).await;
+        assert_eq!(gets(&vault) - before, 1, "one GET for the rotated secret");
+        let m = controller.metrics().await;
+        assert!(
+            m.contains("keyferry_vault_events_total{source=\"push\",kind=\"new_version\"} 1"),
+            "{m}"
+        );
+        assert_no_canary(env, &m, &[&value, &wrong], &ns.name).await;
+        controller.stop().await;
+        ns.cleanup().await;
+        vault.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
+        stranger.shutdown().await.unwrap_or_else(|e| panic!("{e}"));
     });
 }

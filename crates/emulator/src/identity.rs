@@ -332,10 +332,11 @@ pub(crate) async fn instance_discovery(
     )
 }
 
-/// `GET /{tenant}/discovery/v2.0/keys`: the emulator signs tokens with a symmetric key it never
-/// publishes, so the key set is empty (clients never validate access tokens they are given).
-pub(crate) async fn signing_keys() -> Response {
-    json(StatusCode::OK, &serde_json::json!({ "keys": [] }))
+/// `GET /{tenant}/discovery/v2.0/keys`: the key set of the Entra-style RS256 tokens the emulator
+/// signs for others to verify (authenticated Event Grid deliveries). The vault's access tokens are
+/// HMAC-signed and never verified outside the emulator, so their key is not here.
+pub(crate) async fn signing_keys(State(app): State<Arc<AppState>>) -> Response {
+    json(StatusCode::OK, &app.entra.key_set())
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {

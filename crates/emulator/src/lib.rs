@@ -33,6 +33,7 @@ mod admin;
 mod cli;
 mod config;
 mod counters;
+mod entra;
 mod error;
 mod events;
 mod faults;
@@ -54,6 +55,7 @@ pub use events::{
     EVENT_GRID_API_VERSIONS, EVENT_GRID_AUDIENCE, EventSchema, NEAR_EXPIRY_WINDOW_SECS, PushSubscription,
     SubscriptionError,
 };
+pub use entra::EVENT_GRID_APP_ID;
 pub use faults::{ActiveFault, FaultKind, FaultSpec};
 pub use identity::MANAGED_IDENTITY_CLIENT_ID;
 pub use route::Operation;

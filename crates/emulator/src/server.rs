@@ -53,6 +53,8 @@ pub(crate) struct AppState {
     pub(crate) arc_keys: std::sync::Mutex<Vec<String>>,
     /// Event Grid subscriptions (push webhooks, pull queues).
     pub(crate) events: Arc<EventHub>,
+    /// Signs Entra-style RS256 tokens (authenticated webhook deliveries); its key is in the JWKS.
+    pub(crate) entra: Arc<crate::entra::EntraSigner>,
     /// `SecretNearExpiry` fires this long before `exp` (Key Vault: 30 days).
     pub(crate) near_expiry_window_secs: i64,
 }
@@ -234,6 +236,7 @@ impl Emulator {
         for spec in &config.faults {
             faults.add(spec.clone()).map_err(EmulatorError::Config)?;
         }
+        let entra = Arc::new(crate::entra::EntraSigner::default());
         let app = Arc::new(AppState {
             store,
             tokens: TokenIssuer::new(authority_host.clone()),
@@ -251,7 +254,8 @@ impl Emulator {
                 .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>())),
             arc_key_dir: identity::arc_key_dir()?,
             arc_keys: std::sync::Mutex::new(Vec::new()),
-            events: Arc::new(EventHub::default()),
+            events: Arc::new(EventHub::with_entra(entra.clone(), format!("{authority_host}/{}/v2.0", config.tenant_id), config.tenant_id.clone())),
+            entra,
             near_expiry_window_secs: config.near_expiry_window_secs,
         });
         for (topic, subscription) in &config.event_pull {
@@ -462,6 +466,11 @@ impl Emulator {
         subscription: PushSubscription,
     ) -> Result<(), SubscriptionError> {
         self.app.events.add_push(subscription).await
+    }
+
+    /// Removes a push subscription; false if there was none of that name.
+    pub fn remove_event_push_subscription(&self, name: &str) -> bool {
+        self.app.events.remove_push(name)
     }
 
     /// The Event Grid namespace endpoint (pull delivery): `https://localhost:<port>`.

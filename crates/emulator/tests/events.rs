@@ -133,6 +133,7 @@ async fn push_subscriptions_need_the_handshake() {
                 endpoint: format!("http://{addr}/hook?code=secret-in-query"),
                 schema,
                 headers: Default::default(),
+                entra_audience: None,
             })
             .await
             .unwrap_err()

@@ -84,15 +84,16 @@ pub fn owner_label(es: &ExternalSecret) -> String {
 }
 
 /// Whether the Secrets an earlier `target.name` left behind must be looked for: under
-/// `creationPolicy: Owner`, when the status binds another Secret than the target, or none yet (the
-/// first sync, or one after a migration from ESO). Otherwise no list call is made.
+/// `creationPolicy: Owner`, when the status binds another Secret than the target, or binds none in a
+/// status some controller wrote (a sync that failed before binding, a migration from an ESO that
+/// did not record bindings). A new object — no status at all — has left nothing behind: no list
+/// call then, which at 10,000 new ExternalSecrets is 10,000 list calls the apiserver does not answer.
 pub fn orphan_check_due(es: &ExternalSecret, target: &TargetSettings) -> bool {
     target.creation == CreationPolicy::Owner
         && es
             .status
             .as_ref()
-            .and_then(|s| s.binding.as_ref())
-            .is_none_or(|b| b.name != target.name)
+            .is_some_and(|s| s.binding.as_ref().is_none_or(|b| b.name != target.name))
 }
 
 /// The Secrets to delete after a `target.name` change (ESO's `deleteOrphanedSecrets`): those labelled
@@ -411,9 +412,11 @@ mod tests {
                 ("older".to_owned(), "older-uid".to_owned())
             ]
         );
-        // The list is made only when the status binds another Secret, or none.
+        // The list is made only when a written status binds another Secret, or none.
         let mut bound = es();
-        assert!(orphan_check_due(&bound, &t));
+        assert!(!orphan_check_due(&bound, &t), "a new object left nothing behind");
+        bound.status = Some(keyferry_api::external_secret::ExternalSecretStatus::default());
+        assert!(orphan_check_due(&bound, &t), "a status without a binding");
         bound.status = Some(keyferry_api::external_secret::ExternalSecretStatus {
             binding: Some(keyferry_api::external_secret::LocalObjectReference {
                 name: "db-secret".into(),

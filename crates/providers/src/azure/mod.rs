@@ -22,6 +22,7 @@
 mod budget;
 mod client;
 mod credentials;
+pub mod entra_tokens;
 mod errors;
 pub mod eventgrid;
 #[doc(hidden)]
