@@ -388,7 +388,11 @@ async fn hook(State(s): State<HookState>, headers: HeaderMap, body: Bytes) -> Re
                 tracing::warn!(reason = %why, "webhook credentials cannot be checked; refusing deliveries (Event Grid retries)");
             }
             s.metrics.vault_event_refused("unconfigured");
-            return (StatusCode::SERVICE_UNAVAILABLE, "webhook credentials cannot be checked now\n").into_response();
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "webhook credentials cannot be checked now\n",
+            )
+                .into_response();
         }
     }
     let parsed = if cloud {
@@ -502,7 +506,10 @@ mod tests {
             auth.check(&with("authorization", "Bearer new-secret")).await,
             AuthOutcome::Allowed
         );
-        assert_eq!(auth.check(&with(SECRET_HEADER, "guess")).await, AuthOutcome::Refused);
+        assert_eq!(
+            auth.check(&with(SECRET_HEADER, "guess")).await,
+            AuthOutcome::Refused
+        );
         assert_eq!(auth.check(&HeaderMap::new()).await, AuthOutcome::Refused);
     }
 

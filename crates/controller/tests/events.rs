@@ -61,9 +61,13 @@ struct EventController {
 
 enum Delivery<'a> {
     Pull,
-    Push { secret_file: &'a std::path::Path },
+    Push {
+        secret_file: &'a std::path::Path,
+    },
     /// Push authenticated with Entra tokens of the vault's tenant for `audience`.
-    PushEntra { audience: &'a str },
+    PushEntra {
+        audience: &'a str,
+    },
 }
 
 impl EventController {
@@ -417,6 +421,24 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
     });
 }
 
+/// A CloudEvents push subscription of `emu` to `hook` whose deliveries carry Entra tokens for
+/// `audience`.
+async fn subscribe_entra(
+    emu: &Emulator,
+    hook: &str,
+    name: &str,
+    audience: &str,
+) -> Result<(), keyferry_emulator::SubscriptionError> {
+    emu.add_event_push_subscription(PushSubscription {
+        name: name.into(),
+        endpoint: hook.to_owned(),
+        schema: EventSchema::CloudEventSchemaV10,
+        headers: Default::default(),
+        entra_audience: Some(audience.into()),
+    })
+    .await
+}
+
 /// Push with Entra authentication: Event Grid's deliveries carry an RS256 token of the tenant for
 /// the webhook app's audience, and the controller verifies it against the tenant's published keys
 /// (fetched from the emulator's authority, as from login.microsoftonline.com). Tokens for another
@@ -457,20 +479,11 @@ fn push_with_entra_tokens_delivers_and_refuses_tokens_for_another_audience_or_is
         first_versions(&stranger, &remotes);
         initial(&client, &ns.name, &remotes, &[("a", 0)]).await;
         let hook = format!("{}/events/keyvault", controller.base);
-        let subscribe = |emu: &Emulator, name: &str, audience: &str| {
-            emu.add_event_push_subscription(PushSubscription {
-                name: name.into(),
-                endpoint: hook.clone(),
-                schema: EventSchema::CloudEventSchemaV10,
-                headers: Default::default(),
-                entra_audience: Some(audience.into()),
-            })
-        };
         // Deliveries that must be refused: wrong audience, another tenant's signature.
-        subscribe(&vault, "wrong-audience", "api://someone-else")
+        subscribe_entra(&vault, &hook, "wrong-audience", "api://someone-else")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        subscribe(&stranger, "stranger", AUDIENCE)
+        subscribe_entra(&stranger, &hook, "stranger", AUDIENCE)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let refused = |m: &str| {
@@ -483,7 +496,9 @@ fn push_with_entra_tokens_delivers_and_refuses_tokens_for_another_audience_or_is
             .set_secret("shared", &canary("stranger"))
             .unwrap_or_else(|e| panic!("{e}"));
         let wrong = canary("wrong");
-        vault.set_secret("shared", &wrong).unwrap_or_else(|e| panic!("{e}"));
+        vault
+            .set_secret("shared", &wrong)
+            .unwrap_or_else(|e| panic!("{e}"));
         let both_refused = keyferry_testkit::eventually(Duration::from_secs(30), || async {
             (refused(&controller.metrics().await) >= 2.0).then_some(())
         })
@@ -504,12 +519,14 @@ fn push_with_entra_tokens_delivers_and_refuses_tokens_for_another_audience_or_is
         );
 
         // The right audience from the right tenant: delivered, one GET.
-        subscribe(&vault, "keyferry", AUDIENCE)
+        subscribe_entra(&vault, &hook, "keyferry", AUDIENCE)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let before = gets(&vault);
         let value = canary("entra");
-        vault.set_secret("shared", &value).unwrap_or_else(|e| panic!("{e}"));
+        vault
+            .set_secret("shared", &value)
+            .unwrap_or_else(|e| panic!("{e}"));
         wait_secret_value(&client, &ns.name, "a", "value", &value).await;
         assert_eq!(gets(&vault) - before, 1, "one GET for the rotated secret");
         let m = controller.metrics().await;

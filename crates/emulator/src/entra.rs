@@ -41,7 +41,7 @@ impl EntraSigner {
         self.key
             .get_or_init(|| {
                 let private = PrivateKey::try_generate().ok()?;
-                let kid = URL_SAFE_NO_PAD.encode(&rand::random::<[u8; 12]>());
+                let kid = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>());
                 Some(Key { private, kid })
             })
             .as_ref()
@@ -92,15 +92,28 @@ mod tests {
         let jwk = &set["keys"][0];
         let parts: Vec<&str> = token.split('.').collect();
         assert_eq!(parts.len(), 3);
-        let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("b64")).expect("json");
+        let header: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).expect("b64")).expect("json");
         assert_eq!(header["kid"], jwk["kid"]);
         assert_eq!(header["alg"], "RS256");
-        let n = rsa::BoxedUint::from_be_slice_vartime(&URL_SAFE_NO_PAD.decode(jwk["n"].as_str().expect("n")).expect("b64"));
-        let e = rsa::BoxedUint::from_be_slice_vartime(&URL_SAFE_NO_PAD.decode(jwk["e"].as_str().expect("e")).expect("b64"));
+        let n = rsa::BoxedUint::from_be_slice_vartime(
+            &URL_SAFE_NO_PAD
+                .decode(jwk["n"].as_str().expect("n"))
+                .expect("b64"),
+        );
+        let e = rsa::BoxedUint::from_be_slice_vartime(
+            &URL_SAFE_NO_PAD
+                .decode(jwk["e"].as_str().expect("e"))
+                .expect("b64"),
+        );
         let public = rsa::PublicKey::new(n, e).expect("a public key");
         let sig = URL_SAFE_NO_PAD.decode(parts[2]).expect("b64");
         let input = format!("{}.{}", parts[0], parts[1]);
-        assert!(public.pkcs1v15_verify::<rsa::sha2::Sha256>(input.as_bytes(), &sig).is_ok());
+        assert!(
+            public
+                .pkcs1v15_verify::<rsa::sha2::Sha256>(input.as_bytes(), &sig)
+                .is_ok()
+        );
         assert!(
             public
                 .pkcs1v15_verify::<rsa::sha2::Sha256>(b"tampered", &sig)

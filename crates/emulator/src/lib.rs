@@ -50,12 +50,12 @@ mod vault;
 pub use cli::{EmulatorArgs, env_lines, run_cli};
 pub use config::{ClientEntry, Clients, DEFAULT_TENANT_ID, EmulatorConfig, TlsMode};
 pub use counters::{CounterSnapshot, OperationCounts};
+pub use entra::EVENT_GRID_APP_ID;
 pub use error::{ApiError, EmulatorError};
 pub use events::{
     EVENT_GRID_API_VERSIONS, EVENT_GRID_AUDIENCE, EventSchema, NEAR_EXPIRY_WINDOW_SECS, PushSubscription,
     SubscriptionError,
 };
-pub use entra::EVENT_GRID_APP_ID;
 pub use faults::{ActiveFault, FaultKind, FaultSpec};
 pub use identity::MANAGED_IDENTITY_CLIENT_ID;
 pub use route::Operation;

@@ -237,6 +237,7 @@ impl Emulator {
             faults.add(spec.clone()).map_err(EmulatorError::Config)?;
         }
         let entra = Arc::new(crate::entra::EntraSigner::default());
+        let entra_issuer = format!("{authority_host}/{}/v2.0", config.tenant_id);
         let app = Arc::new(AppState {
             store,
             tokens: TokenIssuer::new(authority_host.clone()),
@@ -254,7 +255,11 @@ impl Emulator {
                 .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>())),
             arc_key_dir: identity::arc_key_dir()?,
             arc_keys: std::sync::Mutex::new(Vec::new()),
-            events: Arc::new(EventHub::with_entra(entra.clone(), format!("{authority_host}/{}/v2.0", config.tenant_id), config.tenant_id.clone())),
+            events: Arc::new(EventHub::with_entra(
+                entra.clone(),
+                entra_issuer,
+                config.tenant_id.clone(),
+            )),
             entra,
             near_expiry_window_secs: config.near_expiry_window_secs,
         });

@@ -110,11 +110,19 @@ impl EntraTokenVerifier {
     ) -> Result<Self, crate::ProviderError> {
         let invalid = |detail: String| crate::ProviderError::Invalid { detail };
         let tenant = policy.tenant_id.trim();
-        if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-            return Err(invalid(format!("Entra tenant id {tenant:?} is not a tenant id or domain")));
+        if tenant.is_empty()
+            || !tenant
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(invalid(format!(
+                "Entra tenant id {tenant:?} is not a tenant id or domain"
+            )));
         }
         if policy.audiences.iter().all(|a| a.trim().is_empty()) {
-            return Err(invalid("Entra token audience: set the webhook app's application ID URI or client id".into()));
+            return Err(invalid(
+                "Entra token audience: set the webhook app's application ID URI or client id".into(),
+            ));
         }
         let authority = Url::parse(authority_host.trim_end_matches('/'))
             .map_err(|e| invalid(format!("authority host {authority_host:?} is not a URL: {e}")))?;
@@ -144,7 +152,10 @@ impl EntraTokenVerifier {
     }
 
     fn cached_key(&self, kid: &str) -> Option<DecodingKey> {
-        let keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let jwk = keys.0.as_ref()?.find(kid)?;
         DecodingKey::from_jwk(jwk).ok()
     }
@@ -168,7 +179,10 @@ impl EntraTokenVerifier {
             return Err(EntraTokenError::UnknownKey(kid.to_owned()));
         }
         let fetched = self.fetch_keys().await;
-        let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         keys.1 = Some(Instant::now());
         keys.0 = Some(fetched?);
         drop(keys);
@@ -195,7 +209,8 @@ impl EntraTokenVerifier {
 
     /// Checks one bearer token.
     pub async fn verify(&self, token: &str) -> Result<(), EntraTokenError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| EntraTokenError::Malformed(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| EntraTokenError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::RS256 {
             return Err(EntraTokenError::Algorithm(format!("{:?}", header.alg)));
         }
