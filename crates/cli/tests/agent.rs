@@ -175,6 +175,23 @@ fn sigterm(child: &Child) {
     signal(child, nix::sys::signal::Signal::SIGTERM);
 }
 
+/// SIGTERM, then waits (30 s at most) for a successful exit.
+async fn stop_cleanly(child: &mut Child) {
+    sigterm(child);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "agent did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn once_writes_files_with_modes_and_status_shows_versions_not_values() {
     let emu = emulator().await;
@@ -369,19 +386,7 @@ async fn rotation_outage_recovery_and_clean_stop() {
         "a bad reload does not stop the agent"
     );
 
-    sigterm(&child);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "agent did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}");
+    stop_cleanly(&mut child).await;
     let leftovers: Vec<_> = std::fs::read_dir(s.path("out"))
         .unwrap()
         .flatten()
@@ -909,19 +914,7 @@ async fn pulled_events_deliver_rotations_with_one_read_and_warn_of_expiry() {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
 
-    sigterm(&child);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "agent did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "{status}");
+    stop_cleanly(&mut child).await;
     assert_no_canary("agent log", &read(&s.path("agent.log")));
     assert_no_canary("metrics", &metrics);
 }

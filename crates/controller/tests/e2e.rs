@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::fixture::Fixture;
+use common::scoped::ScopedController;
 use common::{apply, run, yaml};
 use k8s_openapi::api::core::v1::Secret;
 use keyferry_api::{ClusterSecretStore, SecretStore};
@@ -649,66 +650,13 @@ fn a_broken_store_shows_on_the_store_and_blocks_its_external_secrets() {
     });
 }
 
-/// A second controller in the test process, scoped to the test's namespace and one controller class,
-/// without leader election.
-struct ScopedController {
-    port: u16,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), keyferry_controller::RunError>>,
-}
-
-impl ScopedController {
-    fn start(
-        fx: &Fixture,
-        class: &str,
-        tweak: impl FnOnce(&mut keyferry_controller::ControllerArgs),
-    ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut args = keyferry_controller::ControllerArgs {
-            namespace: Some(fx.name().to_owned()),
-            controller_class: Some(class.into()),
-            leader_election: false,
-            enable_cluster_stores: false,
-            enable_cluster_external_secrets: false,
-            metrics_addr: ([127, 0, 0, 1], port).into(),
-            skip_logging_init: true,
-            ..keyferry_controller::ControllerArgs::default()
-        };
-        tweak(&mut args);
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(keyferry_controller::run_with_client(
-            args,
-            fx.client.clone(),
-            stop_rx,
-        ));
-        ScopedController { port, stop, task }
-    }
-
-    async fn metrics(&self) -> String {
-        common::http_get(&format!("http://127.0.0.1:{}/metrics", self.port)).await
-    }
-
-    /// Stops the controller and waits for it; a hang fails the test here.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let stopped = tokio::time::timeout(Duration::from_secs(120), self.task).await;
-        assert!(
-            matches!(stopped, Ok(Ok(Ok(())))),
-            "the scoped controller stops cleanly: {stopped:?}"
-        );
-    }
-}
-
 /// A second controller, scoped with --namespace and --controller-class and without leader election,
 /// handles exactly the stores of its class; the main controller leaves them alone.
 #[test]
 fn a_scoped_controller_class_runs_beside_the_main_one() {
     run(async {
         let fx = Fixture::new("solo").await;
-        let solo = ScopedController::start(&fx, "solo", |_| {});
+        let solo = ScopedController::start(&fx.client, fx.name(), "solo", |_| {});
 
         let mut store = common::fake_store(fx.name(), "vault", &[("k", "from-solo")]);
         store.spec.controller = Some("solo".into());
@@ -745,7 +693,7 @@ fn a_stuck_sync_is_cancelled_after_the_shutdown_grace() {
         let _emulator = common::EMULATOR.lock().await;
         let fx = Fixture::new("stuck").await;
         let env = fx.env;
-        let stuck = ScopedController::start(&fx, "stuck", |args| {
+        let stuck = ScopedController::start(&fx.client, fx.name(), "stuck", |args| {
             args.shutdown_grace_secs = 1;
             // No change feed: its targeted rounds read the secret too, and then the request stuck
             // at the stop could be the feed's instead of the sync's.

@@ -15,6 +15,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::scoped::ScopedController;
 use common::{apply, env, run, wait_secret_value, yaml};
 use k8s_openapi::api::events::v1::Event;
 use keyferry_api::{ExternalSecret, SecretStore};
@@ -51,14 +52,6 @@ async fn store(client: &kube::Client, vault: &Emulator, ns: &str, class: &str) {
     apply(&Api::namespaced(client.clone(), ns), &store).await;
 }
 
-/// A controller of its own class confined to one namespace, with the change feed at one hour and
-/// the given event delivery.
-struct EventController {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), keyferry_controller::RunError>>,
-    base: String,
-}
-
 enum Delivery<'a> {
     Pull,
     Push {
@@ -70,26 +63,20 @@ enum Delivery<'a> {
     },
 }
 
-impl EventController {
-    fn start(env: &common::Env, vault: &Emulator, ns: &str, class: &str, delivery: Delivery<'_>) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut args = keyferry_controller::ControllerArgs {
-            namespace: Some(ns.to_owned()),
-            controller_class: Some(class.to_owned()),
-            leader_election: false,
-            enable_cluster_stores: false,
-            enable_cluster_external_secrets: false,
-            // An hour: within this test only an event can deliver a rotation.
-            change_feed_interval_secs: 3600,
-            metrics_addr: ([127, 0, 0, 1], port).into(),
-            skip_logging_init: true,
-            ca_file: Some(vault.ca_file().to_path_buf()),
-            azure_authority_host: Some(vault.authority_host().to_owned()),
-            ..keyferry_controller::ControllerArgs::default()
-        };
+/// A controller of its own class confined to one namespace, with the change feed at one hour and
+/// the given event delivery.
+fn event_controller(
+    env: &common::Env,
+    vault: &Emulator,
+    ns: &str,
+    class: &str,
+    delivery: Delivery<'_>,
+) -> ScopedController {
+    ScopedController::start(&env.client(), ns, class, |args| {
+        // An hour: within this test only an event can deliver a rotation.
+        args.change_feed_interval_secs = 3600;
+        args.ca_file = Some(vault.ca_file().to_path_buf());
+        args.azure_authority_host = Some(vault.authority_host().to_owned());
         match delivery {
             Delivery::Pull => {
                 args.events_pull_endpoint = Some(vault.event_grid_endpoint().to_owned());
@@ -111,27 +98,26 @@ impl EventController {
                 args.events_webhook_entra_audience = vec![audience.to_owned()];
             }
         }
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(keyferry_controller::run_with_client(args, env.client(), stop_rx));
-        EventController {
-            stop,
-            task,
-            base: format!("http://127.0.0.1:{port}"),
-        }
-    }
+    })
+}
 
-    async fn metrics(&self) -> String {
-        common::http_get(&format!("{}/metrics", self.base)).await
-    }
+/// An emulator for vault `name`, with its own Entra (signing key) and Event Grid.
+async fn start_vault(name: &str) -> Emulator {
+    Emulator::start(EmulatorConfig {
+        vault_name: name.into(),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
 
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let stopped = tokio::time::timeout(Duration::from_secs(60), self.task).await;
-        assert!(
-            matches!(stopped, Ok(Ok(Ok(())))),
-            "the controller stops cleanly: {stopped:?}"
-        );
-    }
+/// A namespace `kf-<prefix>-…` and a controller class of its own.
+async fn namespace(client: &kube::Client, prefix: &str) -> (TestNamespace, String) {
+    let ns = TestNamespace::create(client, prefix, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let class = format!("events-{}", ns.name);
+    (ns, class)
 }
 
 /// Vault GETs answered so far (any status).
@@ -213,23 +199,15 @@ fn pull_delivers_rotations_with_one_get_per_secret_and_reports_near_expiry() {
     run(async {
         let env = env().await;
         let client = env.client();
-        let vault = Emulator::start(EmulatorConfig {
-            vault_name: "events-pull".into(),
-            ..EmulatorConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let vault = start_vault("events-pull").await;
         let remotes = [("shared", "s1"), ("solo", "o1"), ("expiring", "e1")];
         first_versions(&vault, &remotes);
         vault
             .add_event_pull_subscription(TOPIC, SUBSCRIPTION)
             .unwrap_or_else(|e| panic!("{e}"));
-        let ns = TestNamespace::create(&client, "evpull", &[])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let class = format!("events-{}", ns.name);
+        let (ns, class) = namespace(&client, "evpull").await;
         store(&client, &vault, &ns.name, &class).await;
-        let controller = EventController::start(env, &vault, &ns.name, &class, Delivery::Pull);
+        let controller = event_controller(env, &vault, &ns.name, &class, Delivery::Pull);
         // Three ExternalSecrets: two read `shared`, one reads `solo`; `expiring` gets an exp later.
         initial(
             &client,
@@ -313,22 +291,14 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
     run(async {
         let env = env().await;
         let client = env.client();
-        let vault = Emulator::start(EmulatorConfig {
-            vault_name: "events-push".into(),
-            ..EmulatorConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        let ns = TestNamespace::create(&client, "evpush", &[])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let class = format!("events-{}", ns.name);
+        let vault = start_vault("events-push").await;
+        let (ns, class) = namespace(&client, "evpush").await;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let secret_file = dir.path().join("webhook-secret");
         let hook_secret = format!("hook-{:016x}", rand::random::<u64>());
         std::fs::write(&secret_file, format!("{hook_secret}\n")).unwrap_or_else(|e| panic!("{e}"));
         store(&client, &vault, &ns.name, &class).await;
-        let controller = EventController::start(
+        let controller = event_controller(
             env,
             &vault,
             &ns.name,
@@ -340,7 +310,7 @@ fn push_delivers_both_schemas_after_the_handshakes_and_refuses_unauthenticated_d
         let remotes = [("shared", "s1")];
         first_versions(&vault, &remotes);
         initial(&client, &ns.name, &remotes, &[("a", 0), ("b", 0)]).await;
-        let hook = format!("{}/events/keyvault", controller.base);
+        let hook = format!("{}/events/keyvault", controller.base());
         let headers = || [(HOOK_SECRET_HEADER.to_owned(), hook_secret.clone())].into();
 
         // An unauthenticated (or wrongly authenticated) delivery is refused and wakes nothing.
@@ -449,25 +419,12 @@ fn push_with_entra_tokens_delivers_and_refuses_tokens_for_another_audience_or_is
         const AUDIENCE: &str = "api://keyferry-events-hook";
         let env = env().await;
         let client = env.client();
-        let vault = Emulator::start(EmulatorConfig {
-            vault_name: "events-entra".into(),
-            ..EmulatorConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let vault = start_vault("events-entra").await;
         // Another tenant's Entra (its own signing key), pushing to the same hook.
-        let stranger = Emulator::start(EmulatorConfig {
-            vault_name: "events-entra".into(),
-            ..EmulatorConfig::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        let ns = TestNamespace::create(&client, "eventra", &[])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let class = format!("events-{}", ns.name);
+        let stranger = start_vault("events-entra").await;
+        let (ns, class) = namespace(&client, "eventra").await;
         store(&client, &vault, &ns.name, &class).await;
-        let controller = EventController::start(
+        let controller = event_controller(
             env,
             &vault,
             &ns.name,
@@ -478,7 +435,7 @@ fn push_with_entra_tokens_delivers_and_refuses_tokens_for_another_audience_or_is
         first_versions(&vault, &remotes);
         first_versions(&stranger, &remotes);
         initial(&client, &ns.name, &remotes, &[("a", 0)]).await;
-        let hook = format!("{}/events/keyvault", controller.base);
+        let hook = format!("{}/events/keyvault", controller.base());
         // Deliveries that must be refused: wrong audience, another tenant's signature.
         subscribe_entra(&vault, &hook, "wrong-audience", "api://someone-else")
             .await

@@ -9,6 +9,7 @@
 
 pub mod fixture;
 pub mod rbac;
+pub mod scoped;
 
 use std::io::Write;
 use std::sync::{Arc, LazyLock, Mutex};
